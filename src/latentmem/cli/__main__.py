@@ -1,0 +1,5 @@
+import sys
+
+from latentmem.cli import main
+
+sys.exit(main())

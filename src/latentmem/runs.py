@@ -1,0 +1,115 @@
+"""Run folders: every run keeps its resolved config, seed, git hash and package versions beside its outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from latentmem.config import Config
+
+# The packages whose versions decide a result; recorded in every run folder.
+TRACKED_PACKAGES = (
+    "latentmem",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "trl",
+    "tokenizers",
+    "numpy",
+    "safetensors",
+    "faiss-cpu",
+    "sentence-transformers",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of `TRACKED_PACKAGES` (absent ones are skipped) plus python's."""
+    out = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_hash(cwd: str | Path | None = None) -> str | None:
+    """The HEAD commit of the repository at `cwd` (default: this source tree), with `-dirty` if modified."""
+    cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+@dataclass
+class RunDir:
+    """A run folder: `config.yaml`, `run.json` (seed, git hash, versions, command) and `metrics.jsonl`."""
+
+    path: Path
+
+    @classmethod
+    def create(
+        cls, path: str | Path, config: Config | Mapping[str, Any], seed: int, *, exist_ok: bool = True
+    ) -> RunDir:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=exist_ok)
+        cfg = config.to_dict() if isinstance(config, Config) else dict(config)
+        _atomic_write(path / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        info = {
+            "seed": seed,
+            "git_hash": git_hash(),
+            "packages": package_versions(),
+            "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": platform.node(),
+        }
+        _atomic_write(path / "run.json", json.dumps(info, indent=2) + "\n")
+        return cls(path)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def log(self, **metrics: Any) -> None:
+        """Append one JSON line of metrics (e.g. `step=3, loss=1.2`)."""
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
