@@ -1,0 +1,28 @@
+"""`latentmem train RECIPE --config FILE [key.sub=value ...]`: run a training recipe.
+
+Each recipe is a function `run(config_path, overrides) -> Path` (the run folder) in its own module; the
+run folder's path is printed on the last line of output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# recipe name -> "module:function"
+RECIPES: dict[str, str] = {}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help=f"train: {', '.join(sorted(RECIPES))}")
+    p.add_argument("recipe", choices=sorted(RECIPES))
+    p.add_argument("--config", required=True, help="a YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. --train.lr=1e-4 or train.lr=1e-4")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    module, func = RECIPES[args.recipe].split(":")
+    run_dir = getattr(importlib.import_module(module), func)(args.config, list(args.overrides))
+    print(run_dir)
+    return 0

@@ -1,0 +1,236 @@
+"""Nearest-neighbour search over L2-normalised vectors, shared by every memory that searches vectors.
+
+`VectorIndex` maps int64 ids to float32 vectors of one dimension and answers top-k inner-product queries
+(cosine similarity, since vectors are normalised on the way in). Backends:
+
+- `exact`: a numpy matrix; exact, no extra dependency; the default for small collections.
+- `flat`: FAISS `IndexFlatIP` (exact, BLAS-fast) behind an id map.
+- `hnsw`: FAISS HNSW graph; approximate, fast on large collections; removal is by tombstone.
+- `auto`: `exact` below `auto_threshold` vectors, otherwise `hnsw`, switching when the collection grows.
+
+`save(path)`/`load(path)` write one file atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from latentmem.errors import LatentMemError
+
+IndexKind = Literal["auto", "exact", "flat", "hnsw"]
+
+
+class VectorIndexError(LatentMemError, ValueError):
+    """Bad input to a vector index (wrong dimension, unknown id, empty index...)."""
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of `x` (N, D) scaled to unit L2 norm, as float32. Zero rows are an error, not silent NaNs."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    if np.any(norms == 0) or not np.all(np.isfinite(norms)):
+        raise VectorIndexError("cannot normalise a zero or non-finite vector")
+    return x / norms
+
+
+class VectorIndex:
+    """Top-k cosine search over `(id, vector)` pairs. See the module docstring for the backends."""
+
+    def __init__(
+        self,
+        dim: int,
+        kind: IndexKind = "auto",
+        *,
+        auto_threshold: int = 50_000,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 64,
+    ) -> None:
+        if dim <= 0:
+            raise VectorIndexError(f"dim must be positive, got {dim}")
+        if kind not in ("auto", "exact", "flat", "hnsw"):
+            raise VectorIndexError(f"unknown index kind {kind!r}; choose auto, exact, flat or hnsw")
+        self.dim, self.kind, self.auto_threshold = dim, kind, auto_threshold
+        self.hnsw_m, self.ef_construction, self.ef_search = hnsw_m, ef_construction, ef_search
+        self._ids = np.empty(0, dtype=np.int64)  # row -> id, for every row of the backend
+        self._vecs = np.empty((0, dim), dtype=np.float32)  # exact backend only
+        self._row_of: dict[int, int] = {}  # id -> row (live rows only)
+        self._faiss = None
+        if self.backend != "exact":
+            self._faiss = self._new_faiss(self.backend)
+
+    # ---- properties -----------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        if self.kind != "auto":
+            return self.kind
+        return "hnsw" if self._faiss is not None else "exact"
+
+    def __len__(self) -> int:
+        return len(self._row_of)
+
+    def __contains__(self, id_: int) -> bool:
+        return int(id_) in self._row_of
+
+    def ids(self) -> np.ndarray:
+        return np.fromiter(self._row_of.keys(), dtype=np.int64, count=len(self._row_of))
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def add(self, ids: np.ndarray | list[int], vectors: np.ndarray) -> None:
+        """Add vectors (N, D) under new int ids (N,). Vectors are L2-normalised here."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise VectorIndexError(f"expected vectors of shape (N, {self.dim}), got {tuple(vectors.shape)}")
+        if len(ids) != len(vectors):
+            raise VectorIndexError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if len(set(ids.tolist())) != len(ids) or any(int(i) in self._row_of for i in ids):
+            raise VectorIndexError("ids must be new and unique")
+        vectors = l2_normalize(vectors)
+        if self.kind == "auto" and self._faiss is None and len(self) + len(ids) >= self.auto_threshold:
+            self._migrate_to_faiss("hnsw")
+        start = len(self._ids)
+        if self._faiss is None:
+            self._vecs = np.concatenate([self._vecs, vectors])
+        else:
+            self._faiss.add(vectors)
+        self._ids = np.concatenate([self._ids, ids])
+        self._row_of.update({int(i): start + n for n, i in enumerate(ids)})
+
+    def remove(self, ids: np.ndarray | list[int]) -> None:
+        """Remove ids; unknown ids are an error (nothing is removed then)."""
+        ids = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)]
+        missing = [i for i in ids if i not in self._row_of]
+        if missing:
+            raise VectorIndexError(f"unknown ids: {missing[:5]}")
+        rows = [self._row_of.pop(i) for i in ids]
+        self._ids[rows] = -1  # a tombstone; dead rows are filtered out of results
+        if self._faiss is None and len(self._ids) > 2 * max(len(self), 1):
+            self._compact()
+
+    def vector(self, id_: int) -> np.ndarray:
+        """The stored (normalised) vector of `id_`, (D,)."""
+        if int(id_) not in self._row_of:
+            raise VectorIndexError(f"unknown id {id_}")
+        row = self._row_of[int(id_)]
+        return self._vecs[row].copy() if self._faiss is None else self._faiss.reconstruct(row)
+
+    # ---- search ---------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by cosine. `queries` (Q, D) -> (scores (Q, k) float32, ids (Q, k) int64).
+
+        When fewer than k vectors exist, the tail is padded with score -inf and id -1.
+        """
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None]
+        if queries.shape[-1] != self.dim:
+            raise VectorIndexError(
+                f"query dimension {queries.shape[-1]} does not match the index's {self.dim}"
+            )
+        if k <= 0:
+            raise VectorIndexError(f"k must be positive, got {k}")
+        queries = l2_normalize(queries)
+        n_dead = len(self._ids) - len(self)
+        fetch = min(k + n_dead, len(self._ids))
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        if fetch == 0:
+            return scores, out_ids
+        if self._faiss is None:
+            sims = queries @ self._vecs.T  # (Q, N)
+            if n_dead:
+                sims[:, self._ids < 0] = -np.inf
+            rows = np.argpartition(-sims, fetch - 1, axis=1)[:, :fetch]
+            row_scores = np.take_along_axis(sims, rows, axis=1)
+        else:
+            if self.backend == "hnsw":
+                self._faiss.hnsw.efSearch = max(self.ef_search, fetch)
+            row_scores, rows = self._faiss.search(queries, fetch)
+        order = np.argsort(-row_scores, axis=1, kind="stable")
+        row_scores = np.take_along_axis(row_scores, order, axis=1)
+        rows = np.take_along_axis(rows, order, axis=1)
+        for q in range(len(queries)):
+            keep = (rows[q] >= 0) & (self._ids[np.maximum(rows[q], 0)] >= 0) & np.isfinite(row_scores[q])
+            got_rows, got_scores = rows[q][keep][:k], row_scores[q][keep][:k]
+            scores[q, : len(got_rows)] = got_scores
+            out_ids[q, : len(got_rows)] = self._ids[got_rows]
+        return scores, out_ids
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the whole index to one file, atomically."""
+        import faiss
+
+        path = Path(path)
+        payload = {
+            "meta": np.array(
+                [self.dim, self.auto_threshold, self.hnsw_m, self.ef_construction, self.ef_search]
+            ),
+            "kind": np.array(self.kind),
+            "ids": self._ids,
+            "vecs": self._vecs,
+        }
+        if self._faiss is not None:
+            payload["faiss"] = faiss.serialize_index(self._faiss)
+        buf = io.BytesIO()
+        np.savez(buf, **payload)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with tmp.open("wb") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> VectorIndex:
+        path = Path(path)
+        if not path.is_file():
+            raise VectorIndexError(f"no index file at {path}")
+        with np.load(path, allow_pickle=False) as data:
+            dim, threshold, m, efc, efs = (int(v) for v in data["meta"])
+            index = cls(
+                dim, str(data["kind"]), auto_threshold=threshold, hnsw_m=m, ef_construction=efc, ef_search=efs
+            )
+            index._ids = data["ids"].astype(np.int64)
+            index._vecs = data["vecs"].astype(np.float32)
+            if "faiss" in data.files:
+                import faiss
+
+                index._faiss = faiss.deserialize_index(data["faiss"])
+        index._row_of = {int(i): r for r, i in enumerate(index._ids) if i >= 0}
+        return index
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _new_faiss(self, backend: str):
+        try:
+            import faiss
+        except ImportError:
+            raise VectorIndexError(
+                f"the {backend!r} index needs faiss: pip install 'latentmem[rag]' (or use kind='exact')"
+            ) from None
+        if backend == "flat":
+            return faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.ef_construction
+        index.hnsw.efSearch = self.ef_search
+        return index
+
+    def _migrate_to_faiss(self, backend: str) -> None:
+        live = self._ids >= 0
+        self._faiss = self._new_faiss(backend)
+        if live.any():
+            self._faiss.add(self._vecs[live])
+        self._ids = self._ids[live]
+        self._vecs = np.empty((0, self.dim), dtype=np.float32)
+        self._row_of = {int(i): r for r, i in enumerate(self._ids)}
+
+    def _compact(self) -> None:
+        live = self._ids >= 0
+        self._ids, self._vecs = self._ids[live], self._vecs[live]
+        self._row_of = {int(i): r for r, i in enumerate(self._ids)}
