@@ -9,7 +9,7 @@ def _data(n, d=16, seed=0):
     return rng.standard_normal((n, d)).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["exact", "flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["exact", "flat", "hnsw", "ivf"])
 def test_search_matches_brute_force(kind, tmp_path):
     x = _data(300)
     index = VectorIndex(16, kind)
@@ -27,7 +27,7 @@ def test_search_matches_brute_force(kind, tmp_path):
     assert np.array_equal(i2, ids) and np.allclose(s2, scores)
 
 
-@pytest.mark.parametrize("kind", ["exact", "flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["exact", "flat", "hnsw", "ivf"])
 def test_remove_and_padding(kind):
     index = VectorIndex(16, kind)
     x = _data(3)
@@ -68,3 +68,28 @@ def test_bad_input():
     empty = VectorIndex(16, "exact")
     _, ids = empty.search(_data(1), 3)
     assert ids.tolist() == [[-1, -1, -1]]
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivf"])
+def test_matrix_returns_live_vectors_in_order(kind):
+    index = VectorIndex(16, kind)
+    x = _data(200)
+    index.add(np.arange(200) * 3, x)
+    index.remove([3, 9])
+    ids, vecs = index.matrix()
+    keep = [i for i in range(200) if i not in (1, 3)]
+    assert ids.tolist() == [3 * i for i in keep]
+    assert np.allclose(vecs, x[keep] / np.linalg.norm(x[keep], axis=1, keepdims=True), atol=1e-6)
+
+
+def test_ivf_trains_on_first_add_and_reloads(tmp_path):
+    x = _data(2000, seed=3)
+    index = VectorIndex(16, "ivf", ivf_nlist=8, ivf_nprobe=8)
+    index.add(np.arange(2000), x)
+    _, ids = index.search(x[:20], 1)
+    assert ids[:, 0].tolist() == list(range(20))  # nprobe == nlist: exhaustive, so exact
+    index.save(tmp_path / "ivf")
+    again = VectorIndex.load(tmp_path / "ivf")
+    assert again.ivf_nlist == 8 and np.array_equal(again.search(x[:5], 3)[1], index.search(x[:5], 3)[1])
+    with pytest.raises(VectorIndexError, match="at least 8 vectors"):
+        VectorIndex(16, "ivf", ivf_nlist=8).add(np.arange(3), x[:3])

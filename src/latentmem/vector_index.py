@@ -6,6 +6,8 @@
 - `exact`: a numpy matrix; exact, no extra dependency; the default for small collections.
 - `flat`: FAISS `IndexFlatIP` (exact, BLAS-fast) behind an id map.
 - `hnsw`: FAISS HNSW graph; approximate, fast on large collections; removal is by tombstone.
+- `ivf`: FAISS inverted lists (`IndexIVFFlat`): k-means cells trained on the first `add`, `ivf_nprobe`
+  cells scanned per query; approximate, builds much faster than HNSW on millions of vectors.
 - `auto`: `exact` below `auto_threshold` vectors, otherwise `hnsw`, switching when the collection grows.
 
 `save(path)`/`load(path)` write one file atomically (temporary file + rename).
@@ -22,7 +24,7 @@ import numpy as np
 
 from latentmem.errors import LatentMemError
 
-IndexKind = Literal["auto", "exact", "flat", "hnsw"]
+IndexKind = Literal["auto", "exact", "flat", "hnsw", "ivf"]
 
 
 class VectorIndexError(LatentMemError, ValueError):
@@ -50,18 +52,26 @@ class VectorIndex:
         hnsw_m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 64,
+        ivf_nlist: int = 0,
+        ivf_nprobe: int = 16,
     ) -> None:
         if dim <= 0:
             raise VectorIndexError(f"dim must be positive, got {dim}")
-        if kind not in ("auto", "exact", "flat", "hnsw"):
-            raise VectorIndexError(f"unknown index kind {kind!r}; choose auto, exact, flat or hnsw")
+        if kind not in ("auto", "exact", "flat", "hnsw", "ivf"):
+            raise VectorIndexError(f"unknown index kind {kind!r}; choose auto, exact, flat, hnsw or ivf")
+        if ivf_nlist < 0 or ivf_nprobe <= 0:
+            raise VectorIndexError(
+                f"ivf_nlist must be >= 0 (0 = chosen from the first add) and ivf_nprobe > 0, "
+                f"got {ivf_nlist} and {ivf_nprobe}"
+            )
         self.dim, self.kind, self.auto_threshold = dim, kind, auto_threshold
         self.hnsw_m, self.ef_construction, self.ef_search = hnsw_m, ef_construction, ef_search
+        self.ivf_nlist, self.ivf_nprobe = ivf_nlist, ivf_nprobe
         self._ids = np.empty(0, dtype=np.int64)  # row -> id, for every row of the backend
         self._vecs = np.empty((0, dim), dtype=np.float32)  # exact backend only
         self._row_of: dict[int, int] = {}  # id -> row (live rows only)
         self._faiss = None
-        if self.backend != "exact":
+        if self.backend not in ("exact", "ivf"):  # an IVF index is created by its first add (training)
             self._faiss = self._new_faiss(self.backend)
 
     # ---- properties -----------------------------------------------------------------------------
@@ -94,6 +104,8 @@ class VectorIndex:
         vectors = l2_normalize(vectors)
         if self.kind == "auto" and self._faiss is None and len(self) + len(ids) >= self.auto_threshold:
             self._migrate_to_faiss("hnsw")
+        if self.kind == "ivf" and self._faiss is None:
+            self._faiss = self._new_ivf(vectors)
         start = len(self._ids)
         if self._faiss is None:
             self._vecs = np.concatenate([self._vecs, vectors])
@@ -151,6 +163,8 @@ class VectorIndex:
         else:
             if self.backend == "hnsw":
                 self._faiss.hnsw.efSearch = max(self.ef_search, fetch)
+            elif self.backend == "ivf":
+                self._faiss.nprobe = self.ivf_nprobe
             row_scores, rows = self._faiss.search(queries, fetch)
         order = np.argsort(-row_scores, axis=1, kind="stable")
         row_scores = np.take_along_axis(row_scores, order, axis=1)
@@ -162,6 +176,19 @@ class VectorIndex:
             out_ids[q, : len(got_rows)] = self._ids[got_rows]
         return scores, out_ids
 
+    def matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every live entry at once: ids (N,) int64 and normalised vectors (N, D) float32, in insertion order."""
+        live = np.flatnonzero(self._ids >= 0)
+        if self._faiss is None:
+            vecs = self._vecs[live]
+        elif len(live) == len(self._ids):
+            vecs = (
+                self._faiss.reconstruct_n(0, len(live)) if len(live) else np.empty((0, self.dim), np.float32)
+            )
+        else:
+            vecs = np.stack([self._faiss.reconstruct(int(r)) for r in live])
+        return self._ids[live].copy(), np.asarray(vecs, dtype=np.float32)
+
     # ---- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the whole index to one file, atomically."""
@@ -170,7 +197,15 @@ class VectorIndex:
         path = Path(path)
         payload = {
             "meta": np.array(
-                [self.dim, self.auto_threshold, self.hnsw_m, self.ef_construction, self.ef_search]
+                [
+                    self.dim,
+                    self.auto_threshold,
+                    self.hnsw_m,
+                    self.ef_construction,
+                    self.ef_search,
+                    self.ivf_nlist,
+                    self.ivf_nprobe,
+                ]
             ),
             "kind": np.array(self.kind),
             "ids": self._ids,
@@ -193,9 +228,19 @@ class VectorIndex:
         if not path.is_file():
             raise VectorIndexError(f"no index file at {path}")
         with np.load(path, allow_pickle=False) as data:
-            dim, threshold, m, efc, efs = (int(v) for v in data["meta"])
+            # files written before the IVF kind existed carry five settings
+            dim, threshold, m, efc, efs, nlist, nprobe = [int(v) for v in data["meta"]] + [0, 16][
+                len(data["meta"]) - 5 :
+            ]
             index = cls(
-                dim, str(data["kind"]), auto_threshold=threshold, hnsw_m=m, ef_construction=efc, ef_search=efs
+                dim,
+                str(data["kind"]),
+                auto_threshold=threshold,
+                hnsw_m=m,
+                ef_construction=efc,
+                ef_search=efs,
+                ivf_nlist=nlist,
+                ivf_nprobe=nprobe,
             )
             index._ids = data["ids"].astype(np.int64)
             index._vecs = data["vecs"].astype(np.float32)
@@ -208,17 +253,35 @@ class VectorIndex:
 
     # ---- internals ------------------------------------------------------------------------------
     def _new_faiss(self, backend: str):
-        try:
-            import faiss
-        except ImportError:
-            raise VectorIndexError(
-                f"the {backend!r} index needs faiss: pip install 'latentmem[rag]' (or use kind='exact')"
-            ) from None
+        faiss = _import_faiss(backend)
         if backend == "flat":
             return faiss.IndexFlatIP(self.dim)
         index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.ef_construction
         index.hnsw.efSearch = self.ef_search
+        return index
+
+    def _new_ivf(self, training: np.ndarray):
+        """An IVF index trained (k-means) on `training` (N, D): the first vectors ever added.
+
+        `ivf_nlist=0` picks about sqrt(N) cells, capped so each cell gets >= 39 training points (FAISS's
+        minimum for stable k-means). At most 64 points per cell train the k-means: enough for the cells'
+        centres, and it keeps a 1M-vector build to seconds on two cores.
+        """
+        faiss = _import_faiss("ivf")
+        n = len(training)
+        nlist = self.ivf_nlist or max(1, min(int(np.sqrt(n)), n // 39))
+        if n < nlist:
+            raise VectorIndexError(
+                f"an ivf index with ivf_nlist={nlist} needs at least {nlist} vectors in its first add, "
+                f"got {n}; add more at once or lower ivf_nlist"
+            )
+        self.ivf_nlist = nlist
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.set_direct_map_type(faiss.DirectMap.Array)  # keeps `vector(id)` (reconstruct) working
+        rng = np.random.default_rng(0)
+        sample = training if n <= 64 * nlist else training[rng.choice(n, 64 * nlist, replace=False)]
+        index.train(sample)
         return index
 
     def _migrate_to_faiss(self, backend: str) -> None:
@@ -234,3 +297,13 @@ class VectorIndex:
         live = self._ids >= 0
         self._ids, self._vecs = self._ids[live], self._vecs[live]
         self._row_of = {int(i): r for r, i in enumerate(self._ids)}
+
+
+def _import_faiss(backend: str):
+    try:
+        import faiss
+    except ImportError:
+        raise VectorIndexError(
+            f"the {backend!r} index needs faiss: pip install 'latentmem[rag]' (or use kind='exact')"
+        ) from None
+    return faiss

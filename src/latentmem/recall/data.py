@@ -1,0 +1,221 @@
+"""Data for recall memory: a generated base of fictional facts, a general task, and the two training steps.
+
+Facts are made of invented names, so no pretrained model knows them: answering right needs memory. Each
+fact has a memory text ("The capital of Vorlani is Quessot."), a question, a paraphrased question (for a
+held-out recall@1) and a short answer.
+
+Step 2 samples (`MixedRecallData.epoch`), resampled every epoch under a token limit, in three kinds:
+
+- `memory_front`: a random context, then `<recall><|memory_pad|>` + memory text + `</recall>`;
+- `memory_full`: a fact question, then the reply `<recall><|memory_pad|>` + memory text + `</recall>` +
+  the answer: recall in the middle of a real answer, which then goes on;
+- `sft_only`: a plain general-task conversation (keeps ordinary ability).
+
+Labels: every reply token is supervised, `<recall>` included; `<|memory_pad|>` is -100 (its input is the
+injected memory, not a token to predict); prompts are -100.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from latentmem.chat import render_chat
+from latentmem.recall.errors import RecallError
+from latentmem.recall.tokens import MEMORY_PAD, RECALL, RECALL_END, RecallTokens
+
+IGNORE = -100
+KINDS = ("memory_front", "memory_full", "sft_only")
+
+_SYLLABLES = "ka lo mi ra ve zu tor quen bri sal dor fen gil hax jun mor nep pil rus tav wex yal zor".split()
+_COLOURS = "red blue green yellow purple orange white black silver golden".split()
+_OBJECTS = "lantern compass kettle telescope loom clock bridge sail drum ladder".split()
+
+# (memory text, question, paraphrase, answer) templates over a subject S and a value A
+_TEMPLATES = (
+    (
+        "The capital of {S} is {A}.",
+        "What is the capital of {S}?",
+        "Which city is the capital of {S}?",
+        "city",
+    ),
+    ("{S} invented the {A}.", "What did {S} invent?", "Which thing was invented by {S}?", "object"),
+    (
+        "The favourite colour of {S} is {A}.",
+        "What is the favourite colour of {S}?",
+        "Which colour does {S} like best?",
+        "colour",
+    ),
+    ("{S} was founded in {A}.", "When was {S} founded?", "In which year was {S} founded?", "year"),
+)
+
+# A general task with checkable answers (real capitals, small sums): the retention probe and sft_only pool.
+_CAPITALS = (
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Japan", "Tokyo"),
+    ("Russia", "Moscow"),
+    ("Egypt", "Cairo"),
+    ("Greece", "Athens"),
+    ("Portugal", "Lisbon"),
+    ("Austria", "Vienna"),
+    ("Ireland", "Dublin"),
+    ("Norway", "Oslo"),
+    ("Poland", "Warsaw"),
+    ("China", "Beijing"),
+    ("England", "London"),
+    ("Canada", "Ottawa"),
+)
+
+
+@dataclass(frozen=True)
+class Fact:
+    text: str
+    question: str
+    paraphrase: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+
+
+def make_facts(n: int, seed: int = 0) -> list[Fact]:
+    """`n` fictional facts with unique invented subjects, deterministic under `seed`."""
+    rng = random.Random(seed)
+    subjects: set[str] = set()
+    facts = []
+    while len(facts) < n:
+        subject = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        if subject in subjects:
+            continue
+        subjects.add(subject)
+        text, question, paraphrase, kind = _TEMPLATES[len(facts) % len(_TEMPLATES)]
+        value = {
+            "city": lambda: "".join(rng.choice(_SYLLABLES) for _ in range(2)).capitalize(),
+            "object": lambda: rng.choice(_OBJECTS),
+            "colour": lambda: rng.choice(_COLOURS),
+            "year": lambda: str(rng.randint(1100, 1990)),
+        }[kind]()
+        facts.append(
+            Fact(
+                text.format(S=subject, A=value),
+                question.format(S=subject),
+                paraphrase.format(S=subject),
+                value,
+            )
+        )
+    return facts
+
+
+def general_task(n: int, seed: int = 0) -> list[QA]:
+    """`n` general questions with known answers: real capitals, then small sums."""
+    rng = random.Random(seed)
+    pool = [QA(f"What is the capital of {c}?", a) for c, a in _CAPITALS]
+    sums = [(a, b) for a in range(2, 30) for b in range(2, 30)]
+    rng.shuffle(sums)
+    pool += [QA(f"What is {a} plus {b}?", str(a + b)) for a, b in sums]
+    return pool[:n]
+
+
+@dataclass
+class Sample:
+    """One tokenised training sequence: ids (T,), labels (T,), the memory index at its pad or -1, kind."""
+
+    input_ids: list[int]
+    labels: list[int]
+    memory: int
+    kind: str
+
+
+def recall_reply(fact: Fact) -> str:
+    """The reply a fact question should get: recall, the remembered text, then the answer."""
+    return f"{RECALL}{MEMORY_PAD}{fact.text}{RECALL_END} The answer is {fact.answer}."
+
+
+def encode_sample(
+    tokenizer: PreTrainedTokenizerBase,
+    tokens: RecallTokens,
+    prompt: str,
+    reply: str,
+    memory: int,
+    kind: str,
+) -> Sample:
+    """Tokenise chat prompt + reply (+ EOS); labels on the reply only, the memory pad never labelled."""
+    prompt_ids = tokenizer(render_chat(tokenizer, prompt), add_special_tokens=False).input_ids
+    reply_ids = [*tokenizer(reply, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
+    labels = [IGNORE] * len(prompt_ids) + [IGNORE if t == tokens.pad_id else t for t in reply_ids]
+    ids = prompt_ids + reply_ids
+    if (memory >= 0) != (tokens.pad_id in ids) or ids.count(tokens.pad_id) > 1:
+        raise RecallError(
+            f"a {kind} sample must hold exactly one {MEMORY_PAD} iff it has a memory: {reply!r}"
+        )
+    return Sample(ids, labels, memory, kind)
+
+
+class MixedRecallData:
+    """The step-2 mixture, resampled each epoch under `max_tokens` (see the module docstring).
+
+    Args:
+        facts: the memories (index i <-> bank vector i).
+        general: the sft_only pool; `replies[i]` is the reply used for `general[i]` (e.g. the base
+            model's own answer, so sft_only teaches the model to stay itself).
+        mix: relative weights of memory_front, memory_full, sft_only.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        tokens: RecallTokens,
+        facts: Sequence[Fact],
+        general: Sequence[QA],
+        replies: Sequence[str],
+        *,
+        samples_per_epoch: int,
+        max_tokens: int,
+        mix: Sequence[float] = (1.0, 1.0, 1.0),
+        seed: int = 0,
+    ) -> None:
+        self.tokenizer, self.tokens = tokenizer, tokens
+        self.facts, self.general, self.replies = list(facts), list(general), list(replies)
+        self.samples_per_epoch, self.max_tokens = samples_per_epoch, max_tokens
+        self.mix, self.seed = list(mix), seed
+
+    def _candidate(self, kind: str, rng: random.Random) -> Sample:
+        if kind == "sft_only":
+            i = rng.randrange(len(self.general))
+            return encode_sample(
+                self.tokenizer, self.tokens, self.general[i].question, self.replies[i], -1, kind
+            )
+        m = rng.randrange(len(self.facts))
+        fact = self.facts[m]
+        if kind == "memory_full":
+            return encode_sample(self.tokenizer, self.tokens, fact.question, recall_reply(fact), m, kind)
+        # memory_front: an unrelated context (a general question), then the bare recall
+        context = self.general[rng.randrange(len(self.general))].question
+        reply = f"{RECALL}{MEMORY_PAD}{fact.text}{RECALL_END}"
+        return encode_sample(self.tokenizer, self.tokens, context, reply, m, kind)
+
+    def epoch(self, epoch: int) -> list[Sample]:
+        """This epoch's samples: kinds drawn by `mix`, over-long candidates skipped and redrawn."""
+        rng = random.Random(self.seed * 100_003 + epoch)
+        kinds = rng.choices(KINDS, weights=self.mix, k=self.samples_per_epoch)
+        out = []
+        for kind in kinds:
+            for _ in range(100):
+                sample = self._candidate(kind, rng)
+                if len(sample.input_ids) <= self.max_tokens:
+                    out.append(sample)
+                    break
+            else:
+                raise RecallError(
+                    f"no {kind} sample fits max_tokens={self.max_tokens} in 100 draws; raise step2.max_tokens"
+                )
+        return out
