@@ -10,7 +10,9 @@ import argparse
 import importlib
 
 # recipe name -> "module:function"
-RECIPES: dict[str, str] = {}
+RECIPES: dict[str, str] = {
+    "recall": "latentmem.recall.train:run",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
