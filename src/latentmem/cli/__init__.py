@@ -14,6 +14,8 @@ COMMAND_MODULES = (
     "latentmem.cli.models",
     "latentmem.cli.generate",
     "latentmem.cli.demo",
+    "latentmem.cli.train",
+    "latentmem.cli.bench",
 )
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCH_MODULES: tuple[str, ...] = ()
+BENCH_MODULES: tuple[str, ...] = (
+    "latentmem.cli.recall_bench",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
