@@ -1,0 +1,139 @@
+"""`latentmem memory add|search|list|delete --store DIR`: the embedded vector memory from the shell.
+
+latentmem memory add --store DIR --user alice "Alice is allergic to peanuts" --meta topic=health
+latentmem memory search --store DIR --user alice --json "what can't alice eat?"
+latentmem memory list --store DIR --user alice
+latentmem memory delete --store DIR 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import yaml
+
+from latentmem.memory.base import MemoryInputError, MemoryRecord
+from latentmem.memory.config import VectorMemoryConfig
+from latentmem.memory.vector import VectorMemory
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("memory", help="add, search, list and delete text memories in a store")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    add = actions.add_parser("add", help="store texts (duplicates return the existing id)")
+    _store_args(add, scoped=True)
+    add.add_argument("text", nargs="+", help="one or more texts, each one memory")
+    add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)")
+    add.set_defaults(func=run_add)
+
+    search = actions.add_parser("search", help="the memories most similar to a query")
+    _store_args(search, scoped=True)
+    search.add_argument("query")
+    search.add_argument("-k", "--k", type=int, default=5, help="how many results (5)")
+    search.add_argument(
+        "--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality"
+    )
+    search.set_defaults(func=run_search)
+
+    list_ = actions.add_parser("list", help="the memories in a scope, oldest first")
+    _store_args(list_, scoped=True)
+    list_.add_argument("--limit", type=int, default=None)
+    list_.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality")
+    list_.set_defaults(func=run_list)
+
+    delete = actions.add_parser("delete", help="remove memories by id")
+    _store_args(delete, scoped=False)
+    delete.add_argument("ids", nargs="+", type=int, metavar="ID")
+    delete.set_defaults(func=run_delete)
+
+
+def _store_args(p: argparse.ArgumentParser, *, scoped: bool) -> None:
+    p.add_argument("--store", required=True, metavar="DIR", help="the store directory (created when missing)")
+    p.add_argument(
+        "--embedder",
+        default=None,
+        help="minilm, hash[:DIM], hidden:MODEL or a sentence-transformers dir "
+        "(default: the store's own; minilm for a new store)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    if scoped:
+        p.add_argument("--user")
+        p.add_argument("--agent")
+        p.add_argument("--session")
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, Any]:
+    """`["k=v", ...]` -> {k: v}; values parse as YAML scalars (`n=3` is an int, `ok=true` a bool)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise MemoryInputError(f"{flag} {item!r}: expected KEY=VALUE")
+        value = yaml.safe_load(raw) if raw else ""
+        out[key] = value if isinstance(value, str | int | float | bool) or value is None else raw
+    return out
+
+
+def _open(args: argparse.Namespace) -> VectorMemory:
+    return VectorMemory.open(args.store, embedder=args.embedder, config=VectorMemoryConfig())
+
+
+def _scope(args: argparse.Namespace) -> dict[str, str | None]:
+    return {"user": args.user, "agent": args.agent, "session": args.session}
+
+
+def _line(record: MemoryRecord, score: float | None = None) -> str:
+    scope = " ".join(f"{k}={v}" for k, v in record.scope.fields().items())
+    head = f"[{record.id}]" + (f" {score:.3f}" if score is not None else "")
+    meta = f" {json.dumps(record.metadata)}" if record.metadata else ""
+    return f"{head} ({scope}) {record.text}{meta}"
+
+
+def run_add(args: argparse.Namespace) -> int:
+    metadata = _pairs(args.meta, "--meta")
+    with _open(args) as mem:
+        results = mem.add_many(args.text, **_scope(args), metadatas=[metadata] * len(args.text))
+    if args.json:
+        print(json.dumps([{"event": r.event, **r.record.to_dict()} for r in results]))
+    else:
+        for r in results:
+            print(f"{r.event} {_line(r.record)}")
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    with _open(args) as mem:
+        hits = mem.search(args.query, **_scope(args), filters=_pairs(args.filter, "--filter"), k=args.k)
+    if args.json:
+        print(json.dumps([{"score": h.score, **h.record.to_dict()} for h in hits]))
+    else:
+        for h in hits:
+            print(_line(h.record, h.score))
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    with _open(args) as mem:
+        records = mem.list(**_scope(args), filters=_pairs(args.filter, "--filter"), limit=args.limit)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records]))
+    else:
+        for r in records:
+            print(_line(r))
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    with _open(args) as mem:
+        for memory_id in args.ids:  # every id must exist before any is deleted
+            mem.get(memory_id)
+        for memory_id in args.ids:
+            mem.delete(memory_id)
+    if args.json:
+        print(json.dumps({"deleted": args.ids}))
+    else:
+        print(f"deleted {len(args.ids)} memor{'y' if len(args.ids) == 1 else 'ies'}")
+    return 0

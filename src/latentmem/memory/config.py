@@ -1,0 +1,56 @@
+"""Configuration of vector memory stores."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from latentmem.config import Config, require
+
+
+@dataclasses.dataclass
+class VectorMemoryConfig(Config):
+    """How a vector memory stores, deduplicates and searches.
+
+    Attributes:
+        near_duplicate_threshold: a new text whose cosine similarity to an existing record *in the same
+            scope* is at least this is a near duplicate: `add` returns the existing record. `None` keeps
+            only exact duplicates (same text after case-folding and whitespace collapsing) out.
+        max_chars: the longest text accepted; longer ones are an error (split them).
+        index_kind: the `VectorIndex` backend of the embedded store (`auto`: exact below 50k vectors,
+            HNSW above).
+        exact_filter_limit: a search whose scope and filters match at most this many records scores
+            exactly those records with numpy (pre-filtering); larger ones search the index and drop the
+            hits outside the scope (post-filtering, fetching more until k remain).
+        snapshot_min_changes: the embedded store rewrites its index file once this many records (and at
+            least a quarter of the index) changed since the last file; until then a process that opens
+            the store replays the changes from SQLite, which stays the source of truth.
+        lock_timeout_s: how long a writer waits for another process's write lock before giving up.
+    """
+
+    near_duplicate_threshold: float | None = 0.95
+    max_chars: int = 32_000
+    index_kind: Literal["auto", "exact", "flat", "hnsw"] = "auto"
+    exact_filter_limit: int = 10_000
+    snapshot_min_changes: int = 1000
+    lock_timeout_s: float = 30.0
+
+    def validate(self) -> None:
+        t = self.near_duplicate_threshold
+        require(
+            t is None or 0.0 < t <= 1.0,
+            "near_duplicate_threshold",
+            f"must be in (0, 1] (e.g. 0.95) or null to keep only exact duplicates out; got {t}",
+        )
+        require(self.max_chars > 0, "max_chars", f"must be positive, got {self.max_chars}")
+        require(
+            self.exact_filter_limit >= 0,
+            "exact_filter_limit",
+            f"must be >= 0 (0 always post-filters), got {self.exact_filter_limit}",
+        )
+        require(
+            self.snapshot_min_changes > 0,
+            "snapshot_min_changes",
+            f"must be positive (e.g. 1000), got {self.snapshot_min_changes}",
+        )
+        require(self.lock_timeout_s > 0, "lock_timeout_s", f"must be positive, got {self.lock_timeout_s}")

@@ -1,0 +1,483 @@
+"""The embedded vector-memory backend: SQLite + `VectorIndex` in one directory, safe across processes.
+
+Layout of a store directory::
+
+    memory.sqlite          records (text, scope, metadata, timestamps, vector), the change log, meta
+    index-<SEQ>.npz        a snapshot of the vector index as of write number SEQ (a cache)
+    write.lock             the inter-process write lock (fcntl)
+
+Why it survives kills and concurrent writers:
+
+- **SQLite is the source of truth.** Every write is one `BEGIN IMMEDIATE ... COMMIT` transaction (WAL
+  journal) that stores the rows *with their vectors*, bumps the write sequence number `seq` and logs the
+  touched ids in `changes`. A process killed mid-write leaves the last committed state, nothing half-done.
+- **The index is derived.** A snapshot file is named by the `seq` it reflects and written atomically
+  (`VectorIndex.save`). On open, and whenever `seq` moved on (another process wrote), the newest snapshot
+  not ahead of `seq` is loaded and the logged changes after it are replayed from SQLite; with no usable
+  snapshot the index is rebuilt from the stored vectors. A stale or missing index file is thus detected
+  and repaired, never trusted.
+- **One writer at a time.** Writers (and index refreshes) hold an exclusive `flock` on `write.lock`, so the
+  duplicate check and the insert of one `add` are atomic; SQLite's busy timeout covers readers meeting
+  a commit.
+- **Snapshots are amortised.** The index file is rewritten only after `snapshot_min_changes` changes (and a
+  quarter of the index), so a single `add` costs one small transaction, not a rewrite of the whole index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentmem.memory.backend import NewRow, VectorBackend, Where
+from latentmem.memory.base import MemoryRecord, MemoryStoreError, Scope
+from latentmem.memory.config import VectorMemoryConfig
+from latentmem.vector_index import VectorIndex, VectorIndexError
+
+DB_NAME = "memory.sqlite"
+LOCK_NAME = "write.lock"
+_SNAPSHOT_GLOB = "index-*.npz"
+_CHUNK = 10_000  # ids per `IN (...)` query, well under SQLite's parameter limit
+_COLUMNS = "id, user, agent, session, text, metadata, created_at, updated_at, vector"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS memories (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user TEXT NOT NULL, agent TEXT NOT NULL, session TEXT NOT NULL,
+    text TEXT NOT NULL, text_key TEXT NOT NULL, metadata TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS memories_user ON memories (user, agent, session, text_key);
+CREATE INDEX IF NOT EXISTS memories_agent ON memories (agent, session);
+CREATE INDEX IF NOT EXISTS memories_session ON memories (session);
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER NOT NULL, memory_id INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS changes_seq ON changes (seq);
+"""
+
+
+def _chunks(items: Sequence[int], size: int = _CHUNK) -> Iterator[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def _where_sql(where: Where) -> tuple[str, list[Any]]:
+    """SQL condition + parameters for `where`. Filters compare JSON type as well as value."""
+    clauses, params = [], []
+    for column, value in where.scope_values().items():
+        clauses.append(f"{column} = ?")  # column names come from SCOPE_FIELDS, never from users
+        params.append(value)
+    for key, value in where.filters.items():
+        path = f'$."{key}"'  # keys were checked to be [A-Za-z0-9_-]
+        if value is None:
+            clauses.append("json_type(metadata, ?) = 'null'")
+            params.append(path)
+        elif isinstance(value, bool):
+            clauses.append("json_type(metadata, ?) = ?")
+            params += [path, "true" if value else "false"]
+        elif isinstance(value, int | float):  # numbers compare by value, 1 == 1.0, as in Qdrant's ranges
+            clauses.append("json_type(metadata, ?) IN ('integer', 'real') AND json_extract(metadata, ?) = ?")
+            params += [path, path, value]
+        else:
+            clauses.append("json_type(metadata, ?) = 'text' AND json_extract(metadata, ?) = ?")
+            params += [path, path, value]
+    return " AND ".join(clauses) or "1", params
+
+
+class EmbeddedBackend(VectorBackend):
+    """SQLite + `VectorIndex` in `directory` (created when missing). Not shared between threads."""
+
+    def __init__(self, directory: str | Path, config: VectorMemoryConfig | None = None) -> None:
+        self.directory = Path(directory).expanduser()
+        self.config = config or VectorMemoryConfig()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock_file = (self.directory / LOCK_NAME).open("a+")
+        except OSError as exc:
+            raise MemoryStoreError(f"cannot open a memory store in {self.directory}: {exc}") from exc
+        self._lock_depth = 0
+        self._index: VectorIndex | None = None
+        self._seq = -1  # the write sequence number the in-memory index reflects
+        # Ids written by the open transaction -> their new vector (None: deleted). Applied to the in-memory
+        # index after COMMIT without reading the vectors back.
+        self._touched: dict[int, np.ndarray | None] | None = None
+        try:
+            # Autocommit mode: transactions are begun explicitly (BEGIN IMMEDIATE takes the write lock
+            # up front, so a transaction never fails half-way on a lock upgrade).
+            self._conn = sqlite3.connect(
+                self.directory / DB_NAME, timeout=self.config.lock_timeout_s, isolation_level=None
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable against a killed process (what WAL must survive here), not a power cut.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            with self._locked():
+                self._conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise MemoryStoreError(f"{self.directory / DB_NAME} is not a usable memory store: {exc}") from exc
+
+    # ---- meta --------------------------------------------------------------------------------------
+    def _meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, key: str, value: Any) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
+
+    def embedder_info(self) -> tuple[str | None, int | None]:
+        dim = self._meta("dim")
+        return self._meta("embedder"), None if dim is None else int(dim)
+
+    def set_embedder_info(self, spec: str, dim: int) -> None:
+        with self.transaction():
+            if self._meta("embedder") is None:  # first come, first served: never overwrite
+                self._set_meta("embedder", spec)
+                self._set_meta("dim", dim)
+
+    # ---- locking and transactions ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The exclusive inter-process lock (re-entrant within this object)."""
+        if self._lock_depth == 0:
+            deadline = time.monotonic() + self.config.lock_timeout_s
+            while True:
+                try:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise MemoryStoreError(
+                            f"another process has held the write lock of {self.directory} for more than "
+                            f"lock_timeout_s={self.config.lock_timeout_s}; retry, or raise lock_timeout_s"
+                        ) from None
+                    time.sleep(0.005)
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._touched is not None:
+            raise MemoryStoreError("memory store transactions do not nest")
+        with self._locked():
+            self._sync()
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._touched = {}
+            try:
+                yield
+                touched, seq = self._touched, self._seq + 1
+                if touched:
+                    self._conn.executemany(
+                        "INSERT INTO changes (seq, memory_id) VALUES (?, ?)",
+                        [(seq, i) for i in sorted(touched)],
+                    )
+                    self._set_meta("seq", seq)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._touched = None
+            if touched:
+                self._after_commit(touched, seq)
+
+    def _after_commit(self, touched: dict[int, np.ndarray | None], seq: int) -> None:
+        try:
+            if self._index is None:
+                self._sync()  # the first write that gave the store its dimension
+            else:
+                present = [i for i in touched if i in self._index]
+                if present:
+                    self._index.remove(present)
+                kept = [i for i, v in touched.items() if v is not None]
+                if kept:
+                    self._index.add(kept, np.stack([touched[i] for i in kept]))
+            self._seq = seq
+            self._maybe_snapshot()
+        except BaseException:
+            # The commit stands; only this process's view is unsure. Rebuild it from SQLite on next use.
+            self._index, self._seq = None, -1
+            raise
+
+    # ---- the index, kept in step with SQLite -------------------------------------------------------
+    def _db_seq(self) -> int:
+        return int(self._meta("seq") or 0)
+
+    def _snapshots(self) -> dict[int, Path]:
+        out = {}
+        for path in self.directory.glob(_SNAPSHOT_GLOB):
+            seq_text = path.stem.removeprefix("index-")
+            if seq_text.isdigit():
+                out[int(seq_text)] = path
+        return out
+
+    def _ensure_current(self) -> None:
+        """Before a read: catch up with writes made by other processes (cheap when there were none)."""
+        if self._touched is not None:  # inside our own transaction, synced at its start
+            return
+        if self._index is None or self._db_seq() != self._seq:
+            with self._locked():
+                self._sync()
+
+    def _sync(self) -> None:
+        """Make the in-memory index reflect SQLite as of the current `seq` (caller holds the lock)."""
+        seq = self._db_seq()
+        _, dim = self.embedder_info()
+        if dim is None:  # an empty store without an embedder yet: nothing to index
+            self._index, self._seq = None, seq
+            return
+        if self._index is not None and self._seq == seq:
+            return
+        index, base = None, -1
+        if self._index is not None and self._seq < seq:
+            index, base = self._index, self._seq
+        snapshots = {s: p for s, p in self._snapshots().items() if s <= seq}
+        if snapshots and max(snapshots) > base:
+            newest = max(snapshots)
+            try:
+                loaded = VectorIndex.load(snapshots[newest])
+                if loaded.dim == dim:
+                    index, base = loaded, newest
+            except (OSError, ValueError, KeyError, VectorIndexError):
+                pass  # a damaged snapshot is only a cache: fall back to replaying or rebuilding
+        pruned = int(self._meta("pruned_upto") or 0)
+        if index is None or base < pruned:
+            index = VectorIndex(dim, self.config.index_kind)
+            self._add_rows(index, self._conn.execute("SELECT id, vector FROM memories ORDER BY id"))
+        else:
+            rows = self._conn.execute("SELECT DISTINCT memory_id FROM changes WHERE seq > ?", (base,))
+            self._refresh(index, [r[0] for r in rows])
+        self._index, self._seq = index, seq
+
+    @staticmethod
+    def _add_rows(index: VectorIndex, rows: Iterable[tuple[int, bytes]]) -> None:
+        ids, vecs = [], []
+        for memory_id, blob in rows:
+            ids.append(memory_id)
+            vecs.append(np.frombuffer(blob, dtype="<f4"))
+            if len(ids) == _CHUNK:
+                index.add(ids, np.stack(vecs))
+                ids, vecs = [], []
+        if ids:
+            index.add(ids, np.stack(vecs))
+
+    def _refresh(self, index: VectorIndex, ids: Sequence[int]) -> None:
+        """Re-read these ids from SQLite into `index`: drop them, add back the ones that still exist."""
+        present = [i for i in ids if i in index]
+        if present:
+            index.remove(present)
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            self._add_rows(
+                index,
+                self._conn.execute(
+                    f"SELECT id, vector FROM memories WHERE id IN ({marks}) ORDER BY id", chunk
+                ),
+            )
+
+    def _maybe_snapshot(self) -> None:
+        pending = self._conn.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
+        if self._index is None or pending < max(self.config.snapshot_min_changes, len(self._index) // 4):
+            return
+        self._index.save(self.directory / f"index-{self._seq:012d}.npz")
+        for seq, path in self._snapshots().items():
+            if seq < self._seq:
+                path.unlink(missing_ok=True)
+        # The log up to the snapshot is no longer needed to rebuild; `pruned_upto` tells `_sync` that an
+        # older in-memory index must reload the snapshot rather than replay.
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.execute("DELETE FROM changes WHERE seq <= ?", (self._seq,))
+        self._set_meta("pruned_upto", self._seq)
+        self._conn.execute("COMMIT")
+
+    # ---- rows --------------------------------------------------------------------------------------
+    def _in_transaction(self) -> dict[int, np.ndarray | None]:
+        if self._touched is None:
+            raise MemoryStoreError("writes to a memory store must happen inside backend.transaction()")
+        return self._touched
+
+    def insert(self, rows: Sequence[NewRow]) -> list[int]:
+        touched = self._in_transaction()
+        ids = []
+        for row in rows:
+            cur = self._conn.execute(
+                "INSERT INTO memories (user, agent, session, text, text_key, metadata, created_at, "
+                "updated_at, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.scope.user or "",
+                    row.scope.agent or "",
+                    row.scope.session or "",
+                    row.text,
+                    row.text_key,
+                    json.dumps(row.metadata),
+                    row.created_at,
+                    row.created_at,
+                    _blob(row.vector),
+                ),
+            )
+            ids.append(int(cur.lastrowid))
+            touched[ids[-1]] = row.vector
+        return ids
+
+    def replace(
+        self,
+        memory_id: int,
+        text: str,
+        text_key: str,
+        metadata: dict[str, Any],
+        vector: np.ndarray,
+        at: float,
+    ) -> None:
+        self._in_transaction()[memory_id] = vector
+        self._conn.execute(
+            "UPDATE memories SET text = ?, text_key = ?, metadata = ?, vector = ?, updated_at = ? WHERE id = ?",
+            (text, text_key, json.dumps(metadata), _blob(vector), at, memory_id),
+        )
+
+    def remove(self, ids: Sequence[int]) -> None:
+        self._in_transaction().update(dict.fromkeys(ids))
+        for chunk in _chunks(list(ids)):
+            self._conn.execute(f"DELETE FROM memories WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+
+    def find_text_keys(self, scope: Scope, text_keys: Sequence[str]) -> dict[str, int]:
+        where = Where(scope, exact_scope=True)
+        sql, params = _where_sql(where)
+        out: dict[str, int] = {}
+        keys = sorted(set(text_keys))
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for memory_id, key in self._conn.execute(
+                f"SELECT id, text_key FROM memories WHERE {sql} AND text_key IN ({marks}) ORDER BY id DESC",
+                [*params, *chunk],
+            ):
+                out[key] = memory_id  # descending ids: the oldest record wins
+        return out
+
+    @staticmethod
+    def _record(row: tuple) -> MemoryRecord:
+        memory_id, user, agent, session, text, metadata, created, updated, blob = row
+        return MemoryRecord(
+            id=memory_id,
+            text=text,
+            scope=Scope(user or None, agent or None, session or None),
+            metadata=json.loads(metadata),
+            created_at=created,
+            updated_at=updated,
+            vector=np.frombuffer(blob, dtype="<f4").copy(),
+        )
+
+    def fetch(self, ids: Sequence[int]) -> dict[int, MemoryRecord]:
+        out = {}
+        for chunk in _chunks([int(i) for i in ids]):
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(f"SELECT {_COLUMNS} FROM memories WHERE id IN ({marks})", chunk):
+                out[row[0]] = self._record(row)
+        return out
+
+    def select(self, where: Where, limit: int | None) -> list[MemoryRecord]:
+        sql, params = _where_sql(where)
+        query = f"SELECT {_COLUMNS} FROM memories WHERE {sql} ORDER BY id"
+        if limit is not None:
+            query, params = query + " LIMIT ?", [*params, limit]
+        return [self._record(row) for row in self._conn.execute(query, params)]
+
+    def count(self, where: Where | None = None) -> int:
+        sql, params = _where_sql(where) if where is not None else ("1", [])
+        return int(self._conn.execute(f"SELECT COUNT(*) FROM memories WHERE {sql}", params).fetchone()[0])
+
+    # ---- search ------------------------------------------------------------------------------------
+    def nearest(self, vectors: np.ndarray, where: Where, k: int) -> list[list[tuple[int, float]]]:
+        self._ensure_current()
+        empty: list[list[tuple[int, float]]] = [[] for _ in range(len(vectors))]
+        index = self._index
+        if index is None or len(index) == 0:
+            return empty
+        n_match = self.count(where)
+        if n_match == 0:
+            return empty
+        if n_match == len(index):  # the whole store is in scope (one tenant): no filtering at all
+            scores, ids = index.search(vectors, k)
+            return [
+                [(int(i), float(s)) for s, i in zip(sr, ir, strict=True) if i >= 0]
+                for sr, ir in zip(scores, ids, strict=True)
+            ]
+        if n_match <= self.config.exact_filter_limit:
+            return self._prefiltered(vectors, where, k)
+        return self._postfiltered(index, vectors, where, k, n_match)
+
+    def _prefiltered(self, vectors: np.ndarray, where: Where, k: int) -> list[list[tuple[int, float]]]:
+        """Exact scores over just the records in scope, read from SQLite (few of them, by the caller's test)."""
+        sql, params = _where_sql(where)
+        rows = self._conn.execute(f"SELECT id, vector FROM memories WHERE {sql}", params).fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        sims = vectors @ np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).T  # (Q, n)
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return [[(int(ids[j]), float(sims[q, j])) for j in top[q]] for q in range(len(vectors))]
+
+    def _postfiltered(
+        self, index: VectorIndex, vectors: np.ndarray, where: Where, k: int, n_match: int
+    ) -> list[list[tuple[int, float]]]:
+        """Search the whole index and keep in-scope hits, fetching more until k remain (or all were seen)."""
+        sql, params = _where_sql(where)
+        fetch = min(len(index), 2 * k * -(-len(index) // n_match))  # expect k in-scope hits, with slack
+        while True:
+            scores, ids = index.search(vectors, fetch)
+            candidates = sorted({int(i) for i in ids.ravel() if i >= 0})
+            allowed: set[int] = set()
+            for chunk in _chunks(candidates):
+                marks = ",".join("?" * len(chunk))
+                allowed.update(
+                    r[0]
+                    for r in self._conn.execute(
+                        f"SELECT id FROM memories WHERE {sql} AND id IN ({marks})", [*params, *chunk]
+                    )
+                )
+            out = [
+                [(int(i), float(s)) for s, i in zip(sr, ir, strict=True) if int(i) in allowed][:k]
+                for sr, ir in zip(scores, ids, strict=True)
+            ]
+            if fetch >= len(index) or all(len(hits) == k for hits in out):
+                return out
+            fetch = min(len(index), fetch * 4)
+
+    # ---- maintenance -------------------------------------------------------------------------------
+    @property
+    def index_backend(self) -> str | None:
+        """The `VectorIndex` backend now in use ("exact", "flat", "hnsw"); None before the first write."""
+        self._ensure_current()
+        return None if self._index is None else self._index.backend
+
+    def consistency_report(self) -> dict[str, Any]:
+        """Compare the index with SQLite: counts and the ids only one side has (both empty when sound)."""
+        self._ensure_current()
+        db_ids = {r[0] for r in self._conn.execute("SELECT id FROM memories")}
+        index_ids = set() if self._index is None else {int(i) for i in self._index.ids()}
+        return {
+            "records": len(db_ids),
+            "indexed": len(index_ids),
+            "seq": self._seq,
+            "missing_from_index": sorted(db_ids - index_ids),
+            "stale_in_index": sorted(index_ids - db_ids),
+        }
+
+    def close(self) -> None:
+        self._conn.close()
+        self._lock_file.close()

@@ -1,0 +1,352 @@
+"""`VectorMemory`: the memory interface over an embedder and a backend (embedded SQLite + FAISS, or Qdrant).
+
+    mem = VectorMemory.open("~/.latentmem/agent")                 # embedded, MiniLM embeddings
+    mem.add("Alice is allergic to peanuts", user="alice")
+    hits = mem.search("what food should alice avoid?", user="alice", k=3)
+    found = mem.retrieve("alice's allergies", user="alice", k=4)  # texts + vectors, e.g. for a weaver
+    found.texts, found.vectors                                     # list[str], (n, D) float32
+
+    mem = VectorMemory.qdrant(url="http://qdrant:6333")           # the same interface on a server
+
+Deduplication happens on `add`: a text equal to an existing one in the same scope (after case-folding and
+whitespace collapsing), or whose embedding has cosine >= `near_duplicate_threshold` with one, is not stored
+again; the existing record comes back with event "duplicate" or "near_duplicate".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentmem.memory.backend import NewRow, VectorBackend, Where
+from latentmem.memory.base import (
+    AddResult,
+    FilterValue,
+    Memory,
+    MemoryInputError,
+    MemoryNotFoundError,
+    MemoryRecord,
+    MemoryStoreError,
+    ScopeLike,
+    SearchHit,
+    as_query_batch,
+    check_filters,
+    check_k,
+    check_metadata,
+    check_text,
+    normalize_text,
+    resolve_scope,
+)
+from latentmem.memory.config import VectorMemoryConfig
+from latentmem.memory.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
+
+
+def text_key(text: str) -> str:
+    """The exact-duplicate key of a text: a hash of its normalised form."""
+    return hashlib.sha256(normalize_text(text).encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class Retrieved:
+    """Top-k retrieval results as arrays, ready to feed a model: best first."""
+
+    ids: list[int]
+    texts: list[str]
+    vectors: np.ndarray  # (n, D) float32, unit rows
+    scores: np.ndarray  # (n,) float32 cosine similarities
+
+
+class VectorMemory(Memory):
+    """Texts with embeddings, searched by cosine similarity. See the module docstring."""
+
+    def __init__(
+        self,
+        backend: VectorBackend,
+        embedder: Embedder | str | None = None,
+        config: VectorMemoryConfig | None = None,
+    ) -> None:
+        """Use `backend` with `embedder` (an `Embedder`, a spec for `load_embedder`, or None: the embedder
+        the store was created with, MiniLM for a new store). A store refuses a different embedder than the
+        one its vectors came from: mixing embedding spaces would make every search silently wrong."""
+        self.backend = backend
+        self.config = config or VectorMemoryConfig()
+        stored_spec, stored_dim = backend.embedder_info()
+        if embedder is None:
+            embedder = stored_spec or DEFAULT_EMBEDDER
+        self.embedder: Embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder
+        if stored_spec is None:
+            backend.set_embedder_info(self.embedder.spec, self.embedder.dim)
+            stored_spec, stored_dim = backend.embedder_info()  # another process may have created it first
+        if (stored_spec, stored_dim) != (self.embedder.spec, self.embedder.dim):
+            backend.close()
+            raise MemoryStoreError(
+                f"this store holds vectors from embedder {stored_spec!r} (dim {stored_dim}), not "
+                f"{self.embedder.spec!r} (dim {self.embedder.dim}); open it with that embedder "
+                f"(--embedder {stored_spec}) or use a new store"
+            )
+
+    # ---- construction ------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        directory: str | Path,
+        *,
+        embedder: Embedder | str | None = None,
+        config: VectorMemoryConfig | None = None,
+    ) -> VectorMemory:
+        """The embedded store (SQLite + FAISS) in `directory`, created when missing."""
+        from latentmem.memory.embedded import EmbeddedBackend
+
+        config = config or VectorMemoryConfig()
+        return cls(EmbeddedBackend(directory, config), embedder, config)
+
+    @classmethod
+    def qdrant(
+        cls,
+        *,
+        url: str | None = None,
+        path: str | Path | None = None,
+        location: str | None = None,
+        collection: str = "latentmem",
+        embedder: Embedder | str | None = None,
+        config: VectorMemoryConfig | None = None,
+    ) -> VectorMemory:
+        """A Qdrant collection: a server (`url`), the client's local mode (`path`, or `location=":memory:"`)."""
+        from latentmem.memory.qdrant import QdrantBackend
+
+        return cls(
+            QdrantBackend(url=url, path=path, location=location, collection=collection), embedder, config
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> VectorMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writes ------------------------------------------------------------------------------------
+    def add(
+        self,
+        text: str,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        vector: np.ndarray | None = None,
+    ) -> AddResult:
+        """Store one text (embedded here unless `vector` is given). See `add_many`."""
+        vectors = None if vector is None else np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        metadatas = None if metadata is None else [metadata]
+        return self.add_many(
+            [text], scope, user=user, agent=agent, session=session, metadatas=metadatas, vectors=vectors
+        )[0]
+
+    def add_many(
+        self,
+        texts: Sequence[str],
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        vectors: np.ndarray | None = None,
+    ) -> list[AddResult]:
+        """Store texts in one scope, atomically: all of them or (on any error) none.
+
+        Every input is checked before anything is written. Duplicates, of stored records or of earlier
+        texts in the same batch, come back as the record they duplicate.
+        """
+        scope = resolve_scope(scope, user, agent, session)
+        if isinstance(texts, str):
+            raise MemoryInputError("add_many takes a list of texts; use add() for one text")
+        texts = [check_text(t, self.config.max_chars) for t in texts]
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise MemoryInputError(f"{len(metadatas)} metadata entries for {len(texts)} texts")
+        metas = [check_metadata(m) for m in (metadatas or [None] * len(texts))]
+        if vectors is None:
+            vecs = self.embedder.embed(texts)
+        else:
+            vecs = as_query_batch(vectors, self.dim)
+            if len(vecs) != len(texts):
+                raise MemoryInputError(f"{len(vecs)} vectors for {len(texts)} texts")
+        if not texts:
+            return []
+        keys = [text_key(t) for t in texts]
+        threshold = self.config.near_duplicate_threshold
+        now = time.time()
+        with self.backend.transaction():
+            existing = self.backend.find_text_keys(scope, keys)
+            near = (
+                self.backend.nearest(vecs, Where(scope, exact_scope=True), 1)
+                if threshold is not None
+                else [[] for _ in texts]
+            )
+            batch_sims = vecs @ vecs.T if threshold is not None else None
+            # For each text: ("new", position among new rows) or (event, id of the stored original).
+            outcome: list[tuple[str, int]] = []
+            new_positions: list[int] = []  # text indices that become new rows
+            new_key: dict[str, int] = {}
+            for i, key in enumerate(keys):
+                if key in existing:
+                    outcome.append(("duplicate", existing[key]))
+                elif key in new_key:
+                    outcome.append(("new", new_key[key]))
+                elif threshold is not None and near[i] and near[i][0][1] >= threshold:
+                    outcome.append(("near_duplicate", near[i][0][0]))
+                elif (
+                    batch_sims is not None
+                    and new_positions
+                    and float(batch_sims[i, new_positions].max()) >= threshold
+                ):
+                    best = int(np.argmax(batch_sims[i, new_positions]))
+                    outcome.append(("new", best))
+                else:
+                    new_key[key] = len(new_positions)
+                    outcome.append(("new", len(new_positions)))
+                    new_positions.append(i)
+            rows = [
+                NewRow(texts[i], keys[i], scope, metas[i], vecs[i], created_at=now) for i in new_positions
+            ]
+            new_ids = self.backend.insert(rows)
+            originals = self.backend.fetch([ref for event, ref in outcome if event != "new"])
+        new_records = [
+            MemoryRecord(id_, row.text, scope, row.metadata, now, now, row.vector)
+            for id_, row in zip(new_ids, rows, strict=True)
+        ]
+        results = []
+        for i, (event, ref) in enumerate(outcome):
+            if event != "new":
+                results.append(AddResult(originals[ref], event))
+            elif new_positions[ref] == i:
+                results.append(AddResult(new_records[ref], "added"))
+            else:  # an exact or near duplicate of an earlier text of this batch
+                same = keys[new_positions[ref]] == keys[i]
+                results.append(AddResult(new_records[ref], "duplicate" if same else "near_duplicate"))
+        return results
+
+    def update(
+        self, memory_id: int, text: str | None = None, *, metadata: Mapping[str, Any] | None = None
+    ) -> MemoryRecord:
+        new_text = None if text is None else check_text(text, self.config.max_chars)
+        new_meta = None if metadata is None else check_metadata(metadata)
+        vector = None if new_text is None else self.embedder.embed([new_text])[0]
+        with self.backend.transaction():
+            old = self.get(memory_id)
+            record = dataclasses.replace(
+                old,
+                text=old.text if new_text is None else new_text,
+                metadata=old.metadata if new_meta is None else new_meta,
+                vector=old.vector if vector is None else vector,
+                updated_at=time.time(),
+            )
+            self.backend.replace(
+                record.id,
+                record.text,
+                text_key(record.text),
+                record.metadata,
+                record.vector,
+                record.updated_at,
+            )
+        return record
+
+    def delete(self, memory_id: int) -> None:
+        with self.backend.transaction():
+            self.get(memory_id)
+            self.backend.remove([memory_id])
+
+    # ---- reads -------------------------------------------------------------------------------------
+    def get(self, memory_id: int) -> MemoryRecord:
+        if not isinstance(memory_id, int) or isinstance(memory_id, bool):
+            raise MemoryInputError(f"memory ids are ints, got {memory_id!r}")
+        found = self.backend.fetch([memory_id])
+        if memory_id not in found:
+            raise MemoryNotFoundError(f"no memory with id {memory_id}")
+        return found[memory_id]
+
+    def search(
+        self,
+        query: str | np.ndarray,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        filters: Mapping[str, FilterValue] | None = None,
+        k: int = 5,
+    ) -> list[SearchHit]:
+        """The `k` most similar records in scope, best first. `query` is a text or a (D,) vector."""
+        where = Where(resolve_scope(scope, user, agent, session), check_filters(filters))
+        check_k(k)
+        if isinstance(query, str):
+            q = self.embedder.embed([check_text(query, self.config.max_chars)])
+        else:
+            q = as_query_batch(query, self.dim)
+            if len(q) != 1:
+                raise MemoryInputError(f"search takes one query vector, got {len(q)}")
+        hits = self.backend.nearest(q, where, k)[0]
+        records = self.backend.fetch([i for i, _ in hits])
+        # A record deleted by another process after the index answered is skipped, not an error.
+        return [SearchHit(records[i], score) for i, score in hits if i in records]
+
+    def retrieve(
+        self,
+        query: str | np.ndarray,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        filters: Mapping[str, FilterValue] | None = None,
+        k: int = 5,
+    ) -> Retrieved:
+        """`search` as arrays: the top-k texts and their stored vectors (what a retrieval-reading model eats)."""
+        hits = self.search(query, scope, user=user, agent=agent, session=session, filters=filters, k=k)
+        vectors = np.stack([h.record.vector for h in hits]) if hits else np.empty((0, self.dim), np.float32)
+        return Retrieved(
+            ids=[h.record.id for h in hits],
+            texts=[h.record.text for h in hits],
+            vectors=vectors.astype(np.float32),
+            scores=np.array([h.score for h in hits], dtype=np.float32),
+        )
+
+    def list(
+        self,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        filters: Mapping[str, FilterValue] | None = None,
+        limit: int | None = None,
+    ) -> list[MemoryRecord]:
+        if limit is not None:
+            check_k(limit)
+        where = Where(resolve_scope(scope, user, agent, session), check_filters(filters))
+        return self.backend.select(where, limit)
+
+    def count(
+        self,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+    ) -> int:
+        """How many records the scope holds."""
+        return self.backend.count(Where(resolve_scope(scope, user, agent, session)))

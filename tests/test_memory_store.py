@@ -1,0 +1,238 @@
+"""The memory interface, run against both backends (embedded SQLite + FAISS, Qdrant local mode)."""
+
+import contextlib
+
+import numpy as np
+import pytest
+
+from latentmem.errors import ConfigError
+from latentmem.memory import (
+    MemoryInputError,
+    MemoryNotFoundError,
+    MemoryStoreError,
+    Scope,
+    ScopeError,
+    VectorMemory,
+    VectorMemoryConfig,
+)
+
+EMBEDDER = "hash:128"
+
+
+def _open_embedded(path, config, embedder):
+    return VectorMemory.open(path / "store", embedder=embedder, config=config)
+
+
+def _open_qdrant(path, config, embedder):
+    return VectorMemory.qdrant(path=path / "qdrant", embedder=embedder, config=config)
+
+
+BACKENDS = {"embedded": _open_embedded, "qdrant": _open_qdrant}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def opener(request, tmp_path):
+    """A function (config, embedder) -> open store, the same place each call: reopening is a restart.
+
+    Qdrant's local mode locks its directory, so close a store before opening it again.
+    """
+    opened = []
+
+    def open_store(config=None, embedder=EMBEDDER):
+        mem = BACKENDS[request.param](tmp_path, config, embedder)
+        opened.append(mem)
+        return mem
+
+    open_store.kind = request.param
+    yield open_store
+    for mem in opened:
+        with contextlib.suppress(Exception):  # a test may have closed it already
+            mem.close()
+
+
+@pytest.fixture
+def mem(opener):
+    return opener()
+
+
+def texts(records):
+    return [r.text for r in records]
+
+
+# ---- the interface, case by case --------------------------------------------------------------------
+def test_add_get_list_update_delete(mem):
+    a = mem.add("Alice drinks green tea every morning", user="alice", metadata={"topic": "drink"})
+    b = mem.add("Alice's cat is called Miso", user="alice", session="s1")
+    c = mem.add("Bob collects old maps", user="bob")
+    assert (a.event, b.event, c.event) == ("added", "added", "added")
+    assert len({a.id, b.id, c.id}) == 3
+    got = mem.get(a.id)
+    assert got.text == "Alice drinks green tea every morning"
+    assert got.scope == Scope(user="alice") and got.metadata == {"topic": "drink"}
+    assert got.vector.shape == (128,) and abs(float(np.linalg.norm(got.vector)) - 1) < 1e-5
+    assert got.created_at == got.updated_at > 0
+    assert texts(mem.list(user="alice")) == [a.record.text, b.record.text]  # every session of alice
+    assert texts(mem.list(user="alice", session="s1")) == [b.record.text]
+    assert texts(mem.list(user="alice", limit=1)) == [a.record.text]
+
+    updated = mem.update(a.id, "Alice drinks black coffee", metadata={"topic": "coffee"})
+    assert mem.get(a.id).text == updated.text == "Alice drinks black coffee"
+    assert mem.get(a.id).metadata == {"topic": "coffee"}
+    assert mem.get(a.id).updated_at >= got.updated_at
+    assert mem.search("black coffee", user="alice", k=1)[0].record.id == a.id  # re-embedded
+
+    mem.delete(b.id)
+    with pytest.raises(MemoryNotFoundError, match=f"no memory with id {b.id}"):
+        mem.get(b.id)
+    with pytest.raises(MemoryNotFoundError):
+        mem.delete(b.id)
+    assert texts(mem.list(user="alice")) == ["Alice drinks black coffee"]
+    assert mem.search("cat Miso", user="alice", k=5)[0].record.id != b.id
+
+
+def test_search_ranks_by_similarity_within_scope(mem):
+    mem.add_many(["the red fox jumps", "a blue whale swims", "green tea is hot"], user="u1")
+    mem.add("the red fox jumps high", user="u2")
+    hits = mem.search("red fox", user="u1", k=3)
+    assert hits[0].record.text == "the red fox jumps"
+    assert all(h.record.scope.user == "u1" for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert mem.search("red fox", user="nobody") == []
+
+
+def test_retrieve_returns_texts_and_vectors(mem):
+    mem.add_many(["apples are red", "bananas are yellow", "the sea is blue"], agent="bot")
+    found = mem.retrieve("red apples", agent="bot", k=2)
+    assert found.texts[0] == "apples are red" and len(found.texts) == 2
+    assert found.vectors.shape == (2, 128) and found.vectors.dtype == np.float32
+    np.testing.assert_allclose(found.vectors[0], mem.get(found.ids[0]).vector)
+    assert found.scores.shape == (2,) and found.scores[0] >= found.scores[1]
+    empty = mem.retrieve("anything", agent="other", k=3)
+    assert empty.texts == [] and empty.vectors.shape == (0, 128)
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"kind": "fact"}, ["one", "three"]),
+        ({"kind": "fact", "n": 3}, ["three"]),
+        ({"n": 1.0}, ["one"]),  # numbers match by value
+        ({"ok": True}, ["two"]),
+        ({"ok": 1}, []),  # a bool is not a number
+        ({"note": None}, ["three"]),
+        ({"missing": "x"}, []),
+    ],
+)
+def test_metadata_filters(mem, filters, expected):
+    mem.add("one", user="f", metadata={"kind": "fact", "n": 1})
+    mem.add("two", user="f", metadata={"kind": "event", "ok": True})
+    mem.add("three", user="f", metadata={"kind": "fact", "n": 3, "note": None})
+    assert texts(mem.list(user="f", filters=filters)) == expected
+    assert sorted(
+        h.record.text for h in mem.search("one two three", user="f", filters=filters, k=5)
+    ) == sorted(expected)
+
+
+def test_exact_and_near_duplicates(opener):
+    mem = opener(VectorMemoryConfig(near_duplicate_threshold=0.9))
+    first = mem.add("Alice likes green tea", user="alice")
+    again = mem.add("  alice LIKES green   tea ", user="alice")
+    assert again.event == "duplicate" and again.id == first.id
+    near = mem.add("Alice likes green tea!", user="alice")  # same words: hash cosine 1.0, text differs
+    assert near.event == "near_duplicate" and near.id == first.id
+    other_scope = mem.add("Alice likes green tea", user="alice", session="s2")
+    assert other_scope.event == "added" and other_scope.id != first.id
+    batch = mem.add_many(["chess is fun", "Chess is fun", "chess is fun."], user="bob")
+    assert [r.event for r in batch] == ["added", "duplicate", "near_duplicate"]
+    assert len({r.id for r in batch}) == 1
+    assert mem.count(user="alice") == 2 and mem.count(user="bob") == 1
+
+
+def test_near_duplicates_can_be_turned_off(opener):
+    mem = opener(VectorMemoryConfig(near_duplicate_threshold=None))
+    assert mem.add("Alice likes green tea", user="a").event == "added"
+    assert mem.add("Alice likes green tea!", user="a").event == "added"
+    assert mem.add("alice likes green tea", user="a").event == "duplicate"
+
+
+# ---- bad input: clear errors, nothing lost ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda m: m.add("", user="u"), MemoryInputError, "must not be empty"),
+        (lambda m: m.add("   \n\t", user="u"), MemoryInputError, "must not be empty"),
+        (lambda m: m.add("x" * 40_000, user="u"), MemoryInputError, "longer than max_chars=32000"),
+        (lambda m: m.add("text", user="u", vector=np.ones(7)), MemoryInputError, "dimension 128"),
+        (lambda m: m.add("text", user="u", vector=np.zeros(128)), MemoryInputError, "non-zero"),
+        (lambda m: m.add("text"), ScopeError, "a scope is required"),
+        (lambda m: m.add("text", {"team": "x"}), ScopeError, "unknown scope field 'team'"),
+        (lambda m: m.add("text", user=""), ScopeError, "non-empty string"),
+        (lambda m: m.add("text", {"user": "a"}, user="b"), ScopeError, "not both"),
+        (lambda m: m.search("query"), ScopeError, "a scope is required"),
+        (lambda m: m.list(), ScopeError, "a scope is required"),
+        (lambda m: m.search("q", user="u", k=0), MemoryInputError, "k must be a positive int"),
+        (lambda m: m.search(np.ones(5), user="u"), MemoryInputError, "dimension 128"),
+        (lambda m: m.search("q", user="u", filters={"a.b": 1}), MemoryInputError, "filter key"),
+        (lambda m: m.search("q", user="u", filters={"a": [1]}), MemoryInputError, "only str, int"),
+        (lambda m: m.add("text", user="u", metadata={"a": object()}), MemoryInputError, "JSON"),
+        (lambda m: m.add_many(["ok", ""], user="u"), MemoryInputError, "must not be empty"),
+        (
+            lambda m: m.add_many(["a", "b"], user="u", vectors=np.ones((1, 128))),
+            MemoryInputError,
+            "1 vectors",
+        ),
+        (lambda m: m.get("1"), MemoryInputError, "ids are ints"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_nothing_is_lost(mem, call, error, message):
+    kept = mem.add("a memory that must survive", user="u")
+    with pytest.raises(error, match=message):
+        call(mem)
+    assert [r.id for r in mem.list(user="u")] == [kept.id]
+    assert mem.get(kept.id).text == "a memory that must survive"
+
+
+def test_long_text_within_the_limit_is_stored_whole(mem):
+    long_text = " ".join(f"word{i}" for i in range(5000))[:30_000]
+    rec = mem.add(long_text, user="u").record
+    assert mem.get(rec.id).text == long_text
+    assert mem.search(long_text[:100], user="u", k=1)[0].record.id == rec.id
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="near_duplicate_threshold"):
+        VectorMemoryConfig(near_duplicate_threshold=1.5)
+    with pytest.raises(ConfigError, match="max_chars"):
+        VectorMemoryConfig(max_chars=0)
+
+
+# ---- persistence ------------------------------------------------------------------------------------
+def test_restart_keeps_everything(opener):
+    mem = opener()
+    ids = [r.id for r in mem.add_many([f"fact number {i} about things" for i in range(20)], user="p")]
+    mem.update(ids[0], "a changed fact")
+    mem.delete(ids[1])
+    before = mem.list(user="p")
+    mem.close()
+    again = opener()
+    after = again.list(user="p")
+    assert [(r.id, r.text, r.metadata, r.scope) for r in after] == [
+        (r.id, r.text, r.metadata, r.scope) for r in before
+    ]
+    np.testing.assert_allclose(
+        np.stack([r.vector for r in after]), np.stack([r.vector for r in before]), atol=1e-6
+    )
+    assert again.search("a changed fact", user="p", k=1)[0].record.id == ids[0]
+    assert again.add("fact number 5 about things", user="p").event == "duplicate"
+    assert again.embedder.spec == EMBEDDER
+
+
+def test_reopening_with_another_embedder_is_refused(opener):
+    mem = opener()
+    mem.add("hello", user="u")
+    mem.close()
+    with pytest.raises(MemoryStoreError, match="embedder 'hash:128'.*--embedder hash:128"):
+        opener(embedder="hash:64")
+    reopened = opener(embedder=None)  # no embedder given: the store's own
+    assert reopened.embedder.spec == EMBEDDER
+    assert texts(reopened.list(user="u")) == ["hello"]
