@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "latentmem.cli.demo",
     "latentmem.cli.train",
     "latentmem.cli.bench",
+    "latentmem.cli.memory",
 )
 
 

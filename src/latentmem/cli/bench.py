@@ -11,6 +11,7 @@ import importlib
 
 BENCH_MODULES: tuple[str, ...] = (
     "latentmem.cli.recall_bench",
+    "latentmem.memory.bench",
 )
 
 
