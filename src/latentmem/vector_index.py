@@ -91,8 +91,12 @@ class VectorIndex:
         return np.fromiter(self._row_of.keys(), dtype=np.int64, count=len(self._row_of))
 
     # ---- writes ---------------------------------------------------------------------------------
-    def add(self, ids: np.ndarray | list[int], vectors: np.ndarray) -> None:
-        """Add vectors (N, D) under new int ids (N,). Vectors are L2-normalised here."""
+    def add(self, ids: np.ndarray | list[int], vectors: np.ndarray, *, normalized: bool = False) -> None:
+        """Add vectors (N, D) under new int ids (N,). Vectors are L2-normalised here.
+
+        `normalized=True` stores them as given (they must already be unit vectors, e.g. read back from an
+        earlier `matrix()`): normalising twice can move the last bit, and a reload must be exact.
+        """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
@@ -101,7 +105,8 @@ class VectorIndex:
             raise VectorIndexError(f"{len(ids)} ids for {len(vectors)} vectors")
         if len(set(ids.tolist())) != len(ids) or any(int(i) in self._row_of for i in ids):
             raise VectorIndexError("ids must be new and unique")
-        vectors = l2_normalize(vectors)
+        if not normalized:
+            vectors = l2_normalize(vectors)
         if self.kind == "auto" and self._faiss is None and len(self) + len(ids) >= self.auto_threshold:
             self._migrate_to_faiss("hnsw")
         if self.kind == "ivf" and self._faiss is None:

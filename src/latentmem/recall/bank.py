@@ -222,7 +222,7 @@ class MemoryBank:
         if "index" in files:
             bank.index = VectorIndex.load(path / files["index"])
         elif len(ids):
-            bank.index.add(ids, vecs)
+            bank.index.add(ids, vecs, normalized=True)  # stored unit vectors: keep their bits
         bank._entries = {int(i): rows[int(i)] for i in ids}
         bank._next_id = int(manifest["next_id"])
         return bank

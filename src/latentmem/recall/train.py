@@ -210,9 +210,9 @@ def train_step1(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if run is not None:
-            run.log(phase="step1", step=step, loss=float(loss), scale=float(memory.head.scale))
+            run.log(phase="step1", step=step, loss=loss.item(), scale=memory.head.scale.item())
     return losses
 
 
@@ -296,9 +296,9 @@ def train_step2(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(token_loss))
+            losses.append(token_loss.item())
             if run is not None:
-                run.log(phase="step2", epoch=epoch, loss=float(token_loss), head_loss=float(head_loss))
+                run.log(phase="step2", epoch=epoch, loss=token_loss.item(), head_loss=head_loss.item())
     return losses
 
 
