@@ -95,5 +95,5 @@ class KVDecoder:
         """Forget every slot after the first `length` (cache and mask)."""
         if self.cache is None or length >= self.length:
             return
-        self.cache.crop(length)
+        self.cache.crop(length - self.length)  # transformers 5: a negative count of slots to drop
         self.attention_mask = self.attention_mask[:, :length]

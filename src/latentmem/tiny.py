@@ -3,7 +3,8 @@
 `tiny-qwen2` (rotary positions, grouped-query attention, tied embeddings), `tiny-llama` (rotary positions,
 untied embeddings) and `tiny-gpt2` (learned absolute position embeddings). They share one byte-level BPE
 tokenizer trained here with the `tokenizers` library on a small embedded corpus, with ChatML special tokens.
-Everything is deterministic under a seed, and nothing touches a model hub.
+Everything is deterministic under a seed, and nothing touches a model hub. Weights are drawn with a
+large initializer range (0.2) so that greedy decoding is varied and its argmax robust to rounding.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def tiny_config(name: str, tokenizer: PreTrainedTokenizerFast) -> PretrainedConf
             num_key_value_heads=2,
             max_position_embeddings=1024,
             tie_word_embeddings=True,
+            initializer_range=0.2,
             **ids,
         )
     if name == "tiny-llama":
@@ -109,10 +111,11 @@ def tiny_config(name: str, tokenizer: PreTrainedTokenizerFast) -> PretrainedConf
             num_key_value_heads=4,
             max_position_embeddings=1024,
             tie_word_embeddings=False,
+            initializer_range=0.2,
             **ids,
         )
     if name == "tiny-gpt2":
-        return GPT2Config(n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=1024, **ids)
+        return GPT2Config(n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=1024, initializer_range=0.2, **ids)
     raise KeyError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_MODELS)}")
 
 

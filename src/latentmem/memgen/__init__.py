@@ -1,0 +1,17 @@
+"""Generative latent memory (MemGen): weaver, trigger and latent insertion on any HF causal LM."""
+
+from latentmem.memgen.config import MemGenConfig, TriggerConfig
+from latentmem.memgen.generate import GenerationConfig, GenerationResult, generate
+from latentmem.memgen.insertion import InsertionPlan
+from latentmem.memgen.model import LatentMemoryModel, MemGenOutput
+
+__all__ = [
+    "GenerationConfig",
+    "GenerationResult",
+    "InsertionPlan",
+    "LatentMemoryModel",
+    "MemGenConfig",
+    "MemGenOutput",
+    "TriggerConfig",
+    "generate",
+]

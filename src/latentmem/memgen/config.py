@@ -1,0 +1,82 @@
+"""Configuration of a MemGen model: weaver, trigger, insertion points. Defaults are the paper's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from latentmem.config import Config, require
+
+TriggerPolicy = Literal["always", "never", "every_n", "learned"]
+
+# LoRA target modules per architecture when the paper's q/v projections go by other names.
+DEFAULT_LORA_TARGETS = {"gpt2": ("c_attn",)}
+
+
+@dataclass
+class TriggerConfig(Config):
+    """When to weave at a delimiter.
+
+    always: at every delimiter (up to the insertion budget); never: only the prompt latents;
+    every_n: at the n-th, 2n-th, ... delimiter; learned: p_j = sigmoid(head(h_j)) on the reasoner's hidden
+    state at the delimiter, decided d_j ~ Bernoulli(p_j) when sampling, p_j > threshold when greedy.
+    """
+
+    policy: TriggerPolicy = "always"
+    every_n: int = 2
+    hidden_size: int = 64  # width of the learned head's hidden layer
+    threshold: float = 0.5
+    init_bias: float = (
+        2.0  # the learned head starts near "always" (sigmoid(2) = 0.88), as trained weavers expect
+    )
+
+    def validate(self) -> None:
+        require(self.every_n >= 1, "trigger.every_n", f"must be >= 1, got {self.every_n}")
+        require(self.hidden_size >= 1, "trigger.hidden_size", f"must be >= 1, got {self.hidden_size}")
+        require(0 < self.threshold < 1, "trigger.threshold", f"must be in (0, 1), got {self.threshold}")
+
+
+@dataclass
+class MemGenConfig(Config):
+    """A weaver that writes `prompt_latents` latents after the prompt and `inference_latents` latents after
+    up to `max_inference_insertions` delimiters of the answer, into a frozen reasoner."""
+
+    prompt_latents: int = 8  # K_p; 0 disables the prompt insertion
+    inference_latents: int = 8  # K_i; 0 disables insertions during decoding
+    max_inference_insertions: int = 5
+    delimiters: tuple[str, ...] = (",", ".", "\n")
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    weaver_model: str | None = (
+        None  # a separate weaver LM (joined by projections); None = LoRA on the reasoner
+    )
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+
+    def validate(self) -> None:
+        require(self.prompt_latents >= 0, "prompt_latents", f"must be >= 0, got {self.prompt_latents}")
+        require(
+            self.inference_latents >= 0, "inference_latents", f"must be >= 0, got {self.inference_latents}"
+        )
+        require(
+            self.max_inference_insertions >= 0,
+            "max_inference_insertions",
+            f"must be >= 0, got {self.max_inference_insertions}",
+        )
+        require(
+            len(self.delimiters) > 0 and all(self.delimiters),
+            "delimiters",
+            "give at least one non-empty string",
+        )
+        require(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
+        require(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        require(len(self.lora_targets) > 0, "lora_targets", "name at least one module, e.g. [q_proj, v_proj]")
+
+    @property
+    def inserts_during_decoding(self) -> bool:
+        return (
+            self.inference_latents > 0
+            and self.max_inference_insertions > 0
+            and self.trigger.policy != "never"
+        )

@@ -1,0 +1,184 @@
+"""Batched generation with latent memory, on one KV cache per model.
+
+Per step: pick the next token for every row (shared sampling processors), feed it to the reasoner (one
+cached step, like plain `generate`), and at rows whose token is a candidate delimiter ask the trigger. Rows
+that insert get K latents written by the weaver and appended to the reasoner's cache; the other rows get K
+invalid slots in the same call (attention-mask 0, positions unchanged), so the cache stays rectangular and
+nothing is recomputed. The weaver keeps its own cache of the token stream: at an insertion it reads only
+the tokens new since its last call plus its K query slots, then forgets the query slots (crop).
+
+The insertion rule is the one in `insertion.py`, which the training forward uses too; a test checks that
+training forward and generation assign the same log-probabilities to the same tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from latentmem.config import Config, require
+from latentmem.decoding import KVDecoder
+from latentmem.memgen.insertion import InsertionPlan, _pad
+from latentmem.sampling import SamplingConfig, select_next
+
+
+@dataclass
+class GenerationConfig(Config):
+    max_new_tokens: int = 128
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    trigger_sample: bool | None = (
+        None  # learned trigger: Bernoulli draws (True) or threshold; None = sampling.do_sample
+    )
+    stop_on_eos: bool = True
+
+    def validate(self) -> None:
+        require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class GenerationResult:
+    """sequences (B, N): generated tokens, pad after EOS. logprobs (B, N): log p(token) under the model's
+    unprocessed distribution (0 after EOS). lengths (B,): tokens up to and including EOS.
+    insertions: per row, the generated-token indices after which inference latents were inserted.
+    plan: the same insertion points as indices into cat([input_ids, sequences], 1), with the trigger's
+    candidates and decisions, ready for `LatentMemoryModel.forward(..., plan=...)`.
+    trigger_probs (B, C): the trigger's probability at each candidate of `plan`."""
+
+    sequences: torch.Tensor
+    logprobs: torch.Tensor
+    lengths: torch.Tensor
+    insertions: list[list[int]]
+    plan: InsertionPlan
+    trigger_probs: torch.Tensor
+
+    def completion_mask(self) -> torch.Tensor:
+        """(B, N) bool: the generated tokens that count (up to and including EOS)."""
+        n = self.sequences.shape[1]
+        return torch.arange(n, device=self.sequences.device)[None, :] < self.lengths[:, None]
+
+
+class _Weaver:
+    """The weaver's cached view of the token stream: tokens wait in `pending` until the next insertion."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.decoder = KVDecoder(model.weaver_lm)
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (embeds (B, n, D_r), valid (B, n))
+
+    def push(self, embeds: torch.Tensor, valid: torch.Tensor) -> None:
+        self.pending.append((embeds, valid))
+
+    def weave(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Latents (B, K, D_r) for rows `rows` (B,) bool (other rows' output is unused)."""
+        embeds = torch.cat([e for e, _ in self.pending], dim=1)
+        valid = torch.cat([v for _, v in self.pending], dim=1)
+        self.pending.clear()
+        B, K = embeds.shape[0], queries.shape[0]
+        w_in = self.model.proj_in(embeds)
+        x = torch.cat([w_in, queries.to(w_in.dtype)[None].expand(B, -1, -1)], dim=1)
+        keep = self.decoder.length + embeds.shape[1]
+        out = self.decoder.extend(x, torch.cat([valid, rows[:, None].expand(B, K)], dim=1), logits_to_keep=0)
+        self.decoder.crop(keep)  # the query slots are never seen again
+        return self.model.to_latents(out.hidden[:, -K:])
+
+
+def _eos_ids(model) -> torch.Tensor:
+    ids = {model.tokenizer.eos_token_id}
+    gen_eos = model.reasoner.generation_config.eos_token_id
+    ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return torch.tensor(sorted(i for i in ids if i is not None), device=model.device)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    config: GenerationConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> GenerationResult:
+    """Generate for a left-padded batch `input_ids`, `attention_mask` (B, T) with `model` (a
+    LatentMemoryModel). Greedy or sampled per `config.sampling`; each row stops at EOS."""
+    cfg = config or GenerationConfig()
+    mc = model.config
+    trigger_sample = cfg.sampling.do_sample if cfg.trigger_sample is None else cfg.trigger_sample
+    B, T = input_ids.shape
+    device = model.device
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    eos = _eos_ids(model)
+    pad = model.tokenizer.pad_token_id
+    reasoner = KVDecoder(model.reasoner)
+    weaver = _Weaver(model)
+    K_i = mc.inference_latents if mc.inserts_during_decoding else 0
+
+    embeds = reasoner.embed(input_ids)
+    weaver.push(embeds, attention_mask.bool())
+    with model.reasoner_mode():
+        logits = reasoner.prefill(embeds, attention_mask).logits[:, -1]
+    if mc.prompt_latents > 0:
+        latents = weaver.weave(model.prompt_queries, torch.ones(B, dtype=torch.bool, device=device))
+        with model.reasoner_mode():
+            logits = reasoner.extend(latents).logits[:, -1]
+
+    tokens, logprobs = [], []
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    lengths = torch.full((B,), cfg.max_new_tokens, dtype=torch.long, device=device)
+    n_inserted = torch.zeros(B, dtype=torch.long, device=device)
+    n_delims = torch.zeros(B, dtype=torch.long, device=device)
+    cands: list[list[tuple[int, int, bool, float]]] = [[] for _ in range(B)]
+    for step in range(cfg.max_new_tokens):
+        tok = select_next(logits, cfg.sampling, generator).masked_fill(finished, pad)
+        lp = logits.log_softmax(-1).gather(1, tok[:, None]).squeeze(1).masked_fill(finished, 0.0)
+        tokens.append(tok)
+        logprobs.append(lp)
+        if cfg.stop_on_eos:
+            done_now = torch.isin(tok, eos) & ~finished
+            lengths = torch.where(done_now, step + 1, lengths)
+            finished |= done_now
+        if bool(finished.all()) or step == cfg.max_new_tokens - 1:
+            break
+        alive = ~finished
+        tok_embeds = reasoner.embed(tok[:, None])
+        weaver.push(tok_embeds, alive[:, None])
+        with model.reasoner_mode():
+            out = reasoner.extend(tok_embeds, alive[:, None])
+        logits = out.logits[:, -1]
+        if K_i == 0:
+            continue
+        is_delim = model.is_delimiter[tok] & alive
+        n_delims += is_delim
+        candidate = is_delim & (n_inserted < mc.max_inference_insertions)
+        if not bool(candidate.any()):
+            continue
+        rows = candidate.nonzero().squeeze(1)
+        decide, probs = model.trigger.decide(
+            out.hidden[rows, -1], n_delims[rows], sample=trigger_sample, generator=generator
+        )
+        for r, d, p in zip(rows.tolist(), decide.tolist(), probs.tolist(), strict=True):
+            cands[r].append((T + step, int(n_delims[r]), d, p))
+        insert = torch.zeros(B, dtype=torch.bool, device=device)
+        insert[rows] = decide
+        if not bool(insert.any()):
+            continue
+        latents = weaver.weave(model.inference_queries, insert)
+        with model.reasoner_mode():
+            after = reasoner.extend(latents, insert[:, None].expand(B, K_i)).logits[:, -1]
+        logits = torch.where(insert[:, None], after, logits)
+        n_inserted += insert
+
+    sequences = torch.stack(tokens, 1)
+    plan = InsertionPlan(
+        prompt_end=torch.full((B,), T - 1 if mc.prompt_latents > 0 else -1, dtype=torch.long),
+        candidates=_pad([[c[0] for c in row] for row in cands], -1),
+        delimiter_count=_pad([[c[1] for c in row] for row in cands], 0),
+        decisions=_pad([[int(c[2]) for c in row] for row in cands], 0).bool(),
+    ).to(device)
+    return GenerationResult(
+        sequences=sequences,
+        logprobs=torch.stack(logprobs, 1),
+        lengths=torch.minimum(lengths, torch.tensor(sequences.shape[1], device=device)),
+        insertions=[[c[0] - T for c in row if c[2]] for row in cands],
+        plan=plan,
+        trigger_probs=_pad([[c[3] for c in row] for row in cands], 0, dtype=torch.float32).to(device),
+    )

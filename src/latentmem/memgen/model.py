@@ -1,0 +1,328 @@
+"""`LatentMemoryModel`: a frozen reasoner, a weaver that writes latent tokens into it, and a trigger.
+
+    model = LatentMemoryModel(reasoner, tokenizer, MemGenConfig())     # weaver = LoRA on the reasoner
+    out = model(input_ids, attention_mask, labels)                      # training forward, out.loss
+    res = model.generate(input_ids, attention_mask, GenerationConfig()) # batched, cached decoding
+    model.save_pretrained(dir); LatentMemoryModel.from_pretrained(dir, base="tiny-qwen2")
+
+Only the weaver (LoRA, query vectors, projections) and the learned trigger head train; every reasoner
+weight is frozen, so the reasoner's general ability cannot be forgotten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from latentmem.errors import LatentMemError, ModelLoadError
+from latentmem.memgen.config import DEFAULT_LORA_TARGETS, MemGenConfig
+from latentmem.memgen.insertion import (
+    Blocks,
+    InsertionPlan,
+    delimiter_table,
+    plan_insertions,
+    reasoner_layout,
+    weaver_layout,
+)
+from latentmem.memgen.trigger import Trigger
+from latentmem.models import load_model
+
+CONFIG_FILE = "memgen_config.json"
+WEIGHTS_FILE = "memgen.safetensors"
+ADAPTER = "weaver"
+
+
+@dataclass
+class MemGenOutput:
+    loss: torch.Tensor  # () mean next-token NLL over answer tokens (latent positions never count)
+    token_logprobs: torch.Tensor  # (B, T) log p(input_ids[:, i]) for answer tokens, 0 elsewhere
+    target_mask: torch.Tensor  # (B, T) bool, the answer tokens that were scored
+    plan: InsertionPlan
+    trigger_probs: torch.Tensor | None  # (B, C) insert probability at each candidate (learned trigger)
+
+
+def _identity(model: PreTrainedModel) -> dict:
+    cfg = model.config
+    return {
+        "model_type": cfg.model_type,
+        "hidden_size": cfg.get_text_config().hidden_size,
+        "num_hidden_layers": cfg.get_text_config().num_hidden_layers,
+        "vocab_rows": model.get_input_embeddings().num_embeddings,
+    }
+
+
+class LatentMemoryModel(nn.Module):
+    """Generative latent memory over any Hugging Face causal LM (see the module docstring)."""
+
+    def __init__(
+        self,
+        reasoner: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: MemGenConfig | None = None,
+        *,
+        weaver_base: PreTrainedModel | None = None,
+    ) -> None:
+        super().__init__()
+        cfg = config or MemGenConfig()
+        self.config, self.tokenizer = cfg, tokenizer
+        for p in reasoner.parameters():
+            p.requires_grad_(False)
+        self.shared = cfg.weaver_model is None and weaver_base is None
+        if self.shared:
+            base = reasoner
+        else:
+            base = weaver_base if weaver_base is not None else load_model(cfg.weaver_model)[0]
+            for p in base.parameters():
+                p.requires_grad_(False)
+        targets = self._lora_targets(base, cfg)
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(targets),
+        )
+        # get_peft_model freezes `base` and injects LoRA layers into it; in the shared case the reasoner's
+        # own forward therefore runs with the adapter disabled (`reasoner_mode`).
+        self.weaver_lm = get_peft_model(base, lora, adapter_name=ADAPTER)
+        self.reasoner = reasoner
+        d_r = reasoner.config.get_text_config().hidden_size
+        d_w = base.config.get_text_config().hidden_size
+        emb_std = float(reasoner.get_input_embeddings().weight.float().std())
+        dtype = torch.float32
+        self.prompt_queries = nn.Parameter(torch.randn(cfg.prompt_latents, d_w, dtype=dtype) * emb_std)
+        self.inference_queries = nn.Parameter(torch.randn(cfg.inference_latents, d_w, dtype=dtype) * emb_std)
+        self.proj_in = nn.Identity() if self.shared else nn.Linear(d_r, d_w)
+        self.proj_out = nn.Linear(d_w, d_r)
+        self.trigger = Trigger(cfg.trigger, d_r)
+        vocab_rows = reasoner.get_input_embeddings().num_embeddings
+        self.register_buffer(
+            "is_delimiter", delimiter_table(tokenizer, cfg.delimiters, vocab_rows), persistent=False
+        )
+        self.to(reasoner.device)
+
+    # ---- construction helpers -------------------------------------------------------------------
+    @staticmethod
+    def _lora_targets(base: PreTrainedModel, cfg: MemGenConfig) -> tuple[str, ...]:
+        names = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
+        if all(t in names for t in cfg.lora_targets):
+            return cfg.lora_targets
+        fallback = DEFAULT_LORA_TARGETS.get(base.config.model_type)
+        if fallback and all(t in names for t in fallback):
+            return fallback
+        raise LatentMemError(
+            f"lora_targets: {list(cfg.lora_targets)} are not modules of this {base.config.model_type} model; "
+            f"set lora_targets to some of its linear layers (e.g. {sorted(n for n in names if 'proj' in n)[:6]})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_queries.device
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    @contextlib.contextmanager
+    def reasoner_mode(self) -> Iterator[PreTrainedModel]:
+        """The plain frozen reasoner (the weaver's LoRA switched off when it shares the weights)."""
+        with self.weaver_lm.disable_adapter() if self.shared else contextlib.nullcontext():
+            yield self.reasoner
+
+    # ---- the weaver ------------------------------------------------------------------------------
+    def queries_for(self, blocks_sizes: list[int], prompt_block: bool) -> torch.Tensor:
+        """Query vectors of all blocks, concatenated: (sum(sizes), D_w)."""
+        parts = [self.prompt_queries] if prompt_block else []
+        parts += [self.inference_queries] * (len(blocks_sizes) - len(parts))
+        return torch.cat(parts) if parts else self.prompt_queries[:0]
+
+    def to_latents(self, weaver_hidden: torch.Tensor) -> torch.Tensor:
+        """Weaver last-layer states at query slots (..., D_w) -> latent embeddings for the reasoner (..., D_r)."""
+        return self.proj_out(weaver_hidden.float()).to(self.reasoner.dtype)
+
+    def weave_all(
+        self, token_embeds: torch.Tensor, attention_mask: torch.Tensor, blocks: Blocks
+    ) -> torch.Tensor:
+        """Every block's latents in one weaver pass: `token_embeds` (B, T, D_r) -> (B, sum(sizes), D_r)."""
+        B, T, _ = token_embeds.shape
+        mask, positions, _ = weaver_layout(attention_mask, blocks)
+        queries = self.queries_for(blocks.sizes, self.config.prompt_latents > 0)
+        w_in = self.proj_in(token_embeds)
+        x = torch.cat([w_in, queries.to(w_in.dtype)[None].expand(B, -1, -1)], dim=1)
+        out = self.weaver_lm(
+            inputs_embeds=x,
+            attention_mask=mask,
+            position_ids=positions,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        return self.to_latents(out.hidden_states[-1][:, T:])
+
+    # ---- training forward ------------------------------------------------------------------------
+    def plan(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, decisions: list[list[bool]] | None = None
+    ) -> InsertionPlan:
+        return plan_insertions(input_ids, labels, self.is_delimiter, self.config, decisions).to(
+            input_ids.device
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        plan: InsertionPlan | None = None,
+    ) -> MemGenOutput:
+        """Two passes, batched: one weaver pass writes every insertion point's latents, one reasoner pass
+        reads the sequence with all latents spliced in. `input_ids`, `attention_mask`, `labels`: (B, T);
+        labels are -100 outside the answer. `plan` defaults to the trigger policy's deterministic plan."""
+        if not (input_ids.shape == attention_mask.shape == labels.shape):
+            raise ValueError(
+                f"input_ids, attention_mask, labels must share a shape; got {input_ids.shape}, {attention_mask.shape}, {labels.shape}"
+            )
+        plan = plan if plan is not None else self.plan(input_ids, labels)
+        blocks = Blocks.from_plan(plan, self.config)
+        B, T = input_ids.shape
+        embed = self.reasoner.get_input_embeddings()
+        token_embeds = embed(input_ids)  # (B, T, D_r), frozen
+        token_dest, latent_dest, valid = reasoner_layout(attention_mask, blocks)
+        L = valid.shape[1]
+        x = embed(torch.full((B, L), self.tokenizer.pad_token_id, device=input_ids.device))
+        x = x.scatter(1, token_dest[..., None].expand_as(token_embeds), token_embeds)
+        if blocks.sizes:
+            latents = self.weave_all(token_embeds, attention_mask, blocks)  # (B, S, D_r)
+            ok = latent_dest >= 0
+            rows = torch.arange(B, device=x.device)[:, None].expand_as(latent_dest)
+            x = x.index_put((rows[ok], latent_dest[ok]), latents[ok])
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        with self.reasoner_mode() as reasoner:
+            out = reasoner(
+                inputs_embeds=x,
+                attention_mask=valid.long(),
+                position_ids=positions,
+                output_hidden_states=True,
+                logits_to_keep=1,
+            )
+        hidden = out.hidden_states[-1]  # (B, L, D_r)
+        # token i is predicted at the slot just before it: token i-1, or the last latent spliced after it
+        target = (labels != -100) & attention_mask.bool()
+        target[:, 0] = False
+        pred_slot = (token_dest - 1).clamp(min=0)
+        h = hidden.gather(1, pred_slot[..., None].expand(B, T, hidden.shape[-1]))[target]  # (N, D_r)
+        logits = self.reasoner.get_output_embeddings()(h).float()  # (N, V)
+        logp = logits.log_softmax(-1).gather(1, input_ids[target][:, None]).squeeze(1)
+        token_logprobs = torch.zeros(B, T, device=x.device).masked_scatter(target, logp)
+        loss = -logp.mean() if logp.numel() else hidden.sum() * 0.0
+        trigger_probs = None
+        if self.trigger.head is not None and plan.candidates.numel():
+            cand = plan.candidates.clamp(min=0)
+            hc = hidden.gather(1, token_dest.gather(1, cand)[..., None].expand(*cand.shape, hidden.shape[-1]))
+            trigger_probs = self.trigger.probs(
+                hc.reshape(-1, hc.shape[-1]), plan.delimiter_count.reshape(-1)
+            ).view(cand.shape)
+        return MemGenOutput(
+            loss=loss,
+            token_logprobs=token_logprobs,
+            target_mask=target,
+            plan=plan,
+            trigger_probs=trigger_probs,
+        )
+
+    # ---- generation ------------------------------------------------------------------------------
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, config=None, **kwargs):
+        """Batched generation with latent insertion; see `latentmem.memgen.generate.generate`."""
+        from latentmem.memgen.generate import generate
+
+        return generate(self, input_ids, attention_mask, config, **kwargs)
+
+    # ---- save / load -----------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything that trains, nothing that is frozen: LoRA, queries, projections, trigger head."""
+        state = {
+            f"lora.{k}": v for k, v in get_peft_model_state_dict(self.weaver_lm, adapter_name=ADAPTER).items()
+        }
+        for name, module in (
+            ("proj_in", self.proj_in),
+            ("proj_out", self.proj_out),
+            ("trigger", self.trigger),
+        ):
+            state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+        state["prompt_queries"] = self.prompt_queries
+        state["inference_queries"] = self.inference_queries
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.trainable_state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ModelLoadError(
+                f"checkpoint does not fit this MemGen model: missing {missing[:5]}, unexpected {extra[:5]}"
+            )
+        lora = {k.removeprefix("lora."): v for k, v in state.items() if k.startswith("lora.")}
+        result = set_peft_model_state_dict(self.weaver_lm, lora, adapter_name=ADAPTER)
+        if getattr(result, "unexpected_keys", None):
+            raise ModelLoadError(f"LoRA weights did not load: unexpected keys {result.unexpected_keys[:5]}")
+        for name, module in (
+            ("proj_in", self.proj_in),
+            ("proj_out", self.proj_out),
+            ("trigger", self.trigger),
+        ):
+            module.load_state_dict(
+                {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
+            )
+        with torch.no_grad():
+            self.prompt_queries.copy_(state["prompt_queries"])
+            self.inference_queries.copy_(state["inference_queries"])
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the trainable state (safetensors) and a JSON config with the base model's identity."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"memgen": self.config.to_dict(), "base": _identity(self.reasoner)}
+        if not self.shared:
+            meta["weaver_base"] = _identity(self.weaver_lm.get_base_model())
+        save_file(self.trainable_state_dict(), str(directory / WEIGHTS_FILE))
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        base: str | PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        weaver_base: PreTrainedModel | None = None,
+    ) -> LatentMemoryModel:
+        """Restore a saved MemGen model onto `base` (a model name/path, or a loaded reasoner + tokenizer)."""
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+            raise ModelLoadError(
+                f"{directory} is not a saved MemGen model (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
+            )
+        meta = json.loads((directory / CONFIG_FILE).read_text())
+        if isinstance(base, str | Path):
+            base, tokenizer = load_model(base)
+        if tokenizer is None:
+            raise ModelLoadError("pass the tokenizer that belongs to `base`")
+        found = _identity(base)
+        if found != meta["base"]:
+            diffs = {
+                k: (meta["base"][k], found.get(k)) for k in meta["base"] if meta["base"][k] != found.get(k)
+            }
+            raise ModelLoadError(
+                f"this MemGen checkpoint was trained on a different base model: (saved, given) = {diffs}. "
+                "Load it onto the base it was trained with."
+            )
+        model = cls(base, tokenizer, MemGenConfig.from_dict(meta["memgen"]), weaver_base=weaver_base)
+        model.load_trainable_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        return model

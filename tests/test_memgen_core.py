@@ -1,0 +1,250 @@
+"""MemGen core: exactness against the plain model and an uncached reference, train/inference
+consistency, frozen reasoner, save/load. Every case runs on the three tiny architecture families."""
+
+import pytest
+import torch
+from conftest import steer
+
+from latentmem.chat import render_chat
+from latentmem.errors import LatentMemError, ModelLoadError
+from latentmem.memgen import GenerationConfig, LatentMemoryModel, MemGenConfig, TriggerConfig
+from latentmem.models import load_model
+from latentmem.sampling import SamplingConfig
+from latentmem.tiny import TINY_MODELS
+
+PROMPTS = ["hi", "a much longer prompt, with words.", "x", "yes. no, maybe", "apple orange", "the river"]
+
+
+def _batch(tok, prompts=PROMPTS):
+    enc = tok([render_chat(tok, p) for p in prompts], return_tensors="pt", padding=True)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _memgen(name, seed=0, **cfg):
+    model, tok = load_model(name, seed=seed)
+    steer(model, tok)
+    torch.manual_seed(seed)
+    return LatentMemoryModel(model, tok, MemGenConfig(**cfg)), tok
+
+
+def _as_training_batch(tok, ids, mask, res):
+    """Prompt + generated tokens as a labelled batch (labels only on the completion)."""
+    keep = res.completion_mask()
+    full_mask = torch.cat([mask, keep.long()], 1)
+    full = torch.cat([ids, res.sequences], 1).masked_fill(full_mask == 0, tok.pad_token_id)
+    labels = torch.cat([torch.full_like(ids, -100), res.sequences.masked_fill(~keep, -100)], 1)
+    return full, full_mask, labels
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_trigger_never_and_no_latents_equals_plain_generate(name):
+    mm, tok = _memgen(name, prompt_latents=0, trigger=TriggerConfig(policy="never"))
+    plain, _ = load_model(name)
+    steer(plain, tok)
+    ids, mask = _batch(tok)
+    res = mm.generate(ids, mask, GenerationConfig(max_new_tokens=40))
+    ref = plain.generate(input_ids=ids, attention_mask=mask, max_new_tokens=40, do_sample=False)[
+        :, ids.shape[1] :
+    ]
+    assert len(set(res.lengths.tolist())) > 1  # rows finish at different steps
+    for row in range(len(PROMPTS)):
+        n = int(res.lengths[row])
+        assert res.sequences[row, :n].tolist() == ref[row, :n].tolist()
+
+
+def _reference_generate(mm, ids_row, max_new_tokens):
+    """Straightforward, uncached, one sequence at a time: recompute everything at every step."""
+    cfg, emb = mm.config, mm.reasoner.get_input_embeddings()
+    eos = mm.tokenizer.eos_token_id
+
+    def reason(stream):
+        with mm.reasoner_mode() as r:
+            out = r(inputs_embeds=stream[None], output_hidden_states=True)
+        return out.logits[0, -1].float()
+
+    def weave(token_embeds, queries):
+        x = torch.cat([mm.proj_in(token_embeds), queries.to(token_embeds.dtype)])
+        out = mm.weaver_lm(inputs_embeds=x[None], output_hidden_states=True)
+        return mm.to_latents(out.hidden_states[-1][0, -len(queries) :])
+
+    tokens = emb(ids_row)
+    stream = tokens
+    if cfg.prompt_latents:
+        stream = torch.cat([stream, weave(tokens, mm.prompt_queries)])
+    logits = reason(stream)
+    out, all_logits, inserted = [], [], []
+    for step in range(max_new_tokens):
+        tok = int(logits.argmax())
+        out.append(tok)
+        all_logits.append(logits)
+        if tok == eos or step == max_new_tokens - 1:
+            break
+        e = emb(torch.tensor([tok]))
+        tokens, stream = torch.cat([tokens, e]), torch.cat([stream, e])
+        logits = reason(stream)
+        if mm.is_delimiter[tok] and len(inserted) < cfg.max_inference_insertions:
+            stream = torch.cat([stream, weave(tokens, mm.inference_queries)])
+            logits = reason(stream)
+            inserted.append(step)
+    return out, torch.stack(all_logits), inserted
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+@torch.no_grad()
+def test_cached_generation_equals_uncached_reference(name):
+    mm, tok = _memgen(name, prompt_latents=4, inference_latents=3, max_inference_insertions=3)
+    ids, mask = _batch(tok)
+    res = mm.generate(ids, mask, GenerationConfig(max_new_tokens=30))
+    full_logits = []
+    for row in range(len(PROMPTS)):
+        prompt = ids[row][mask[row].bool()]
+        ref_tokens, ref_logits, ref_ins = _reference_generate(mm, prompt, 30)
+        n = int(res.lengths[row])
+        assert res.sequences[row, :n].tolist() == ref_tokens
+        assert res.insertions[row] == ref_ins
+        ours = res.logprobs[row, :n]
+        theirs = ref_logits.log_softmax(-1).gather(1, torch.tensor(ref_tokens)[:, None]).squeeze(1)
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+        full_logits.append(n)
+    # the case is really exercised: several rows insert, and rows finish at different steps
+    assert sum(len(r) > 0 for r in res.insertions) >= 2 and sum(len(r) for r in res.insertions) >= 4
+    assert len(set(full_logits)) > 1
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("sample", [False, True])
+def test_training_forward_matches_generation_logprobs(name, sample):
+    mm, tok = _memgen(name, prompt_latents=4, inference_latents=3, max_inference_insertions=3)
+    ids, mask = _batch(tok)
+    sampling = SamplingConfig(do_sample=sample, temperature=1.0)
+    res = mm.generate(
+        ids,
+        mask,
+        GenerationConfig(max_new_tokens=24, sampling=sampling),
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert sum(len(r) for r in res.insertions) >= 2
+    full, full_mask, labels = _as_training_batch(tok, ids, mask, res)
+    out = mm(full, full_mask, labels, plan=res.plan)
+    keep = res.completion_mask()
+    torch.testing.assert_close(
+        out.token_logprobs[:, ids.shape[1] :][keep], res.logprobs[keep], atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(out.loss, -res.logprobs[keep].mean(), atol=1e-4, rtol=1e-4)
+    # the default plan (trigger "always") is the plan generation followed
+    again = mm(full, full_mask, labels)
+    assert torch.equal(again.plan.candidates, res.plan.candidates) and torch.equal(
+        again.plan.decisions, res.plan.decisions
+    )
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_optimizer_step_trains_weaver_only(name):
+    mm, tok = _memgen(name, trigger=TriggerConfig(policy="learned"))
+    frozen = {k: v.clone() for k, v in mm.reasoner.state_dict().items() if "lora_" not in k}
+    trained = {k: v.clone() for k, v in mm.trainable_state_dict().items()}
+    ids, mask = _batch(tok)
+    res = mm.generate(ids, mask, GenerationConfig(max_new_tokens=16, sampling=SamplingConfig(do_sample=True)))
+    full, full_mask, labels = _as_training_batch(tok, ids, mask, res)
+    mm.train()
+    out = mm(full, full_mask, labels, plan=res.plan)
+    assert out.trigger_probs is not None
+    loss = out.loss - out.trigger_probs[res.plan.candidates >= 0].log().sum()
+    opt = torch.optim.AdamW(mm.trainable_parameters(), lr=1e-2)
+    loss.backward()
+    opt.step()
+    after = mm.trainable_state_dict()
+    changed = {k for k in trained if not torch.equal(trained[k], after[k])}
+    assert any(k.startswith("lora.") for k in changed)
+    assert {"prompt_queries", "inference_queries"} <= changed
+    assert any(k.startswith("proj_out.") for k in changed) and any(k.startswith("trigger.") for k in changed)
+    for k, v in mm.reasoner.state_dict().items():
+        if "lora_" not in k:
+            assert torch.equal(v, frozen[k]), k
+    assert all(not p.requires_grad for n, p in mm.reasoner.named_parameters() if "lora_" not in n)
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_save_load_round_trip(name, tmp_path):
+    mm, tok = _memgen(name, seed=0, trigger=TriggerConfig(policy="learned"))
+    with torch.no_grad():  # make the trainable state differ from a fresh init
+        for p in mm.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    mm.save_pretrained(tmp_path)
+    base, tok2 = load_model(name, seed=0)
+    steer(base, tok2)
+    loaded = LatentMemoryModel.from_pretrained(tmp_path, base, tok2)
+    ids, mask = _batch(tok)
+    a = mm.generate(ids, mask, GenerationConfig(max_new_tokens=20))
+    b = loaded.generate(ids, mask, GenerationConfig(max_new_tokens=20))
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.logprobs, b.logprobs)
+    assert a.insertions == b.insertions
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["memgen.safetensors", "memgen_config.json"]
+    assert (tmp_path / "memgen.safetensors").stat().st_size < 1_000_000  # no frozen weights in there
+
+
+def test_load_into_mismatched_base_is_a_clear_error(tmp_path):
+    mm, _ = _memgen("tiny-qwen2")
+    mm.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="different base model.*model_type"):
+        LatentMemoryModel.from_pretrained(tmp_path, "tiny-llama")
+    with pytest.raises(ModelLoadError, match="not a saved MemGen model"):
+        LatentMemoryModel.from_pretrained(tmp_path / "nowhere", "tiny-qwen2")
+
+
+def test_separate_weaver_model_is_consistent():
+    model, tok = load_model("tiny-qwen2")
+    steer(model, tok)
+    weaver_base, _ = load_model("tiny-llama", seed=5)
+    mm = LatentMemoryModel(
+        model, tok, MemGenConfig(prompt_latents=2, inference_latents=2), weaver_base=weaver_base
+    )
+    assert not mm.shared and isinstance(mm.proj_in, torch.nn.Linear)
+    ids, mask = _batch(tok)
+    res = mm.generate(ids, mask, GenerationConfig(max_new_tokens=20))
+    full, full_mask, labels = _as_training_batch(tok, ids, mask, res)
+    out = mm(full, full_mask, labels, plan=res.plan)
+    keep = res.completion_mask()
+    torch.testing.assert_close(
+        out.token_logprobs[:, ids.shape[1] :][keep], res.logprobs[keep], atol=1e-4, rtol=1e-4
+    )
+    assert all(not p.requires_grad for p in model.parameters())
+
+
+def test_bf16_generation_and_forward():
+    model, tok = load_model("tiny-qwen2", dtype="bfloat16")
+    mm = LatentMemoryModel(model, tok, MemGenConfig(prompt_latents=2, inference_latents=2))
+    ids, mask = _batch(tok)
+    res = mm.generate(ids, mask, GenerationConfig(max_new_tokens=8))
+    full, full_mask, labels = _as_training_batch(tok, ids, mask, res)
+    out = mm(full, full_mask, labels, plan=res.plan)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert mm.prompt_queries.grad is not None and torch.isfinite(mm.prompt_queries.grad).all()
+
+
+def test_every_n_policy_and_budget():
+    mm, tok = _memgen(
+        "tiny-qwen2", trigger=TriggerConfig(policy="every_n", every_n=2), max_inference_insertions=2
+    )
+    ids, mask = _batch(tok)
+    res = mm.generate(ids, mask, GenerationConfig(max_new_tokens=40))
+    for row, cands in enumerate(res.plan.candidates.tolist()):
+        counts = res.plan.delimiter_count[row].tolist()
+        decisions = res.plan.decisions[row].tolist()
+        for c, n, d in zip(cands, counts, decisions, strict=True):
+            if c >= 0:
+                assert d == (n % 2 == 0)
+        assert len(res.insertions[row]) <= 2
+    assert any(len(r) == 2 for r in res.insertions)
+
+
+def test_bad_lora_targets_and_learned_plan():
+    model, tok = load_model("tiny-qwen2")
+    with pytest.raises(LatentMemError, match="lora_targets"):
+        LatentMemoryModel(model, tok, MemGenConfig(lora_targets=("nope",)))
+    mm, tok = _memgen("tiny-qwen2", trigger=TriggerConfig(policy="learned"))
+    ids, mask = _batch(tok)
+    with pytest.raises(ValueError, match="learned trigger decides at run time"):
+        mm(ids, mask, ids.clone())
