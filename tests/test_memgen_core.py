@@ -3,8 +3,8 @@ consistency, frozen reasoner, save/load. Every case runs on the three tiny archi
 
 import pytest
 import torch
-from conftest import steer
 
+from conftest import steer
 from latentmem.chat import render_chat
 from latentmem.errors import LatentMemError, ModelLoadError
 from latentmem.memgen import GenerationConfig, LatentMemoryModel, MemGenConfig, TriggerConfig
