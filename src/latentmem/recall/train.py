@@ -48,6 +48,9 @@ class Step1Config(Config):
     steps: int = 100
     batch_size: int = 16
     lr: float = 1e-3
+    # False: train only the head, on `<recall>` hidden states computed once without gradients (no backward
+    # through the reasoner: the cheap choice on CPU); the `<recall>` row and LoRA then learn in step 2.
+    train_model: bool = True
 
     def validate(self) -> None:
         require(self.steps >= 0, "step1.steps", f"must be >= 0, got {self.steps}")
@@ -196,12 +199,25 @@ def train_step1(
     seed: int = 0,
 ) -> list[float]:
     """Teach the `<recall>` query to find each fact's memory (vectors (N, M), row i = facts[i])."""
-    opt = _optimizer([list(memory.head.parameters()), lora_params], rows.parameters(), cfg.lr)
+    if cfg.train_model:
+        opt = _optimizer([list(memory.head.parameters()), lora_params], rows.parameters(), cfg.lr)
+    else:
+        opt = torch.optim.AdamW(memory.head.parameters(), lr=cfg.lr)
+        with torch.no_grad():
+            frozen = torch.cat(
+                [
+                    recall_hidden(model, tokenizer, [f.question for f in facts[s : s + cfg.batch_size]])
+                    for s in range(0, len(facts), cfg.batch_size)
+                ]
+            )
     rng = random.Random(seed)
     losses = []
     for step in range(cfg.steps):
         idx = rng.sample(range(len(facts)), min(cfg.batch_size, len(facts)))
-        hidden = recall_hidden(model, tokenizer, [facts[i].question for i in idx])
+        if cfg.train_model:
+            hidden = recall_hidden(model, tokenizer, [facts[i].question for i in idx])
+        else:
+            hidden = frozen[idx]
         target = torch.tensor(idx, device=hidden.device)
         if cfg.objective == "contrastive":
             loss = F.cross_entropy(memory.head.logits(hidden, vectors), target)
@@ -236,6 +252,11 @@ def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
     return Batch(ids, labels, mask, torch.tensor([s.memory for s in samples]))
 
 
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, T, V) at t predicting labels (B, T) at t+1, IGNORE skipped."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+
 def step2_losses(
     model: nn.Module, memory: RecallMemory, batch: Batch, vectors: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,10 +279,7 @@ def step2_losses(
         position_ids=positions_from_valid(mask.bool()),
         output_hidden_states=True,
     )
-    labels = batch.labels.to(device)
-    token_loss = F.cross_entropy(
-        out.logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE
-    )
+    token_loss = next_token_loss(out.logits, batch.labels.to(device))
     # the head reads the hidden state at the <recall> right before each memory pad
     rows, cols = slots.nonzero(as_tuple=True)
     hidden = out.hidden_states[-1][rows, cols - 1]

@@ -1,0 +1,238 @@
+"""The seed's evaluation plan: recall memory vs RAG-in-prompt vs LoRA-SFT vs no memory, on fictional facts.
+
+    python scripts/recall_eval.py --config configs/recall/eval_smollm2.yaml
+
+For each method: retrieval recall@1 (memory head for recall memory, MiniLM search for RAG), answer
+accuracy on the trained questions and on paraphrases (the answer string in the reply), generation
+seconds per answer (batched greedy generation time / answers), context tokens per answer (the prompt the
+model reads, retrieved text included for RAG), and retention: accuracy on held-out general questions
+(real capitals, small sums) with the method's final weights, against the base model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from latentmem.chat import render_chat
+from latentmem.config import Config, require
+from latentmem.decoding import positions_from_valid
+from latentmem.models import load_model
+from latentmem.recall.bank import MemoryBank
+from latentmem.recall.data import QA, Fact, encode_sample, general_task, make_facts
+from latentmem.recall.generate import RecallGenerator
+from latentmem.recall.memory import RecallMemory
+from latentmem.recall.train import (
+    LoraSettings,
+    RecallTrainConfig,
+    add_lora,
+    collate,
+    next_token_loss,
+    recall_at_1,
+    train_recall,
+)
+from latentmem.recall.writer import SentenceEncoder, write_memories
+from latentmem.runs import RunDir
+from latentmem.seeding import seed_everything
+
+RAG_TEMPLATE = "Fact: {fact}\nQuestion: {question}"
+
+
+@dataclass
+class EvalConfig(Config):
+    recall: RecallTrainConfig = field(default_factory=RecallTrainConfig)
+    sft_steps: int = 30
+    sft_batch_size: int = 8
+    sft_lr: float = 2e-3
+    sft_lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=8, alpha=16))
+    max_new_tokens: int = 40
+    batch_size: int = 16
+    output_dir: str = "runs/recall-eval"
+
+    def validate(self) -> None:
+        require(self.sft_steps >= 0, "sft_steps", f"must be >= 0, got {self.sft_steps}")
+        require(self.sft_batch_size > 0, "sft_batch_size", "must be > 0")
+        require(self.sft_lr > 0, "sft_lr", "must be > 0")
+        require(self.sft_lora.r > 0, "sft_lora.r", "the LoRA-SFT baseline needs r > 0")
+        require(
+            self.max_new_tokens > 0 and self.batch_size > 0, "max_new_tokens", "and batch_size must be > 0"
+        )
+
+
+@dataclass
+class Answers:
+    accuracy: float
+    seconds_per_answer: float
+    context_tokens: float
+    replies: list[str]
+
+
+def answer(gen: RecallGenerator, prompts: Sequence[str], answers: Sequence[str], cfg: EvalConfig) -> Answers:
+    """Greedy replies to chat-rendered `prompts`; correct when the answer string appears in the reply."""
+    replies, seconds, tokens = [], 0.0, []
+    for s in range(0, len(prompts), cfg.batch_size):
+        out = gen.generate(prompts[s : s + cfg.batch_size], max_new_tokens=cfg.max_new_tokens)
+        replies += out.texts
+        seconds += out.seconds
+        tokens += out.prompt_tokens
+    hits = [a.lower() in r.lower() for a, r in zip(answers, replies, strict=True)]
+    return Answers(sum(hits) / len(hits), seconds / len(prompts), sum(tokens) / len(tokens), replies)
+
+
+def _plain_generator(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, memory_dim: int
+) -> RecallGenerator:
+    """A generator that never recalls: the baselines share the same decoding loop and stopping rule."""
+    return RecallGenerator(model, tok, RecallMemory.attach(model, tok, memory_dim), recall="never")
+
+
+def retention(gen: RecallGenerator, general: Sequence[QA], cfg: EvalConfig) -> float:
+    return answer(gen, gen.render([q.question for q in general]), [q.answer for q in general], cfg).accuracy
+
+
+def train_lora_sft(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, facts: Sequence[Fact], cfg: EvalConfig
+):
+    """The LoRA-SFT baseline: next-token loss on `question -> memory text + answer`, then merged."""
+    memory = RecallMemory.attach(model, tok, 1)  # only for the token ids the sample encoder checks
+    samples = [
+        encode_sample(tok, memory.tokens, f.question, f"{f.text} The answer is {f.answer}.", -1, "sft_only")
+        for f in facts
+    ]
+    peft_model = add_lora(model, cfg.sft_lora)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.sft_lr)
+    rng = random.Random(cfg.recall.seed)
+    losses = []
+    for _ in range(cfg.sft_steps):
+        batch = collate(rng.sample(samples, min(cfg.sft_batch_size, len(samples))), tok.pad_token_id)
+        logits = peft_model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=positions_from_valid(batch.attention_mask.bool()),
+        ).logits
+        loss = next_token_loss(logits, batch.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return peft_model.merge_and_unload().eval(), losses
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
+    """Run all four methods; returns {method: metrics}."""
+    rc = cfg.recall
+    seed_everything(rc.seed)
+    facts = make_facts(rc.num_facts, seed=rc.seed)
+    held_out = general_task(rc.num_general, seed=rc.seed)[rc.num_general // 2 :]  # never trained on
+    questions, paraphrases = [f.question for f in facts], [f.paraphrase for f in facts]
+    answers = [f.answer for f in facts]
+    results: dict[str, dict[str, float]] = {}
+
+    def row(name: str, gen: RecallGenerator, prompts_q, prompts_p, r1: float | None, retain: float) -> None:
+        a, p = answer(gen, prompts_q, answers, cfg), answer(gen, prompts_p, answers, cfg)
+        results[name] = {
+            "recall_at_1": r1,
+            "answer_accuracy": a.accuracy,
+            "answer_accuracy_paraphrase": p.accuracy,
+            "seconds_per_answer": a.seconds_per_answer,
+            "context_tokens": a.context_tokens,
+            "retention": retain,
+            "example_reply": a.replies[0],
+        }
+
+    # no memory, and RAG with MiniLM: both on the base weights
+    model, tok = load_model(rc.model, seed=rc.seed)
+    encoder = SentenceEncoder()
+    gen = _plain_generator(model, tok, encoder.dim)
+    base_retention = retention(gen, held_out, cfg)
+    row("no memory", gen, gen.render(questions), gen.render(paraphrases), None, base_retention)
+    bank = MemoryBank(encoder.dim)
+    write_memories(bank, encoder, [f.text for f in facts])
+    rag = {}
+    for name, qs in (("q", questions), ("p", paraphrases)):
+        _, ids = bank.search(encoder.encode(qs), 1)
+        rag[name] = (
+            [
+                render_chat(tok, RAG_TEMPLATE.format(fact=bank.text(int(i)), question=q))
+                for i, q in zip(ids[:, 0], qs, strict=True)
+            ],
+            float((torch.from_numpy(ids[:, 0]) == torch.arange(len(qs))).float().mean()),
+        )
+    row("RAG (MiniLM top-1 in prompt)", gen, rag["q"][0], rag["p"][0], rag["q"][1], base_retention)
+    results["RAG (MiniLM top-1 in prompt)"]["recall_at_1_paraphrase"] = rag["p"][1]
+
+    # LoRA-SFT on the facts
+    model, tok = load_model(rc.model, seed=rc.seed)
+    sft_model, sft_losses = train_lora_sft(model, tok, facts, cfg)
+    gen = _plain_generator(sft_model, tok, encoder.dim)
+    row(
+        "LoRA-SFT on the facts",
+        gen,
+        gen.render(questions),
+        gen.render(paraphrases),
+        None,
+        retention(gen, held_out, cfg),
+    )
+    results["LoRA-SFT on the facts"]["train_loss_first_last"] = (
+        (sft_losses[0], sft_losses[-1]) if sft_losses else None
+    )
+
+    # recall memory: the two-step recipe, then the model recalls by itself
+    trained = train_recall(rc)
+    gen = RecallGenerator(trained.model, trained.tokenizer, trained.memory, trained.bank)
+    vectors = trained.bank.matrix()[1]
+    r1 = recall_at_1(trained.model, trained.tokenizer, trained.memory, vectors, questions)
+    row(
+        "recall memory",
+        gen,
+        gen.render(questions),
+        gen.render(paraphrases),
+        r1,
+        retention(gen, held_out, cfg),
+    )
+    res = results["recall memory"]
+    res["recall_at_1_paraphrase"] = recall_at_1(
+        trained.model, trained.tokenizer, trained.memory, vectors, paraphrases
+    )
+    res["training"] = trained.metrics
+    return results
+
+
+def markdown(results: dict[str, dict]) -> str:
+    def fmt(v):
+        return "–" if v is None else f"{v:.2f}"
+
+    lines = [
+        "| method | recall@1 (q / paraphrase) | answer acc (q / paraphrase) | s per answer | context tokens | retention |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {fmt(r['recall_at_1'])} / {fmt(r.get('recall_at_1_paraphrase'))} "
+            f"| {r['answer_accuracy']:.2f} / {r['answer_accuracy_paraphrase']:.2f} "
+            f"| {r['seconds_per_answer']:.3f} | {r['context_tokens']:.1f} | {r['retention']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    args = p.parse_args(argv)
+    cfg = EvalConfig.from_yaml(args.config, args.overrides)
+    run = RunDir.create(Path(cfg.output_dir), cfg, cfg.recall.seed)
+    results = evaluate(cfg)
+    (run.path / "results.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    (run.path / "results.md").write_text(table + "\n")
+    print(table)
+    print(run.path)
+    return 0
