@@ -10,6 +10,7 @@ import argparse
 import importlib
 
 BENCH_MODULES: tuple[str, ...] = (
+    "latentmem.memgen.bench",
     "latentmem.cli.recall_bench",
     "latentmem.memory.bench",
 )

@@ -122,11 +122,13 @@ def generate(
             logits = reasoner.extend(latents).logits[:, -1]
 
     tokens, logprobs = [], []
+    # per step (B,) tensors of the trigger's candidates; kept as tensors so a step never leaves torch
+    steps_at: list[int] = []
+    steps_cand, steps_count, steps_decide, steps_prob = [], [], [], []
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     lengths = torch.full((B,), cfg.max_new_tokens, dtype=torch.long, device=device)
     n_inserted = torch.zeros(B, dtype=torch.long, device=device)
     n_delims = torch.zeros(B, dtype=torch.long, device=device)
-    cands: list[list[tuple[int, int, bool, float]]] = [[] for _ in range(B)]
     for step in range(cfg.max_new_tokens):
         tok = select_next(logits, cfg.sampling, generator).masked_fill(finished, pad)
         lp = logits.log_softmax(-1).gather(1, tok[:, None]).squeeze(1).masked_fill(finished, 0.0)
@@ -136,7 +138,7 @@ def generate(
             done_now = torch.isin(tok, eos) & ~finished
             lengths = torch.where(done_now, step + 1, lengths)
             finished |= done_now
-        if bool(finished.all()) or step == cfg.max_new_tokens - 1:
+        if step == cfg.max_new_tokens - 1 or bool(finished.all()):
             break
         alive = ~finished
         tok_embeds = reasoner.embed(tok[:, None])
@@ -151,14 +153,15 @@ def generate(
         candidate = is_delim & (n_inserted < mc.max_inference_insertions)
         if not bool(candidate.any()):
             continue
-        rows = candidate.nonzero().squeeze(1)
         decide, probs = model.trigger.decide(
-            out.hidden[rows, -1], n_delims[rows], sample=trigger_sample, generator=generator
+            out.hidden[:, -1], n_delims, sample=trigger_sample, generator=generator
         )
-        for r, d, p in zip(rows.tolist(), decide.tolist(), probs.tolist(), strict=True):
-            cands[r].append((T + step, int(n_delims[r]), d, p))
-        insert = torch.zeros(B, dtype=torch.bool, device=device)
-        insert[rows] = decide
+        insert = decide & candidate
+        steps_at.append(step)
+        steps_cand.append(candidate)
+        steps_count.append(n_delims.clone())
+        steps_decide.append(insert)
+        steps_prob.append(probs)
         if not bool(insert.any()):
             continue
         latents = weaver.weave(model.inference_queries, insert)
@@ -168,17 +171,38 @@ def generate(
         n_inserted += insert
 
     sequences = torch.stack(tokens, 1)
-    plan = InsertionPlan(
-        prompt_end=torch.full((B,), T - 1 if mc.prompt_latents > 0 else -1, dtype=torch.long),
-        candidates=_pad([[c[0] for c in row] for row in cands], -1),
-        delimiter_count=_pad([[c[1] for c in row] for row in cands], 0),
-        decisions=_pad([[int(c[2]) for c in row] for row in cands], 0).bool(),
-    ).to(device)
+    plan, probs = _plan_from_steps(
+        T, mc.prompt_latents > 0, steps_at, steps_cand, steps_count, steps_decide, steps_prob, B, device
+    )
     return GenerationResult(
         sequences=sequences,
         logprobs=torch.stack(logprobs, 1),
         lengths=torch.minimum(lengths, torch.tensor(sequences.shape[1], device=device)),
-        insertions=[[c[0] - T for c in row if c[2]] for row in cands],
+        insertions=[
+            [c - T for c, d in zip(row, dec, strict=True) if d and c >= 0]
+            for row, dec in zip(plan.candidates.tolist(), plan.decisions.tolist(), strict=True)
+        ],
         plan=plan,
-        trigger_probs=_pad([[c[3] for c in row] for row in cands], 0, dtype=torch.float32).to(device),
+        trigger_probs=probs,
     )
+
+
+def _plan_from_steps(
+    T: int, prompt_block: bool, at: list[int], cand, count, decide, prob, B: int, device
+) -> tuple[InsertionPlan, torch.Tensor]:
+    """Gather the per-step candidate records (steps `at`, each a (B,) tensor) into an InsertionPlan over
+    cat([prompt, generated], 1), and the trigger's probability at each candidate (B, C)."""
+    rows: list[list[tuple[int, int, int, float]]] = [[] for _ in range(B)]
+    if at:
+        cand, count, decide, prob = (torch.stack(x, 1).tolist() for x in (cand, count, decide, prob))
+        for r in range(B):
+            rows[r] = [
+                (T + s, count[r][k], int(decide[r][k]), prob[r][k]) for k, s in enumerate(at) if cand[r][k]
+            ]
+    plan = InsertionPlan(
+        prompt_end=torch.full((B,), T - 1 if prompt_block else -1, dtype=torch.long),
+        candidates=_pad([[c[0] for c in row] for row in rows], -1),
+        delimiter_count=_pad([[c[1] for c in row] for row in rows], 0),
+        decisions=_pad([[c[2] for c in row] for row in rows], 0).bool(),
+    )
+    return plan.to(device), _pad([[c[3] for c in row] for row in rows], 0, dtype=torch.float32).to(device)
