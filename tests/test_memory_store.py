@@ -236,3 +236,22 @@ def test_reopening_with_another_embedder_is_refused(opener):
     reopened = opener(embedder=None)  # no embedder given: the store's own
     assert reopened.embedder.spec == EMBEDDER
     assert texts(reopened.list(user="u")) == ["hello"]
+
+
+@pytest.mark.parametrize("exact_filter_limit", [0, 5, 2000])
+def test_pre_and_post_filtered_search_agree(tmp_path, exact_filter_limit):
+    """Embedded store: scoring the few in-scope records directly, or searching the whole index and
+    dropping the rest (fetching more until k remain), give the same hits."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((300, 128)).astype(np.float32)
+    config = VectorMemoryConfig(exact_filter_limit=exact_filter_limit, near_duplicate_threshold=None)
+    with VectorMemory.open(tmp_path / "s", embedder=EMBEDDER, config=config) as mem:
+        mem.add_many([f"bulk {i}" for i in range(290)], user="big", vectors=vectors[:290])
+        rare = mem.add_many([f"rare {i}" for i in range(10)], user="rare", vectors=vectors[290:])
+        for q in rng.standard_normal((5, 128)).astype(np.float32):
+            hits = mem.search(q, user="rare", k=4)
+            sims = vectors[290:] @ (q / np.linalg.norm(q))
+            sims /= np.linalg.norm(vectors[290:], axis=1)
+            want = [rare[j].id for j in np.argsort(-sims)[:4]]
+            assert [h.record.id for h in hits] == want
+            np.testing.assert_allclose([h.score for h in hits], np.sort(sims)[::-1][:4], atol=1e-5)

@@ -17,11 +17,14 @@ class VectorMemoryConfig(Config):
             scope* is at least this is a near duplicate: `add` returns the existing record. `None` keeps
             only exact duplicates (same text after case-folding and whitespace collapsing) out.
         max_chars: the longest text accepted; longer ones are an error (split them).
-        index_kind: the `VectorIndex` backend of the embedded store (`auto`: exact below 50k vectors,
-            HNSW above).
+        index_kind: the `VectorIndex` backend of the embedded store. `flat` (FAISS, exact, BLAS-fast) by
+            default: at agent-memory sizes (up to ~10^5-10^6 per store) an exact scan costs milliseconds,
+            and HNSW's approximate answers (poor on some data) and slow inserts are not worth it; choose
+            `hnsw` for larger stores where approximate search is acceptable.
         exact_filter_limit: a search whose scope and filters match at most this many records scores
-            exactly those records with numpy (pre-filtering); larger ones search the index and drop the
-            hits outside the scope (post-filtering, fetching more until k remain).
+            exactly those records with numpy (pre-filtering; reading vectors from SQLite is slower per
+            record than the index's scan, so this pays only for small scopes); larger ones search the
+            index and drop the hits outside the scope (post-filtering, fetching more until k remain).
         snapshot_min_changes: the embedded store rewrites its index file once this many records (and at
             least a quarter of the index) changed since the last file; until then a process that opens
             the store replays the changes from SQLite, which stays the source of truth.
@@ -30,8 +33,8 @@ class VectorMemoryConfig(Config):
 
     near_duplicate_threshold: float | None = 0.95
     max_chars: int = 32_000
-    index_kind: Literal["auto", "exact", "flat", "hnsw"] = "auto"
-    exact_filter_limit: int = 10_000
+    index_kind: Literal["auto", "exact", "flat", "hnsw"] = "flat"
+    exact_filter_limit: int = 2000
     snapshot_min_changes: int = 1000
     lock_timeout_s: float = 30.0
 

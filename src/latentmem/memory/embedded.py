@@ -406,38 +406,37 @@ class EmbeddedBackend(VectorBackend):
     # ---- search ------------------------------------------------------------------------------------
     def nearest(self, vectors: np.ndarray, where: Where, k: int) -> list[list[tuple[int, float]]]:
         self._ensure_current()
-        empty: list[list[tuple[int, float]]] = [[] for _ in range(len(vectors))]
         index = self._index
         if index is None or len(index) == 0:
-            return empty
-        n_match = self.count(where)
-        if n_match == 0:
-            return empty
-        if n_match == len(index):  # the whole store is in scope (one tenant): no filtering at all
-            scores, ids = index.search(vectors, k)
-            return [
-                [(int(i), float(s)) for s, i in zip(sr, ir, strict=True) if i >= 0]
-                for sr, ir in zip(scores, ids, strict=True)
-            ]
-        if n_match <= self.config.exact_filter_limit:
+            return [[] for _ in range(len(vectors))]
+        # Count the records in scope only up to the pre-filter limit: O(limit), not O(store), per query.
+        limit = self.config.exact_filter_limit
+        sql, params = _where_sql(where)
+        (n_match,) = self._conn.execute(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM memories WHERE {sql} LIMIT ?)", [*params, limit + 1]
+        ).fetchone()
+        if n_match <= limit:
             return self._prefiltered(vectors, where, k)
-        return self._postfiltered(index, vectors, where, k, n_match)
+        return self._postfiltered(index, vectors, where, k)
 
     def _prefiltered(self, vectors: np.ndarray, where: Where, k: int) -> list[list[tuple[int, float]]]:
         """Exact scores over just the records in scope, read from SQLite (few of them, by the caller's test)."""
         sql, params = _where_sql(where)
         rows = self._conn.execute(f"SELECT id, vector FROM memories WHERE {sql}", params).fetchall()
+        if not rows:
+            return [[] for _ in range(len(vectors))]
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         sims = vectors @ np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).T  # (Q, n)
         top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         return [[(int(ids[j]), float(sims[q, j])) for j in top[q]] for q in range(len(vectors))]
 
     def _postfiltered(
-        self, index: VectorIndex, vectors: np.ndarray, where: Where, k: int, n_match: int
+        self, index: VectorIndex, vectors: np.ndarray, where: Where, k: int
     ) -> list[list[tuple[int, float]]]:
-        """Search the whole index and keep in-scope hits, fetching more until k remain (or all were seen)."""
+        """Search the whole index and keep the hits in scope, fetching 4x more until k remain (or all were
+        seen). A store that is mostly one scope answers in one round."""
         sql, params = _where_sql(where)
-        fetch = min(len(index), 2 * k * -(-len(index) // n_match))  # expect k in-scope hits, with slack
+        fetch = min(len(index), 4 * k)
         while True:
             scores, ids = index.search(vectors, fetch)
             candidates = sorted({int(i) for i in ids.ravel() if i >= 0})
