@@ -134,3 +134,17 @@ def test_an_error_inside_a_write_rolls_the_whole_batch_back(tmp_path, monkeypatc
         assert [r.text for r in mem.list(user="u")] == ["kept"]
         assert _assert_consistent(mem) == 1
         assert mem.add("first", user="u").event == "added"
+
+
+def test_index_is_compacted_after_many_updates(tmp_path):
+    config = VectorMemoryConfig(snapshot_min_changes=20, near_duplicate_threshold=None)
+    with VectorMemory.open(tmp_path / "store", embedder=EMBEDDER, config=config) as mem:
+        ids = [r.id for r in mem.add_many([f"note {i}" for i in range(40)], user="u")]
+        for round_ in range(3):
+            for i in ids:
+                mem.update(i, f"note {i} revised {round_}")
+        index = mem.backend._index
+        # Without compaction the index would hold 40 live rows and 120 tombstones.
+        assert len(index) == 40 and len(index._ids) < 40 + 60
+        assert mem.search(mem.get(ids[7]).vector, user="u", k=1)[0].record.id == ids[7]
+        assert _assert_consistent(mem) == 40

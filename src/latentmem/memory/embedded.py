@@ -110,6 +110,10 @@ class EmbeddedBackend(VectorBackend):
         self._lock_depth = 0
         self._index: VectorIndex | None = None
         self._seq = -1  # the write sequence number the in-memory index reflects
+        # Ids removed from the in-memory index since it was built. FAISS removal only tombstones a row and
+        # every search then fetches k + tombstones rows, so the index is rebuilt compact from SQLite when
+        # they pile up (counted in this process only: a reopened snapshot starts the count again).
+        self._removed = 0
         # Ids written by the open transaction -> their new vector (None: deleted). Applied to the in-memory
         # index after COMMIT without reading the vectors back.
         self._touched: dict[int, np.ndarray | None] | None = None
@@ -206,6 +210,7 @@ class EmbeddedBackend(VectorBackend):
                 present = [i for i in touched if i in self._index]
                 if present:
                     self._index.remove(present)
+                    self._removed += len(present)
                 kept = [i for i, v in touched.items() if v is not None]
                 if kept:
                     self._index.add(kept, np.stack([touched[i] for i in kept]))
@@ -254,17 +259,23 @@ class EmbeddedBackend(VectorBackend):
             try:
                 loaded = VectorIndex.load(snapshots[newest])
                 if loaded.dim == dim:
-                    index, base = loaded, newest
+                    index, base, self._removed = loaded, newest, 0
             except (OSError, ValueError, KeyError, VectorIndexError):
                 pass  # a damaged snapshot is only a cache: fall back to replaying or rebuilding
         pruned = int(self._meta("pruned_upto") or 0)
         if index is None or base < pruned:
-            index = VectorIndex(dim, self.config.index_kind)
-            self._add_rows(index, self._conn.execute("SELECT id, vector FROM memories ORDER BY id"))
+            index = self._build_index(dim)
         else:
             rows = self._conn.execute("SELECT DISTINCT memory_id FROM changes WHERE seq > ?", (base,))
             self._refresh(index, [r[0] for r in rows])
         self._index, self._seq = index, seq
+
+    def _build_index(self, dim: int) -> VectorIndex:
+        """A compact index of every vector in SQLite."""
+        index = VectorIndex(dim, self.config.index_kind)
+        self._add_rows(index, self._conn.execute("SELECT id, vector FROM memories ORDER BY id"))
+        self._removed = 0
+        return index
 
     @staticmethod
     def _add_rows(index: VectorIndex, rows: Iterable[tuple[int, bytes]]) -> None:
@@ -283,6 +294,7 @@ class EmbeddedBackend(VectorBackend):
         present = [i for i in ids if i in index]
         if present:
             index.remove(present)
+            self._removed += len(present)
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
             self._add_rows(
@@ -296,6 +308,8 @@ class EmbeddedBackend(VectorBackend):
         pending = self._conn.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
         if self._index is None or pending < max(self.config.snapshot_min_changes, len(self._index) // 4):
             return
+        if self._removed > len(self._index) // 4:
+            self._index = self._build_index(self._index.dim)
         self._index.save(self.directory / f"index-{self._seq:012d}.npz")
         for seq, path in self._snapshots().items():
             if seq < self._seq:
