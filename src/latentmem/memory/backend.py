@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -106,9 +106,3 @@ class VectorBackend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - a backend with nothing to release needs no override
         """Release files, connections and locks."""
-
-
-@contextlib.contextmanager
-def no_transaction() -> Iterator[None]:
-    """A context manager that does nothing, for backends whose every call is already atomic."""
-    yield

@@ -261,20 +261,6 @@ def check_filters(filters: Mapping[str, Any] | None) -> dict[str, FilterValue]:
     return out
 
 
-def matches_filters(metadata: Mapping[str, Any], filters: Mapping[str, FilterValue]) -> bool:
-    """Whether `metadata` has each filter's value under its key, with the same JSON type."""
-    for key, want in filters.items():
-        if key not in metadata:
-            return False
-        have = metadata[key]
-        if isinstance(want, bool) or isinstance(have, bool):
-            if not (isinstance(want, bool) and isinstance(have, bool) and have == want):
-                return False
-        elif have != want or (want is None) != (have is None):
-            return False
-    return True
-
-
 def check_k(k: int) -> int:
     if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
         raise MemoryInputError(f"k must be a positive int, got {k!r}")

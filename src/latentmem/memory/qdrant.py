@@ -217,13 +217,18 @@ class QdrantBackend(VectorBackend):
         return int(self.client.count(self.collection, count_filter=flt, exact=True).count)
 
     def nearest(self, vectors: np.ndarray, where: Where, k: int) -> list[list[tuple[int, float]]]:
+        models = _models()
         flt = self._filter(where)
+        requests = [
+            models.QueryRequest(query=vector.tolist(), filter=flt, limit=k, with_payload=False)
+            for vector in vectors
+        ]
         out = []
-        for vector in vectors:
-            points = self.client.query_points(
-                self.collection, query=vector.tolist(), query_filter=flt, limit=k, with_payload=False
-            ).points
-            out.append([(int(p.id), float(p.score)) for p in points])
+        for start in range(0, len(requests), _PAGE):  # one round trip per page of queries
+            responses = self.client.query_batch_points(
+                self.collection, requests=requests[start : start + _PAGE]
+            )
+            out += [[(int(p.id), float(p.score)) for p in r.points] for r in responses]
         return out
 
     def close(self) -> None:
