@@ -148,3 +148,30 @@ def test_index_is_compacted_after_many_updates(tmp_path):
         assert len(index) == 40 and len(index._ids) < 40 + 60
         assert mem.search(mem.get(ids[7]).vector, user="u", k=1)[0].record.id == ids[7]
         assert _assert_consistent(mem) == 40
+
+
+def test_a_failed_snapshot_does_not_fail_the_committed_write(tmp_path, monkeypatch):
+    config = VectorMemoryConfig(snapshot_min_changes=1)
+    with VectorMemory.open(tmp_path / "store", embedder=EMBEDDER, config=config) as mem:
+        mem.add("first", user="u")
+
+        def disk_full(self, path):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr("latentmem.vector_index.VectorIndex.save", disk_full)
+        with pytest.warns(RuntimeWarning, match="committed but updating the index failed"):
+            second = mem.add("second", user="u")
+        monkeypatch.undo()
+        assert mem.get(second.id).text == "second"
+        assert mem.search(second.record.vector, user="u", k=1)[0].record.id == second.id
+        assert _assert_consistent(mem) == 2
+
+
+def test_changing_the_index_kind_rebuilds_the_index(tmp_path):
+    flat = VectorMemoryConfig(snapshot_min_changes=1)
+    with VectorMemory.open(tmp_path / "store", embedder=EMBEDDER, config=flat) as mem:
+        mem.add_many([f"item {i}" for i in range(5)], user="u")
+    exact = VectorMemoryConfig(index_kind="exact")
+    with VectorMemory.open(tmp_path / "store", embedder=EMBEDDER, config=exact) as mem:
+        assert mem.backend.index_backend == "exact"
+        assert _assert_consistent(mem) == 5

@@ -31,6 +31,7 @@ import fcntl
 import json
 import sqlite3
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -216,8 +217,17 @@ class EmbeddedBackend(VectorBackend):
                     self._index.add(kept, np.stack([touched[i] for i in kept]))
             self._seq = seq
             self._maybe_snapshot()
-        except BaseException:
-            # The commit stands; only this process's view is unsure. Rebuild it from SQLite on next use.
+        except Exception as exc:
+            # The write is committed, so the caller must not see it as failed; only this process's index
+            # is unsure (e.g. a full disk while writing a snapshot). Rebuild it from SQLite on next use.
+            self._index, self._seq = None, -1
+            warnings.warn(
+                f"memory store {self.directory}: the write was committed but updating the index failed "
+                f"({exc}); the index will be rebuilt from SQLite",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        except BaseException:  # an interrupt: the same reset, and let it propagate
             self._index, self._seq = None, -1
             raise
 
@@ -258,7 +268,7 @@ class EmbeddedBackend(VectorBackend):
             newest = max(snapshots)
             try:
                 loaded = VectorIndex.load(snapshots[newest])
-                if loaded.dim == dim:
+                if (loaded.dim, loaded.kind) == (dim, self.config.index_kind):  # else: rebuild as configured
                     index, base, self._removed = loaded, newest, 0
             except (OSError, ValueError, KeyError, VectorIndexError):
                 pass  # a damaged snapshot is only a cache: fall back to replaying or rebuilding
