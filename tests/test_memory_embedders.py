@@ -91,3 +91,10 @@ def test_hashing_embedder_is_deterministic_and_lexical():
 def test_unknown_embedder_spec_is_a_clear_error(spec, message):
     with pytest.raises(MemoryInputError, match=message):
         load_embedder(spec)
+
+
+def test_hidden_spec_loads_a_reasoner_by_name():
+    emb = load_embedder("hidden:tiny-gpt2")
+    model, _ = load_model("tiny-gpt2", seed=0)
+    assert emb.spec == "hidden:tiny-gpt2" and emb.dim == model.config.hidden_size
+    assert emb.embed(["hello there"]).shape == (1, emb.dim)
