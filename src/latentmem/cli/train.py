@@ -12,6 +12,9 @@ import importlib
 # recipe name -> "module:function"
 RECIPES: dict[str, str] = {
     "recall": "latentmem.recall.train:run",
+    "sft": "latentmem.training.sft:run",
+    "grpo": "latentmem.training.grpo:run",
+    "trigger": "latentmem.training.trigger_rl:run",
 }
 
 

@@ -1,0 +1,323 @@
+"""The optimisation loop every recipe shares: data order, gradient accumulation, data parallelism, LR
+schedule, autocast, evaluation, metrics, checkpoints and resume. Recipes supply only a micro-step.
+
+Data parallelism. Under `accelerate launch` each process holds the full (small) trainable state. A step's
+global batch is cut into `world * grad_accum` equal chunks; chunk `m * world + rank` is micro-step `m` of
+process `rank`. Each process accumulates the gradients of its chunks, then the gradients are summed over
+processes once per optimiser step (an all-reduce, what DDP does; done by hand because which parameters get
+a gradient varies from batch to batch, e.g. `inference_queries` when no row inserts). Micro-steps return
+losses already divided by the *global* normaliser, so one process with `grad_accum = k` and k processes
+with `grad_accum = 1` compute the same update. Sampling draws from a generator seeded by (seed, step,
+chunk), so rollouts too do not depend on how the batch is spread.
+
+Resume. Each step's data comes from a permutation seeded by (seed, epoch), and sampling generators are
+seeded per step, so a checkpoint needs only the trainable weights, optimizer, scheduler, RNG states, the
+step and the recipe's own state to continue exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather, reduce
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from latentmem.errors import ConfigError, ModelLoadError
+from latentmem.memgen import LatentMemoryModel
+from latentmem.memgen.model import WEIGHTS_FILE
+from latentmem.models import load_model
+from latentmem.runs import RunDir
+from latentmem.seeding import seed_everything
+from latentmem.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from latentmem.training.config import RecipeConfig
+
+Metrics = dict[str, float]
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Distributed:
+    """This process's place in the job (one process when not launched by `accelerate launch`)."""
+
+    def __init__(self) -> None:
+        self.state = PartialState()
+
+    @property
+    def rank(self) -> int:
+        return self.state.process_index
+
+    @property
+    def world(self) -> int:
+        return self.state.num_processes
+
+    @property
+    def device(self) -> torch.device:
+        return self.state.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.state.is_main_process
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return reduce(tensor, reduction="sum") if self.world > 1 else tensor
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate a (N, ...) tensor over processes in rank order."""
+        return gather(tensor) if self.world > 1 else tensor
+
+    def barrier(self) -> None:
+        self.state.wait_for_everyone()
+
+
+def start_run(cfg: RecipeConfig, dist: Distributed) -> RunDir:
+    """The run folder `cfg.output_dir` with the resolved config, seed, git hash and versions (written once,
+    by the main process)."""
+    if dist.is_main:
+        run = RunDir.create(cfg.output_dir, cfg, cfg.seed)
+    dist.barrier()
+    return run if dist.is_main else RunDir(Path(cfg.output_dir))
+
+
+def build_model(cfg: RecipeConfig, device: torch.device) -> LatentMemoryModel:
+    """The frozen reasoner named by `cfg.model` with a fresh (or `init_from`) weaver and trigger. Seeded,
+    so every process builds identical initial weights."""
+    reasoner, tokenizer = load_model(cfg.model, device=device, seed=cfg.seed)
+    seed_everything(cfg.seed)
+    model = LatentMemoryModel(reasoner, tokenizer, cfg.memgen)
+    if cfg.init_from:
+        init_weights(model, cfg.init_from)
+    return model
+
+
+def init_weights(model: LatentMemoryModel, directory: str | Path) -> None:
+    """Load the trainable weights of a `save_pretrained` folder; entries the folder lacks (e.g. a learned
+    trigger head when the weaver was trained with trigger `always`) keep their fresh initialisation."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ConfigError(f"init_from: {path} does not exist; point it at a saved model folder (run/model)")
+    saved = load_file(str(path))
+    state = model.trainable_state_dict()
+    unknown = sorted(set(saved) - set(state))
+    if unknown:
+        raise ModelLoadError(f"init_from: {directory} holds weights this model lacks: {unknown[:5]}")
+    bad = [k for k in saved if saved[k].shape != state[k].shape]
+    if bad:
+        raise ModelLoadError(f"init_from: shapes differ for {bad[:5]}; use the memgen settings of that run")
+    model.load_trainable_state_dict({**state, **saved})
+
+
+@dataclass
+class StepContext:
+    """What a micro-step sees. `indices`: this process's rows of this micro-step; `step_indices`: every row
+    of the optimiser step (to compute global normalisers locally); `chunk`: this micro-step's chunk."""
+
+    step: int
+    indices: list[int]
+    step_indices: list[int]
+    chunk: int
+    seed: int
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """A sampling generator that depends on (seed, step, chunk), not on the process layout."""
+        return torch.Generator(device).manual_seed((self.seed * 1_000_003 + self.step) * 65_537 + self.chunk)
+
+
+MicroStep = Callable[[StepContext], Metrics]  # runs forward + backward, returns additive metrics
+Evaluate = Callable[[list[int]], Metrics]  # this process's eval rows -> additive metrics
+
+
+class Trainer:
+    """Runs `steps` optimiser steps of `micro_step` over `n_rows` rows, `rows_per_step` rows per step."""
+
+    def __init__(
+        self,
+        cfg: RecipeConfig,
+        model: LatentMemoryModel,
+        run: RunDir,
+        dist: Distributed,
+        *,
+        n_rows: int,
+        rows_per_step: int,
+        extra_state: Stateful | None = None,
+    ) -> None:
+        self.cfg, self.model, self.run, self.dist = cfg, model, run, dist
+        self.n_rows, self.rows_per_step, self.extra_state = n_rows, rows_per_step, extra_state
+        chunks = dist.world * cfg.train.grad_accum
+        if rows_per_step % chunks:
+            raise ConfigError(
+                f"train.batch_size: {rows_per_step} rows per step do not split into {dist.world} processes x "
+                f"{cfg.train.grad_accum} accumulation steps; make train.batch_size a multiple of "
+                f"{chunks} (times G for the RL recipes)"
+            )
+        self.params = model.trainable_parameters()
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = get_scheduler(
+            t.schedule, self.optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps
+        )
+        self.step = 0
+        self.ckpt_root = run.path / "checkpoints"
+
+    # ---- data order ----------------------------------------------------------------------------
+    def step_rows(self, step: int) -> list[int]:
+        """The rows of optimiser step `step`: consecutive slices of per-epoch permutations."""
+        out: list[int] = []
+        pos = step * self.rows_per_step
+        while len(out) < self.rows_per_step:
+            epoch, offset = divmod(pos, self.n_rows)
+            perm = torch.randperm(self.n_rows, generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+            take = perm[offset : offset + self.rows_per_step - len(out)].tolist()
+            out += take
+            pos += len(take)
+        return out
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save(self) -> None:
+        if self.dist.is_main:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(),
+                "extra": self.extra_state.state_dict() if self.extra_state else None,
+            }
+            save_checkpoint(
+                self.ckpt_root,
+                self.step,
+                self.model.trainable_state_dict(),
+                state,
+                self.cfg.train.keep_checkpoints,
+            )
+        self.dist.barrier()
+
+    def resume(self) -> bool:
+        """Load `checkpoints/latest` if there is one (and `train.resume`); drop metrics logged after it."""
+        path = latest_checkpoint(self.ckpt_root) if self.cfg.train.resume else None
+        if path is None:
+            if self.dist.is_main:  # a fresh start: metrics of an earlier attempt do not belong to it
+                self.run.metrics_path.unlink(missing_ok=True)
+            self.dist.barrier()
+            return False
+        ckpt = load_checkpoint(path)
+        self.model.load_trainable_state_dict(ckpt.weights)
+        self.optimizer.load_state_dict(ckpt.state["optimizer"])
+        self.scheduler.load_state_dict(ckpt.state["scheduler"])
+        set_rng_state(ckpt.state["rng"])
+        if self.extra_state is not None:
+            self.extra_state.load_state_dict(ckpt.state["extra"])
+        self.step = ckpt.step
+        if self.dist.is_main:  # the steps after the checkpoint will be logged again
+            kept = [m for m in self.run.metrics() if m.get("step", 0) <= self.step]
+            self.run.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        self.dist.barrier()
+        return True
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def _reduce(self, metrics: Metrics) -> Metrics:
+        keys = sorted(metrics)
+        if not keys:
+            return {}
+        total = self.dist.sum(
+            torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.dist.device)
+        )
+        return dict(zip(keys, total.tolist(), strict=True))
+
+    def _sync_gradients(self) -> None:
+        """Sum gradients over processes (one flat all-reduce); missing gradients count as zero."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if self.dist.world > 1:
+            flat = self.dist.sum(torch.cat([g.flatten() for g in grads]))
+            grads = list(flat.split([g.numel() for g in grads]))
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g.view_as(p)
+
+    def _autocast(self):
+        return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
+
+    def evaluate(self, evaluate: Evaluate, n_eval: int) -> Metrics:
+        mine = list(range(self.dist.rank, n_eval, self.dist.world))
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            metrics = self._reduce(evaluate(mine))
+        self.model.train()
+        return metrics
+
+    def fit(
+        self,
+        micro_step: MicroStep,
+        evaluate: Evaluate | None = None,
+        n_eval: int = 0,
+        postfix: str = "loss",
+        derive: Callable[[Metrics], Metrics] | None = None,
+    ) -> list[Metrics]:
+        """Train to `train.steps` (resuming if possible); log every step to metrics.jsonl; return the logs.
+        `derive` adds metrics computed from the summed ones (ratios, which do not add up over processes)."""
+        t = self.cfg.train
+        self.resume()
+        self.model.train()
+        logs: list[Metrics] = []
+        bar = tqdm(
+            total=t.steps, initial=self.step, disable=not self.dist.is_main, desc=type(self.cfg).__name__
+        )
+        chunks = self.dist.world * t.grad_accum
+        while self.step < t.steps:
+            start = time.perf_counter()
+            rows = self.step_rows(self.step)
+            size = len(rows) // chunks
+            sums: Metrics = {}
+            for m in range(t.grad_accum):
+                chunk = m * self.dist.world + self.dist.rank
+                ctx = StepContext(
+                    self.step, rows[chunk * size : (chunk + 1) * size], rows, chunk, self.cfg.seed
+                )
+                with self._autocast():
+                    metrics = micro_step(ctx)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+            self._sync_gradients()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm or float("inf"))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            log = {"step": self.step, **self._reduce(sums), "grad_norm": float(grad_norm)}
+            if derive is not None:
+                log.update(derive(log))
+            log["lr"] = self.scheduler.get_last_lr()[0]
+            log["step_seconds"] = time.perf_counter() - start
+            if (
+                evaluate is not None
+                and n_eval
+                and (self.step == t.steps or (t.eval_every and self.step % t.eval_every == 0))
+            ):
+                log.update(self.evaluate(evaluate, n_eval))
+            logs.append(log)
+            if self.dist.is_main:
+                self.run.log(**log)
+            bar.update(1)
+            if postfix in log:
+                bar.set_postfix({postfix: f"{log[postfix]:.4f}"})
+            if self.step == t.steps or (t.save_every and self.step % t.save_every == 0):
+                self.save()
+        bar.close()
+        if self.dist.is_main:
+            self.model.save_pretrained(self.run.path / "model")
+        self.dist.barrier()
+        return logs
