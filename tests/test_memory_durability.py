@@ -1,12 +1,10 @@
 """The embedded store under kills, concurrent writer processes and stale or damaged index files."""
 
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -16,32 +14,38 @@ from latentmem.memory.embedded import DB_NAME
 EMBEDDER = "hash:64"
 BATCH = 200
 
-# Adds batches of BATCH texts forever, printing each committed batch number; the test kills it.
+# Adds `batches` batches of BATCH texts, printing each committed batch number. With a stall batch, that
+# batch's rows reach SQLite inside its transaction, then the writer prints "inside" and waits to be killed.
 _WRITER = textwrap.dedent(
     """
-    import sys
+    import sys, time
     from latentmem.memory import VectorMemory, VectorMemoryConfig
-    store, tag, batches = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    config = VectorMemoryConfig(snapshot_min_changes=int(sys.argv[4]), near_duplicate_threshold=None)
+    store, tag, batches, snapshot_every, stall = sys.argv[1:3] + [int(a) for a in sys.argv[3:6]]
+    config = VectorMemoryConfig(snapshot_min_changes=snapshot_every, near_duplicate_threshold=None)
     mem = VectorMemory.open(store, embedder="{embedder}", config=config)
-    print("ready", flush=True)
-    b = 0
-    while batches < 0 or b < batches:
+    insert = mem.backend.insert
+
+    def insert_and_stall(rows):
+        ids = insert(rows)
+        print("inside", flush=True)
+        time.sleep(120)
+        return ids
+
+    for b in range(batches):
+        if b == stall:
+            mem.backend.insert = insert_and_stall
         mem.add_many([f"{{tag}} batch {{b}} item {{i}}" for i in range({batch})], user=tag)
         print(b, flush=True)
-        b += 1
     """
 ).format(embedder=EMBEDDER, batch=BATCH)
 
 
-def _writer(store, tag, batches, snapshot_every=300):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _writer(store, tag, batches, snapshot_every=300, stall=-1):
     return subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(store), tag, str(batches), str(snapshot_every)],
+        [sys.executable, "-c", _WRITER, str(store), tag, str(batches), str(snapshot_every), str(stall)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
     )
 
 
@@ -52,29 +56,26 @@ def _assert_consistent(mem):
     return report["records"]
 
 
-def test_kill_during_writes_leaves_committed_batches_intact(tmp_path):
+def test_kill_inside_a_write_leaves_committed_batches_intact(tmp_path):
     store = tmp_path / "store"
-    proc = _writer(store, "k", batches=-1)
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-    committed = -1
-    while committed < 6:  # let several batches (and index snapshots) land, then kill mid-stream
-        committed = int(proc.stdout.readline())
-    time.sleep(0.05)
+    proc = _writer(store, "k", batches=10, stall=5)  # snapshots land at batches 1, 3 (every 300 changes)
+    lines = []
+    while not lines or lines[-1] != "inside":
+        line = proc.stdout.readline().strip()
+        assert line, proc.stderr.read()  # the writer died on its own
+        lines.append(line)
+    # Batch 5's rows are in SQLite, uncommitted, and the writer holds the write lock: kill it now.
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    committed = max([committed, *(int(line) for line in proc.stdout.read().split())])
+    assert lines == ["0", "1", "2", "3", "4", "inside"]
 
-    with VectorMemory.open(store, embedder=EMBEDDER) as mem:
-        n = _assert_consistent(mem)
-        # Batches are atomic: whole batches only, and every reported one is there.
-        assert n % BATCH == 0 and n >= (committed + 1) * BATCH
-        for b in range(committed + 1):
-            assert mem.add(f"k batch {b} item {BATCH - 1}", user="k").event == "duplicate"
-        assert mem.search(f"k batch {committed} item 3", user="k", k=1)[0].record.text == (
-            f"k batch {committed} item 3"
-        )
-        assert mem.add("written after the crash", user="k").event == "added"
-        assert _assert_consistent(mem) == n + 1
+    config = VectorMemoryConfig(lock_timeout_s=5)  # the dead writer's lock must be free, not waited on
+    with VectorMemory.open(store, embedder=EMBEDDER, config=config) as mem:
+        assert _assert_consistent(mem) == 5 * BATCH  # batches 0-4 whole, nothing of batch 5
+        assert mem.list(user="k", limit=1)[0].text == "k batch 0 item 0"
+        assert mem.search("k batch 4 item 3", user="k", k=1)[0].record.text == "k batch 4 item 3"
+        assert mem.add("k batch 5 item 0", user="k").event == "added"
+        assert _assert_consistent(mem) == 5 * BATCH + 1
 
 
 def test_two_writer_processes_lose_nothing(tmp_path):
