@@ -450,9 +450,15 @@ class EmbeddedBackend(VectorBackend):
         if not rows:
             return [[] for _ in range(len(vectors))]
         ids = np.array([r[0] for r in rows], dtype=np.int64)
-        sims = vectors @ np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).T  # (Q, n)
-        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        return [[(int(ids[j]), float(sims[q, j])) for j in top[q]] for q in range(len(vectors))]
+        matrix = np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows])
+        out = []
+        for start in range(0, len(vectors), 1024):  # bounded (1024, n) score blocks for big batches
+            sims = vectors[start : start + 1024] @ matrix.T
+            top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+            out += [
+                [(int(ids[j]), float(row[j])) for j in order] for row, order in zip(sims, top, strict=True)
+            ]
+        return out
 
     def _postfiltered(
         self, index: VectorIndex, vectors: np.ndarray, where: Where, k: int

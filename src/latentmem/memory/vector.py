@@ -197,29 +197,32 @@ class VectorMemory(Memory):
                 if threshold is not None
                 else [[] for _ in texts]
             )
-            batch_sims = vecs @ vecs.T if threshold is not None else None
             # For each text: ("new", position among new rows) or (event, id of the stored original).
             outcome: list[tuple[str, int]] = []
             new_positions: list[int] = []  # text indices that become new rows
             new_key: dict[str, int] = {}
+            new_vecs = np.empty_like(vecs)  # the first len(new_positions) rows: vectors of the new rows
             for i, key in enumerate(keys):
                 if key in existing:
                     outcome.append(("duplicate", existing[key]))
-                elif key in new_key:
+                    continue
+                if key in new_key:
                     outcome.append(("new", new_key[key]))
-                elif threshold is not None and near[i] and near[i][0][1] >= threshold:
+                    continue
+                if threshold is not None and near[i] and near[i][0][1] >= threshold:
                     outcome.append(("near_duplicate", near[i][0][0]))
-                elif (
-                    batch_sims is not None
-                    and new_positions
-                    and float(batch_sims[i, new_positions].max()) >= threshold
-                ):
-                    best = int(np.argmax(batch_sims[i, new_positions]))
-                    outcome.append(("new", best))
-                else:
-                    new_key[key] = len(new_positions)
-                    outcome.append(("new", len(new_positions)))
-                    new_positions.append(i)
+                    continue
+                if threshold is not None and new_positions:
+                    # Against the batch's earlier new rows: O(rows so far) memory, not a (N, N) matrix.
+                    sims = new_vecs[: len(new_positions)] @ vecs[i]
+                    best = int(np.argmax(sims))
+                    if sims[best] >= threshold:
+                        outcome.append(("new", best))
+                        continue
+                new_key[key] = len(new_positions)
+                outcome.append(("new", len(new_positions)))
+                new_vecs[len(new_positions)] = vecs[i]
+                new_positions.append(i)
             rows = [
                 NewRow(texts[i], keys[i], scope, metas[i], vecs[i], created_at=now) for i in new_positions
             ]
