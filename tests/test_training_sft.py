@@ -62,7 +62,7 @@ def test_collate_left_pads_and_labels_only_the_answer():
     assert ids.tolist() == [[5, 6, 7, 8, 2], [0, 9, 3, 4, 2]]
     assert mask.tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]]
     assert labels.tolist() == [[IGNORE, IGNORE, IGNORE, 8, 2], [IGNORE, IGNORE, 3, 4, 2]]
-    prompts, pmask, plabels = collate([Encoded([5, 6], [8]), Encoded([9], [3])], pad_id=0, with_answer=False)
+    prompts, _, plabels = collate([Encoded([5, 6], [8]), Encoded([9], [3])], pad_id=0, with_answer=False)
     assert prompts.tolist() == [[5, 6], [0, 9]] and (plabels == IGNORE).all()
 
 

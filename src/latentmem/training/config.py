@@ -90,6 +90,12 @@ class RecipeConfig(Config):
     def validate(self) -> None:
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(bool(self.output_dir), "output_dir", "give a run folder, e.g. runs/sft")
+        require(
+            self.memgen.lora_dropout == 0,
+            "memgen.lora_dropout",
+            "must be 0 for training: the model trains in eval mode, so that the frozen reasoner's dropout "
+            "cannot make the learner disagree with the rollouts",
+        )
 
 
 @dataclass

@@ -253,11 +253,8 @@ class Trainer:
 
     def evaluate(self, evaluate: Evaluate, n_eval: int) -> Metrics:
         mine = list(range(self.dist.rank, n_eval, self.dist.world))
-        self.model.eval()
         with torch.no_grad(), self._autocast():
-            metrics = self._reduce(evaluate(mine))
-        self.model.train()
-        return metrics
+            return self._reduce(evaluate(mine))
 
     def fit(
         self,
@@ -271,7 +268,9 @@ class Trainer:
         `derive` adds metrics computed from the summed ones (ratios, which do not add up over processes)."""
         t = self.cfg.train
         self.resume()
-        self.model.train()
+        # eval mode throughout: dropout in the frozen reasoner would make the learner's log-probs disagree
+        # with the rollout's (and LoRA dropout, 0 by default, is off with it)
+        self.model.eval()
         logs: list[Metrics] = []
         bar = tqdm(
             total=t.steps, initial=self.step, disable=not self.dist.is_main, desc=type(self.cfg).__name__

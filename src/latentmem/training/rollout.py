@@ -98,10 +98,7 @@ def sample_rollouts(
     rows = [r for r in rows for _ in range(g)]
     tok = model.tokenizer
     ids, mask, _ = (t.to(model.device) for t in collate(items, tok.pad_token_id, with_answer=False))
-    was_training = model.training
-    model.eval()
     res = model.generate(ids, mask, generation_config(settings, sample=sample), generator=generator)
-    model.train(was_training)
     full, full_mask, labels = as_training_batch(ids, mask, res, tok.pad_token_id)
     completions = [
         tok.decode(seq[:n].tolist(), skip_special_tokens=True)
