@@ -473,10 +473,13 @@ class EmbeddedBackend(VectorBackend):
             allowed: set[int] = set()
             for chunk in _chunks(candidates):
                 marks = ",".join("?" * len(chunk))
+                # NOT INDEXED: look the few candidates up by rowid. Left alone, SQLite prefers the scope
+                # index and walks every record of the scope (34 ms instead of 0.1 at 100k records).
                 allowed.update(
                     r[0]
                     for r in self._conn.execute(
-                        f"SELECT id FROM memories WHERE {sql} AND id IN ({marks})", [*params, *chunk]
+                        f"SELECT id FROM memories NOT INDEXED WHERE {sql} AND id IN ({marks})",
+                        [*params, *chunk],
                     )
                 )
             out = [
