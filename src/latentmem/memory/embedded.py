@@ -389,10 +389,9 @@ class EmbeddedBackend(VectorBackend):
             chunk = keys[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             for memory_id, key in self._conn.execute(
-                f"SELECT id, text_key FROM memories WHERE {sql} AND text_key IN ({marks}) ORDER BY id DESC",
-                [*params, *chunk],
+                f"SELECT id, text_key FROM memories WHERE {sql} AND text_key IN ({marks})", [*params, *chunk]
             ):
-                out[key] = memory_id  # descending ids: the oldest record wins
+                out[key] = min(out.get(key, memory_id), memory_id)  # the oldest record wins
         return out
 
     @staticmethod
