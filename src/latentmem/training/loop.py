@@ -58,7 +58,9 @@ class Distributed:
     """This process's place in the job (one process when not launched by `accelerate launch`)."""
 
     def __init__(self) -> None:
-        self.state = PartialState()
+        # without CUDA, ask for CPU processes explicitly: then a torchrun-style launch (`accelerate launch
+        # --multi_gpu --num_processes N`) joins a gloo process group instead of running N lone processes
+        self.state = PartialState(cpu=not torch.cuda.is_available())
 
     @property
     def rank(self) -> int:
@@ -301,6 +303,7 @@ class Trainer:
                 log.update(derive(log))
             log["lr"] = self.scheduler.get_last_lr()[0]
             log["step_seconds"] = time.perf_counter() - start
+            log["processes"] = self.dist.world
             if (
                 evaluate is not None
                 and n_eval
