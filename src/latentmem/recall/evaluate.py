@@ -29,6 +29,7 @@ from latentmem.recall.bank import MemoryBank
 from latentmem.recall.data import QA, Fact, encode_sample, general_task, make_facts
 from latentmem.recall.generate import RecallGenerator
 from latentmem.recall.memory import RecallMemory
+from latentmem.recall.tokens import add_recall_tokens
 from latentmem.recall.train import (
     LoraSettings,
     RecallTrainConfig,
@@ -72,18 +73,22 @@ class Answers:
     seconds_per_answer: float
     context_tokens: float
     replies: list[str]
+    recalled: list[list[int]]  # per question, the memory ids recalled during generation
 
 
 def answer(gen: RecallGenerator, prompts: Sequence[str], answers: Sequence[str], cfg: EvalConfig) -> Answers:
     """Greedy replies to chat-rendered `prompts`; correct when the answer string appears in the reply."""
-    replies, seconds, tokens = [], 0.0, []
+    replies, seconds, tokens, recalled = [], 0.0, [], []
     for s in range(0, len(prompts), cfg.batch_size):
         out = gen.generate(prompts[s : s + cfg.batch_size], max_new_tokens=cfg.max_new_tokens)
         replies += out.texts
+        recalled += [[e.memory_id for e in events] for events in out.recalls]
         seconds += out.seconds
         tokens += out.prompt_tokens
     hits = [a.lower() in r.lower() for a, r in zip(answers, replies, strict=True)]
-    return Answers(sum(hits) / len(hits), seconds / len(prompts), sum(tokens) / len(tokens), replies)
+    return Answers(
+        sum(hits) / len(hits), seconds / len(prompts), sum(tokens) / len(tokens), replies, recalled
+    )
 
 
 def _plain_generator(
@@ -101,9 +106,9 @@ def train_lora_sft(
     model: PreTrainedModel, tok: PreTrainedTokenizerBase, facts: Sequence[Fact], cfg: EvalConfig
 ):
     """The LoRA-SFT baseline: next-token loss on `question -> memory text + answer`, then merged."""
-    memory = RecallMemory.attach(model, tok, 1)  # only for the token ids the sample encoder checks
+    tokens = add_recall_tokens(model, tok)  # the sample encoder checks that no memory pad slips in
     samples = [
-        encode_sample(tok, memory.tokens, f.question, f"{f.text} The answer is {f.answer}.", -1, "sft_only")
+        encode_sample(tok, tokens, f.question, f"{f.text} The answer is {f.answer}.", -1, "sft_only")
         for f in facts
     ]
     peft_model = add_lora(model, cfg.sft_lora)
@@ -145,6 +150,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
             "context_tokens": a.context_tokens,
             "retention": retain,
             "example_reply": a.replies[0],
+            # how often the model chose to recall, and recalled fact i first for question i (ids = indices)
+            "recall_rate": sum(bool(r) for r in a.recalled) / len(a.recalled),
+            "generation_recall_at_1": sum(bool(r) and r[0] == i for i, r in enumerate(a.recalled))
+            / len(a.recalled),
         }
 
     # no memory, and RAG with MiniLM: both on the base weights
@@ -210,12 +219,14 @@ def markdown(results: dict[str, dict]) -> str:
         return "–" if v is None else f"{v:.2f}"
 
     lines = [
-        "| method | recall@1 (q / paraphrase) | answer acc (q / paraphrase) | s per answer | context tokens | retention |",
-        "|---|---|---|---|---|---|",
+        "| method | recall@1 (q / paraphrase) | recalled in generation (rate / right) "
+        "| answer acc (q / paraphrase) | s per answer | context tokens | retention |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         lines.append(
             f"| {name} | {fmt(r['recall_at_1'])} / {fmt(r.get('recall_at_1_paraphrase'))} "
+            f"| {r['recall_rate']:.2f} / {r['generation_recall_at_1']:.2f} "
             f"| {r['answer_accuracy']:.2f} / {r['answer_accuracy_paraphrase']:.2f} "
             f"| {r['seconds_per_answer']:.3f} | {r['context_tokens']:.1f} | {r['retention']:.2f} |"
         )

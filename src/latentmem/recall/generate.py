@@ -28,6 +28,7 @@ from latentmem.recall.bank import MemoryBank
 from latentmem.recall.errors import NoBankError
 from latentmem.recall.inject import inject
 from latentmem.recall.memory import RecallMemory
+from latentmem.recall.tokens import RECALL
 from latentmem.sampling import SamplingConfig, select_next
 
 
@@ -86,7 +87,7 @@ class RecallGenerator:
 
     def render(self, questions: Sequence[str], *, recall_first: bool = False) -> list[str]:
         """Chat prompts for `questions`; `recall_first` appends `<recall>` so the reply starts with a recall."""
-        return [render_chat(self.tokenizer, q) + ("<recall>" if recall_first else "") for q in questions]
+        return [render_chat(self.tokenizer, q) + (RECALL if recall_first else "") for q in questions]
 
     @torch.no_grad()
     def generate(
