@@ -1,8 +1,9 @@
 """`latentmem bench memory`: the embedded vector store against brute-force numpy, in one run.
 
 Vectors are precomputed random unit vectors (queries are noisy copies of stored ones), so the numbers
-measure storage and search, not the embedder: embedding with MiniLM runs at a few hundred texts per
-second on two CPU cores and would dominate both sides equally.
+measure storage and search, not the embedder: MiniLM embedded about 65 short texts per second on the
+shared two-core machine of the README's table, so embedding 100k texts would take ~25 minutes and
+dominate both sides equally.
 
 - `add_per_s`: records stored per second, added in batches of `--batch` (a bulk import). The store commits
   each batch to SQLite (texts, scope, metadata, vectors), checks exact duplicates and updates its index
@@ -13,8 +14,10 @@ second on two CPU cores and would dominate both sides equally.
   does (one transaction, one search, one insert each).
 - `search_ms`: mean wall time of one top-k query. The store's includes the scope check and fetching the k
   records from SQLite; numpy's is a matrix-vector product and a partial sort over all vectors.
-- `recall_at_k`: how many of numpy's exact top-k the store returns (below 1 once HNSW takes over).
-- `reopen_s`: opening the store again and answering a first query (the index loads from its snapshot).
+- `recall_at_k`: how many of numpy's exact top-k the store returns (1 with the exact `flat` index; below
+  1 with `--index hnsw`).
+- `reopen_s`: opening the store again and answering a first query (the index loads from its latest
+  snapshot file and replays the writes logged after it).
 """
 
 from __future__ import annotations
