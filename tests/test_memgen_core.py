@@ -7,7 +7,7 @@ import torch
 from conftest import steer
 from latentmem.chat import render_chat
 from latentmem.errors import LatentMemError, ModelLoadError
-from latentmem.memgen import GenerationConfig, LatentMemoryModel, MemGenConfig, TriggerConfig
+from latentmem.memgen import GenerationConfig, LatentMemoryModel, MemGenConfig, RetrievedMemory, TriggerConfig
 from latentmem.models import load_model
 from latentmem.sampling import SamplingConfig
 from latentmem.tiny import TINY_MODELS
@@ -154,6 +154,8 @@ def test_optimizer_step_trains_weaver_only(name):
     loss.backward()
     opt.step()
     after = mm.trainable_state_dict()
+    # the saved state holds every trainable parameter, nothing more
+    assert sum(v.numel() for v in after.values()) == mm.num_trainable()
     changed = {k for k in trained if not torch.equal(trained[k], after[k])}
     assert any(k.startswith("lora.") for k in changed)
     assert {"prompt_queries", "inference_queries"} <= changed
@@ -248,3 +250,52 @@ def test_bad_lora_targets_and_learned_plan():
     ids, mask = _batch(tok)
     with pytest.raises(ValueError, match="learned trigger decides at run time"):
         mm(ids, mask, ids.clone())
+
+
+def _memories(batch, n=3, dim=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    vectors = torch.randn(batch, n, dim, generator=g)
+    mask = torch.ones(batch, n, dtype=torch.long)
+    mask[0, -1] = 0  # rows may retrieve fewer memories
+    return RetrievedMemory(vectors=vectors, mask=mask)
+
+
+def test_weaver_reads_retrieved_memories_consistently(tmp_path):
+    mm, tok = _memgen(
+        "tiny-llama", prompt_latents=4, inference_latents=3, max_inference_insertions=3, memory_dim=12
+    )
+    ids, mask = _batch(tok)
+    memory = _memories(len(PROMPTS))
+    res = mm.generate(ids, mask, GenerationConfig(max_new_tokens=20), memory=memory)
+    assert sum(len(r) for r in res.insertions) >= 2
+    full, full_mask, labels = _as_training_batch(tok, ids, mask, res)
+    out = mm(full, full_mask, labels, plan=res.plan, memory=memory)
+    keep = res.completion_mask()
+    torch.testing.assert_close(
+        out.token_logprobs[:, ids.shape[1] :][keep], res.logprobs[keep], atol=1e-4, rtol=1e-4
+    )
+    # the memories matter: other memories, other log-probabilities for the same tokens
+    other = mm(full, full_mask, labels, plan=res.plan, memory=_memories(len(PROMPTS), seed=1))
+    assert not torch.allclose(
+        other.token_logprobs[keep.nonzero(as_tuple=True)[0]],
+        out.token_logprobs[keep.nonzero(as_tuple=True)[0]],
+    )
+    out.loss.backward()
+    assert mm.proj_memory.weight.grad is not None and mm.proj_memory.weight.grad.abs().sum() > 0
+    mm.save_pretrained(tmp_path)
+    base, tok2 = load_model("tiny-llama")
+    steer(base, tok2)
+    again = LatentMemoryModel.from_pretrained(tmp_path, base, tok2)
+    assert torch.equal(
+        again.generate(ids, mask, GenerationConfig(max_new_tokens=20), memory=memory).sequences, res.sequences
+    )
+
+
+def test_retrieved_memory_errors():
+    mm, tok = _memgen("tiny-qwen2", memory_dim=12)
+    ids, mask = _batch(tok)
+    with pytest.raises(LatentMemError, match=r"memory.vectors: expected shape \(B=6, M, 12\)"):
+        mm.generate(ids, mask, memory=_memories(len(PROMPTS), dim=5))
+    plain, _ = _memgen("tiny-qwen2")
+    with pytest.raises(LatentMemError, match="memory_dim"):
+        plain.generate(ids, mask, memory=_memories(len(PROMPTS)))

@@ -3,7 +3,7 @@
 from latentmem.memgen.config import MemGenConfig, TriggerConfig
 from latentmem.memgen.generate import GenerationConfig, GenerationResult, generate
 from latentmem.memgen.insertion import InsertionPlan
-from latentmem.memgen.model import LatentMemoryModel, MemGenOutput
+from latentmem.memgen.model import LatentMemoryModel, MemGenOutput, RetrievedMemory
 
 __all__ = [
     "GenerationConfig",
@@ -12,6 +12,7 @@ __all__ = [
     "LatentMemoryModel",
     "MemGenConfig",
     "MemGenOutput",
+    "RetrievedMemory",
     "TriggerConfig",
     "generate",
 ]

@@ -52,6 +52,7 @@ class MemGenConfig(Config):
     weaver_model: str | None = (
         None  # a separate weaver LM (joined by projections); None = LoRA on the reasoner
     )
+    memory_dim: int | None = None  # dimension of retrieved-memory vectors the weaver may read; None = none
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
 
     def validate(self) -> None:
@@ -71,6 +72,11 @@ class MemGenConfig(Config):
         )
         require(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
         require(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        require(
+            self.memory_dim is None or self.memory_dim >= 1,
+            "memory_dim",
+            f"must be >= 1 or null, got {self.memory_dim}",
+        )
         require(len(self.lora_targets) > 0, "lora_targets", "name at least one module, e.g. [q_proj, v_proj]")
 
     @property

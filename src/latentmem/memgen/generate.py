@@ -64,20 +64,20 @@ class _Weaver:
     def __init__(self, model) -> None:
         self.model = model
         self.decoder = KVDecoder(model.weaver_lm)
-        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (embeds (B, n, D_r), valid (B, n))
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (inputs (B, n, D_w), valid (B, n))
 
-    def push(self, embeds: torch.Tensor, valid: torch.Tensor) -> None:
-        self.pending.append((embeds, valid))
+    def push(self, weaver_inputs: torch.Tensor, valid: torch.Tensor) -> None:
+        """Queue weaver-space inputs (B, n, D_w) with their validity (B, n)."""
+        self.pending.append((weaver_inputs, valid))
 
     def weave(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Latents (B, K, D_r) for rows `rows` (B,) bool (other rows' output is unused)."""
-        embeds = torch.cat([e for e, _ in self.pending], dim=1)
+        w_in = torch.cat([e for e, _ in self.pending], dim=1)
         valid = torch.cat([v for _, v in self.pending], dim=1)
         self.pending.clear()
-        B, K = embeds.shape[0], queries.shape[0]
-        w_in = self.model.proj_in(embeds)
+        B, K = w_in.shape[0], queries.shape[0]
         x = torch.cat([w_in, queries.to(w_in.dtype)[None].expand(B, -1, -1)], dim=1)
-        keep = self.decoder.length + embeds.shape[1]
+        keep = self.decoder.length + w_in.shape[1]
         out = self.decoder.extend(x, torch.cat([valid, rows[:, None].expand(B, K)], dim=1), logits_to_keep=0)
         self.decoder.crop(keep)  # the query slots are never seen again
         return self.model.to_latents(out.hidden[:, -K:])
@@ -97,9 +97,11 @@ def generate(
     attention_mask: torch.Tensor,
     config: GenerationConfig | None = None,
     generator: torch.Generator | None = None,
+    memory=None,
 ) -> GenerationResult:
     """Generate for a left-padded batch `input_ids`, `attention_mask` (B, T) with `model` (a
-    LatentMemoryModel). Greedy or sampled per `config.sampling`; each row stops at EOS."""
+    LatentMemoryModel). Greedy or sampled per `config.sampling`; each row stops at EOS. `memory`: a
+    `RetrievedMemory` the weaver reads before the prompt."""
     cfg = config or GenerationConfig()
     mc = model.config
     trigger_sample = cfg.sampling.do_sample if cfg.trigger_sample is None else cfg.trigger_sample
@@ -113,7 +115,8 @@ def generate(
     K_i = mc.inference_latents if mc.inserts_during_decoding else 0
 
     embeds = reasoner.embed(input_ids)
-    weaver.push(embeds, attention_mask.bool())
+    w_in, w_mask = model.weaver_inputs(embeds, attention_mask, memory)
+    weaver.push(w_in, w_mask.bool())
     with model.reasoner_mode():
         logits = reasoner.prefill(embeds, attention_mask).logits[:, -1]
     if mc.prompt_latents > 0:
@@ -142,7 +145,7 @@ def generate(
             break
         alive = ~finished
         tok_embeds = reasoner.embed(tok[:, None])
-        weaver.push(tok_embeds, alive[:, None])
+        weaver.push(model.proj_in(tok_embeds), alive[:, None])
         with model.reasoner_mode():
             out = reasoner.extend(tok_embeds, alive[:, None])
         logits = out.logits[:, -1]

@@ -160,6 +160,10 @@ class Blocks:
     def valid(self) -> torch.Tensor:  # (B, J)
         return self.anchor >= 0
 
+    def shifted(self, n: int) -> Blocks:
+        """The same blocks with anchors moved `n` slots right (slots prepended to the token stream)."""
+        return Blocks(anchor=torch.where(self.valid, self.anchor + n, self.anchor), sizes=self.sizes)
+
     @classmethod
     def from_plan(cls, plan: InsertionPlan, cfg: MemGenConfig) -> Blocks:
         points = plan.points()

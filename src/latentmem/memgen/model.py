@@ -43,6 +43,18 @@ ADAPTER = "weaver"
 
 
 @dataclass
+class RetrievedMemory:
+    """Memories retrieved for each row, as vectors the weaver reads before the context.
+
+    vectors (B, M, memory_dim): e.g. sentence-encoder embeddings of the top-M retrieved texts.
+    mask (B, M): 1 where a row really has that memory (rows may retrieve fewer).
+    """
+
+    vectors: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
 class MemGenOutput:
     loss: torch.Tensor  # () mean next-token NLL over answer tokens (latent positions never count)
     token_logprobs: torch.Tensor  # (B, T) log p(input_ids[:, i]) for answer tokens, 0 elsewhere
@@ -104,6 +116,7 @@ class LatentMemoryModel(nn.Module):
         self.inference_queries = nn.Parameter(torch.randn(cfg.inference_latents, d_w, dtype=dtype) * emb_std)
         self.proj_in = nn.Identity() if self.shared else nn.Linear(d_r, d_w)
         self.proj_out = nn.Linear(d_w, d_r)
+        self.proj_memory = nn.Linear(cfg.memory_dim, d_w) if cfg.memory_dim else None
         self.trigger = Trigger(cfg.trigger, d_r)
         vocab_rows = reasoner.get_input_embeddings().num_embeddings
         self.register_buffer(
@@ -165,14 +178,40 @@ class LatentMemoryModel(nn.Module):
         """Weaver last-layer states at query slots (..., D_w) -> latent embeddings for the reasoner (..., D_r)."""
         return self.proj_out(weaver_hidden.float()).to(self.reasoner.dtype)
 
-    def weave_all(
-        self, token_embeds: torch.Tensor, attention_mask: torch.Tensor, blocks: Blocks
-    ) -> torch.Tensor:
-        """Every block's latents in one weaver pass: `token_embeds` (B, T, D_r) -> (B, sum(sizes), D_r)."""
-        B, T, _ = token_embeds.shape
-        mask, positions, _ = weaver_layout(attention_mask, blocks)
-        queries = self.queries_for(blocks.sizes, self.config.prompt_latents > 0)
+    def weaver_inputs(
+        self, token_embeds: torch.Tensor, attention_mask: torch.Tensor, memory: RetrievedMemory | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weaver's view of a sequence: [retrieved memories E; tokens H] in weaver space (paper:
+        M = W([H; E])). `token_embeds` (B, T, D_r) -> ((B, M + T, D_w), mask (B, M + T))."""
         w_in = self.proj_in(token_embeds)
+        if memory is None:
+            return w_in, attention_mask
+        if self.proj_memory is None:
+            raise LatentMemError(
+                "memory: this MemGen model reads no retrieved memories; build it with memory_dim set "
+                "(the dimension of your memory vectors, e.g. 384 for all-MiniLM-L6-v2)"
+            )
+        vectors = memory.vectors.to(self.proj_memory.weight.device, torch.float32)
+        if (
+            vectors.ndim != 3
+            or vectors.shape[0] != token_embeds.shape[0]
+            or vectors.shape[2] != self.config.memory_dim
+        ):
+            raise LatentMemError(
+                f"memory.vectors: expected shape (B={token_embeds.shape[0]}, M, {self.config.memory_dim}), "
+                f"got {tuple(vectors.shape)}"
+            )
+        mem = self.proj_memory(vectors).to(w_in.dtype)
+        return torch.cat([mem, w_in], dim=1), torch.cat(
+            [memory.mask.to(attention_mask), attention_mask], dim=1
+        )
+
+    def weave_all(self, w_in: torch.Tensor, w_mask: torch.Tensor, blocks: Blocks) -> torch.Tensor:
+        """Every block's latents in one weaver pass: weaver inputs `w_in` (B, Tw, D_w), `w_mask` (B, Tw),
+        block anchors indexing Tw -> latents (B, sum(sizes), D_r)."""
+        B, Tw, _ = w_in.shape
+        mask, positions, _ = weaver_layout(w_mask, blocks)
+        queries = self.queries_for(blocks.sizes, self.config.prompt_latents > 0)
         x = torch.cat([w_in, queries.to(w_in.dtype)[None].expand(B, -1, -1)], dim=1)
         out = self.weaver_lm(
             inputs_embeds=x,
@@ -181,7 +220,7 @@ class LatentMemoryModel(nn.Module):
             output_hidden_states=True,
             logits_to_keep=1,
         )
-        return self.to_latents(out.hidden_states[-1][:, T:])
+        return self.to_latents(out.hidden_states[-1][:, Tw:])
 
     # ---- training forward ------------------------------------------------------------------------
     def plan(
@@ -197,10 +236,12 @@ class LatentMemoryModel(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         plan: InsertionPlan | None = None,
+        memory: RetrievedMemory | None = None,
     ) -> MemGenOutput:
         """Two passes, batched: one weaver pass writes every insertion point's latents, one reasoner pass
         reads the sequence with all latents spliced in. `input_ids`, `attention_mask`, `labels`: (B, T);
-        labels are -100 outside the answer. `plan` defaults to the trigger policy's deterministic plan."""
+        labels are -100 outside the answer. `plan` defaults to the trigger policy's deterministic plan.
+        `memory`: retrieved memory vectors the weaver reads before the context (M = W([H; E]))."""
         if not (input_ids.shape == attention_mask.shape == labels.shape):
             raise ValueError(
                 f"input_ids, attention_mask, labels must share a shape; got {input_ids.shape}, {attention_mask.shape}, {labels.shape}"
@@ -217,7 +258,9 @@ class LatentMemoryModel(nn.Module):
         if blocks.sizes:
             # no query sees a token after the last anchor, so the weaver reads only up to it
             t_w = int(blocks.anchor.max()) + 1
-            latents = self.weave_all(token_embeds[:, :t_w], attention_mask[:, :t_w], blocks)  # (B, S, D_r)
+            w_in, w_mask = self.weaver_inputs(token_embeds[:, :t_w], attention_mask[:, :t_w], memory)
+            w_blocks = blocks.shifted(w_in.shape[1] - t_w)  # retrieved memories come first
+            latents = self.weave_all(w_in, w_mask, w_blocks)  # (B, S, D_r)
             ok = latent_dest >= 0
             rows = torch.arange(B, device=x.device)[:, None].expand_as(latent_dest)
             x = x.index_put((rows[ok], latent_dest[ok]), latents[ok])
@@ -263,16 +306,16 @@ class LatentMemoryModel(nn.Module):
         return generate(self, input_ids, attention_mask, config, **kwargs)
 
     # ---- save / load -----------------------------------------------------------------------------
+    def _heads(self) -> list[tuple[str, nn.Module]]:
+        heads = [("proj_in", self.proj_in), ("proj_out", self.proj_out), ("trigger", self.trigger)]
+        return heads + ([("proj_memory", self.proj_memory)] if self.proj_memory is not None else [])
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything that trains, nothing that is frozen: LoRA, queries, projections, trigger head."""
         state = {
             f"lora.{k}": v for k, v in get_peft_model_state_dict(self.weaver_lm, adapter_name=ADAPTER).items()
         }
-        for name, module in (
-            ("proj_in", self.proj_in),
-            ("proj_out", self.proj_out),
-            ("trigger", self.trigger),
-        ):
+        for name, module in self._heads():
             state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
         state["prompt_queries"] = self.prompt_queries
         state["inference_queries"] = self.inference_queries
@@ -289,11 +332,7 @@ class LatentMemoryModel(nn.Module):
         result = set_peft_model_state_dict(self.weaver_lm, lora, adapter_name=ADAPTER)
         if getattr(result, "unexpected_keys", None):
             raise ModelLoadError(f"LoRA weights did not load: unexpected keys {result.unexpected_keys[:5]}")
-        for name, module in (
-            ("proj_in", self.proj_in),
-            ("proj_out", self.proj_out),
-            ("trigger", self.trigger),
-        ):
+        for name, module in self._heads():
             module.load_state_dict(
                 {k.removeprefix(f"{name}."): v for k, v in state.items() if k.startswith(f"{name}.")}
             )
