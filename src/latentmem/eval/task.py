@@ -1,0 +1,101 @@
+"""Evaluation tasks: a registry of `Task`s, each = loader + prompt format + answer extraction + reward.
+
+A task yields `Example`s (a user prompt, a gold answer, extra columns). Methods see only the prompt (and,
+to train, `task.target(example)`); the harness scores completions with `task.score`. `task.reward` has TRL's
+reward signature `(prompts, completions, **columns) -> list[float]`, so the same scoring trains GRPO.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from latentmem.errors import LatentMemError
+
+Split = Literal["train", "test"]
+
+
+class TaskError(LatentMemError, ValueError):
+    """A task's data are missing, malformed or empty; the message lists what is expected."""
+
+
+@dataclass
+class Example:
+    prompt: str  # the user turn; methods apply the chat template
+    answer: Any  # gold answer: a string, a list of aliases, a choice letter, ...
+    columns: dict[str, Any] = field(default_factory=dict)  # extra fields (tests, choices, entry point...)
+
+    def as_row(self) -> dict[str, Any]:
+        """A flat row (prompt, answer, columns...) for training data and reward functions."""
+        return {"prompt": self.prompt, "answer": self.answer, **self.columns}
+
+
+class Task(ABC):
+    """One benchmark format. Subclasses set `name` and implement `load`, `target` and `score`."""
+
+    name: str = ""
+    max_new_tokens: int = 128
+    system: str | None = None
+
+    @abstractmethod
+    def load(self, split: Split) -> list[Example]:
+        """All examples of `split` ("train" may be empty for test-only benchmarks)."""
+
+    @abstractmethod
+    def target(self, example: Example) -> str:
+        """The reference completion a supervised method trains on (e.g. a worked solution ending in the
+        answer in the task's format)."""
+
+    @abstractmethod
+    def score(self, example: Example, completion: str) -> float:
+        """1.0 for a correct completion, 0.0 for a wrong one (partial credit where the format has it)."""
+
+    def reward(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> list[float]:
+        """TRL-signature reward: rebuild each example from its columns and score the completion."""
+        answers = columns.get("answer")
+        if answers is None:
+            raise TaskError(f"{self.name}: reward needs an 'answer' column")
+        rows = [
+            Example(p, a, {k: v[i] for k, v in columns.items() if k not in ("answer", "prompt")})
+            for i, (p, a) in enumerate(zip(prompts, answers, strict=True))
+        ]
+        return [self.score(ex, c) for ex, c in zip(rows, completions, strict=True)]
+
+    def split(self, split: Split, limit: int | None = None, seed: int = 0) -> list[Example]:
+        """`load(split)`, shuffled under `seed` and cut to `limit`; an empty split is an error."""
+        examples = self.load(split)
+        if not examples:
+            raise TaskError(f"{self.name}: the {split} split is empty")
+        examples = list(examples)
+        random.Random(seed).shuffle(examples)
+        return examples[:limit] if limit else examples
+
+
+TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
+    """Class decorator: make a task constructible by name (`get_task(name, **kwargs)`)."""
+
+    def wrap(factory: Callable[..., Task]) -> Callable[..., Task]:
+        if name in TASKS:
+            raise ValueError(f"task {name!r} is registered twice")
+        TASKS[name] = factory
+        return factory
+
+    return wrap
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """The task `name`, built with `kwargs` (e.g. `path=` for tasks read from local files)."""
+    import latentmem.eval.tasks  # noqa: F401  (registers the built-in tasks)
+
+    if name not in TASKS:
+        raise TaskError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}")
+    try:
+        return TASKS[name](**kwargs)
+    except TypeError as exc:
+        raise TaskError(f"task {name!r}: {exc}") from None
