@@ -59,6 +59,7 @@ class MemGenOutput:
     loss: torch.Tensor  # () mean next-token NLL over answer tokens (latent positions never count)
     token_logprobs: torch.Tensor  # (B, T) log p(input_ids[:, i]) for answer tokens, 0 elsewhere
     target_mask: torch.Tensor  # (B, T) bool, the answer tokens that were scored
+    token_is_greedy: torch.Tensor  # (B, T) bool, answer tokens that are the argmax of their distribution
     plan: InsertionPlan
     trigger_probs: torch.Tensor | None  # (B, C) insert probability at each candidate (learned trigger)
 
@@ -282,6 +283,8 @@ class LatentMemoryModel(nn.Module):
         logits = self.reasoner.get_output_embeddings()(h).float()  # (N, V)
         logp = logits.log_softmax(-1).gather(1, input_ids[target][:, None]).squeeze(1)
         token_logprobs = torch.zeros(B, T, device=x.device).masked_scatter(target, logp)
+        is_greedy = torch.zeros(B, T, dtype=torch.bool, device=x.device)
+        is_greedy[rows, cols] = logits.argmax(-1) == input_ids[rows, cols]
         loss = -logp.mean() if logp.numel() else hidden.sum() * 0.0
         trigger_probs = None
         if self.trigger.head is not None and plan.candidates.numel():
@@ -294,6 +297,7 @@ class LatentMemoryModel(nn.Module):
             loss=loss,
             token_logprobs=token_logprobs,
             target_mask=target,
+            token_is_greedy=is_greedy,
             plan=plan,
             trigger_probs=trigger_probs,
         )
