@@ -44,6 +44,7 @@ from latentmem.runs import RunDir
 from latentmem.seeding import seed_everything
 
 RAG_TEMPLATE = "Fact: {fact}\nQuestion: {question}"
+METHODS = ("none", "rag", "sft", "recall")
 
 
 @dataclass
@@ -56,12 +57,15 @@ class EvalConfig(Config):
     max_new_tokens: int = 40
     batch_size: int = 16
     output_dir: str = "runs/recall-eval"
+    methods: list[str] = field(default_factory=lambda: list(METHODS))  # a subset runs faster
 
     def validate(self) -> None:
         require(self.sft_steps >= 0, "sft_steps", f"must be >= 0, got {self.sft_steps}")
         require(self.sft_batch_size > 0, "sft_batch_size", "must be > 0")
         require(self.sft_lr > 0, "sft_lr", "must be > 0")
         require(self.sft_lora.r > 0, "sft_lora.r", "the LoRA-SFT baseline needs r > 0")
+        unknown = sorted(set(self.methods) - set(METHODS))
+        require(not unknown, "methods", f"unknown {unknown}; choose from {', '.join(METHODS)}")
         require(
             self.max_new_tokens > 0 and self.batch_size > 0, "max_new_tokens", "and batch_size must be > 0"
         )
@@ -161,11 +165,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     encoder = SentenceEncoder()
     gen = _plain_generator(model, tok, encoder.dim)
     base_retention = retention(gen, held_out, cfg)
-    row("no memory", gen, gen.render(questions), gen.render(paraphrases), None, base_retention)
+    if "none" in cfg.methods:
+        row("no memory", gen, gen.render(questions), gen.render(paraphrases), None, base_retention)
     bank = MemoryBank(encoder.dim)
     write_memories(bank, encoder, [f.text for f in facts])
     rag = {}
-    for name, qs in (("q", questions), ("p", paraphrases)):
+    for name, qs in (("q", questions), ("p", paraphrases)) if "rag" in cfg.methods else ():
         _, ids = bank.search(encoder.encode(qs), 1)
         rag[name] = (
             [
@@ -174,13 +179,21 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
             ],
             float((torch.from_numpy(ids[:, 0]) == torch.arange(len(qs))).float().mean()),
         )
-    row("RAG (MiniLM top-1 in prompt)", gen, rag["q"][0], rag["p"][0], rag["q"][1], base_retention)
-    results["RAG (MiniLM top-1 in prompt)"]["recall_at_1_paraphrase"] = rag["p"][1]
+    if rag:
+        row("RAG (MiniLM top-1 in prompt)", gen, rag["q"][0], rag["p"][0], rag["q"][1], base_retention)
+        results["RAG (MiniLM top-1 in prompt)"]["recall_at_1_paraphrase"] = rag["p"][1]
+    if "sft" in cfg.methods:
+        _sft_row(cfg, facts, questions, paraphrases, held_out, encoder.dim, row, results)
+    if "recall" in cfg.methods:
+        _recall_rows(cfg, questions, paraphrases, held_out, row, results)
+    return results
 
-    # LoRA-SFT on the facts
+
+def _sft_row(cfg, facts, questions, paraphrases, held_out, memory_dim, row, results) -> None:
+    rc = cfg.recall
     model, tok = load_model(rc.model, seed=rc.seed)
     sft_model, sft_losses = train_lora_sft(model, tok, facts, cfg)
-    gen = _plain_generator(sft_model, tok, encoder.dim)
+    gen = _plain_generator(sft_model, tok, memory_dim)
     row(
         "LoRA-SFT on the facts",
         gen,
@@ -193,25 +206,27 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
         (sft_losses[0], sft_losses[-1]) if sft_losses else None
     )
 
-    # recall memory: the two-step recipe, then the model recalls by itself
-    trained = train_recall(rc)
+
+def _recall_rows(cfg, questions, paraphrases, held_out, row, results) -> None:
+    """Recall memory after the two-step recipe: once where the model decides to recall by itself, once
+    with `<recall>` forced at the start of the reply (isolates decoding from the injected memory)."""
+    trained = train_recall(cfg.recall)
     gen = RecallGenerator(trained.model, trained.tokenizer, trained.memory, trained.bank)
     vectors = trained.bank.matrix()[1]
     r1 = recall_at_1(trained.model, trained.tokenizer, trained.memory, vectors, questions)
-    row(
-        "recall memory",
-        gen,
-        gen.render(questions),
-        gen.render(paraphrases),
-        r1,
-        retention(gen, held_out, cfg),
-    )
-    res = results["recall memory"]
-    res["recall_at_1_paraphrase"] = recall_at_1(
-        trained.model, trained.tokenizer, trained.memory, vectors, paraphrases
-    )
-    res["training"] = trained.metrics
-    return results
+    r1_p = recall_at_1(trained.model, trained.tokenizer, trained.memory, vectors, paraphrases)
+    retain = retention(gen, held_out, cfg)
+    for name, forced in (("recall memory (model decides)", False), ("recall memory (<recall> forced)", True)):
+        row(
+            name,
+            gen,
+            gen.render(questions, recall_first=forced),
+            gen.render(paraphrases, recall_first=forced),
+            r1,
+            retain,
+        )
+        results[name]["recall_at_1_paraphrase"] = r1_p
+    results["recall memory (model decides)"]["training"] = trained.metrics
 
 
 def markdown(results: dict[str, dict]) -> str:
