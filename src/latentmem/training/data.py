@@ -108,6 +108,8 @@ class Encoded:
 
 
 def encode(rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase, cfg: DataConfig) -> list[Encoded]:
+    if not rows:  # a run without an eval split; tokenizers fail on an empty batch
+        return []
     prompts = [render_chat(tokenizer, str(r[cfg.prompt_column]), system=cfg.system) for r in rows]
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     a_ids = tokenizer([str(r[cfg.answer_column]) for r in rows], add_special_tokens=False)["input_ids"]
