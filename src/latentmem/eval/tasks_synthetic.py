@@ -1,0 +1,210 @@
+"""Tasks generated on the fly: no data files, deterministic under `seed`.
+
+arithmetic  "What is 47 + 38?" → "47 + 38 = 85.\\n#### 85"; train and test drawn from disjoint random
+            streams, and no test question appears in the train split.
+facts       a base of invented entities (countries, people, devices) with invented attributes that no
+            pretrained model can know. The train split asks each fact in its canonical wording and
+            trains on the stated fact; the test split asks the same facts in paraphrased wording. So a
+            method scores only by storing facts from training and recalling them under new wording.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from latentmem.eval.answers import alias_match, extract_number, stable_rng
+from latentmem.eval.task import Example, Split, Task, TaskError, register_task
+
+OPERATIONS: dict[str, Callable[[int, int], int]] = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+
+
+@register_task("arithmetic")
+class Arithmetic(Task):
+    """Two-operand integer arithmetic with operands in [low, high]; for "-" the larger operand comes
+    first, so answers are never negative. The answer format is GSM8K's `#### n`."""
+
+    name = "arithmetic"
+    max_new_tokens = 32
+    instruction = "Give the final answer as '#### <number>'."
+
+    def __init__(
+        self,
+        n_train: int = 500,
+        n_test: int = 100,
+        seed: int = 0,
+        low: int = 10,
+        high: int = 99,
+        ops: str = "+-",
+    ):
+        unknown = sorted(set(ops) - set(OPERATIONS))
+        if not ops or unknown:
+            raise TaskError(f"arithmetic: ops must be made of {''.join(OPERATIONS)}, got {ops!r}")
+        if not 0 <= low <= high:
+            raise TaskError(f"arithmetic: need 0 <= low <= high, got low={low}, high={high}")
+        distinct = len(set(ops)) * (high - low + 1) ** 2
+        if n_train < 0 or n_test < 0 or n_train + n_test > distinct // 2:
+            raise TaskError(
+                f"arithmetic: n_train + n_test = {n_train + n_test} must be >= 0 and at most half of the "
+                f"{distinct} distinct questions with these operands; widen low/high or add ops"
+            )
+        self.n_train, self.n_test, self.seed = n_train, n_test, seed
+        self.low, self.high, self.ops = low, high, ops
+        self._splits: dict[Split, list[Example]] = {}
+
+    def _draw(self, split: Split, n: int, exclude: set[str]) -> list[Example]:
+        rng = stable_rng("arithmetic", split, self.seed)
+        examples: list[Example] = []
+        seen = set(exclude)
+        while len(examples) < n:  # terminates: n is at most half of the distinct questions (checked above)
+            op = rng.choice(self.ops)
+            a, b = rng.randint(self.low, self.high), rng.randint(self.low, self.high)
+            if op == "-" and a < b:
+                a, b = b, a
+            expression = f"{a} {op} {b}"
+            if expression in seen:
+                continue
+            seen.add(expression)
+            answer = str(OPERATIONS[op](a, b))
+            examples.append(
+                Example(f"What is {expression}?\n\n{self.instruction}", answer, {"expression": expression})
+            )
+        return examples
+
+    def load(self, split: Split) -> list[Example]:
+        if not self._splits:
+            test = self._draw("test", self.n_test, set())
+            train = self._draw("train", self.n_train, {ex.columns["expression"] for ex in test})
+            self._splits = {"train": train, "test": test}
+        return list(self._splits[split])
+
+    def target(self, example: Example) -> str:
+        return f"{example.columns['expression']} = {example.answer}.\n#### {example.answer}"
+
+    def score(self, example: Example, completion: str) -> float:
+        return float(extract_number(completion) == example.answer)
+
+
+@dataclass(frozen=True)
+class Relation:
+    """One kind of fact: how it is asked (canonical and paraphrased), how it is stated, and what kinds of
+    invented names fill its subject and value."""
+
+    question: str
+    statement: str
+    paraphrases: tuple[str, ...]
+    subject: str  # a name kind of `_invent`
+    value: str
+
+
+RELATIONS = (
+    Relation(
+        "What is the capital of {s}?",
+        "The capital of {s} is {v}.",
+        (
+            "Which city is the capital of {s}?",
+            "Name the capital city of {s}.",
+            "{s} has its capital in which city?",
+        ),
+        "country",
+        "city",
+    ),
+    Relation(
+        "Where was {s} born?",
+        "{s} was born in {v}.",
+        ("In which city was {s} born?", "What is the birthplace of {s}?", "{s} was born in which city?"),
+        "person",
+        "city",
+    ),
+    Relation(
+        "Who invented the {s}?",
+        "The {s} was invented by {v}.",
+        ("Who is the inventor of the {s}?", "The {s} was invented by whom?", "Which person created the {s}?"),
+        "device",
+        "person",
+    ),
+    Relation(
+        "What language is spoken in {s}?",
+        "People in {s} speak {v}.",
+        (
+            "Which language do people in {s} speak?",
+            "What is the main language of {s}?",
+            "In {s}, people speak which language?",
+        ),
+        "country",
+        "language",
+    ),
+)
+
+_SYLLABLES = (
+    "vel tra mor dek sil qua zen bri tho lum ris pol dan ost vei gar nim ka lo ren sha vu del fen "
+    "cor ix om bal ter yss un dra pel mir od ez hal quin tev sor arn"
+).split()
+_ENDINGS = {
+    "country": ("ana", "ovia", "esh", "ria", "mark"),
+    "city": ("holm", "ford", "ara", "dun", "eth"),
+    "language": ("ish", "ese", "ic", "ari"),
+    "device": ("lamp", "scope", "wheel", "loom", "phone"),
+}
+
+
+def _word(rng, syllables: int, ending: str = "") -> str:
+    return ("".join(rng.choice(_SYLLABLES) for _ in range(syllables)) + ending).capitalize()
+
+
+def _invent(rng, kind: str) -> str:
+    """An invented name of `kind` (country, city, language, device or person)."""
+    if kind == "person":
+        return f"{_word(rng, 2)} {_word(rng, 3)}"
+    name = _word(rng, rng.randint(1, 2), rng.choice(_ENDINGS[kind]))
+    return name.lower() if kind == "device" else name
+
+
+@register_task("facts")
+class Facts(Task):
+    """`n_facts` invented facts (see the module docstring); answers are scored by alias match."""
+
+    name = "facts"
+    max_new_tokens = 32
+
+    def __init__(self, n_facts: int = 100, seed: int = 0):
+        if not 1 <= n_facts <= 1000:
+            raise TaskError(f"facts: n_facts must be in [1, 1000], got {n_facts}")
+        self.n_facts, self.seed = n_facts, seed
+        self._facts: list[tuple[Relation, str, str]] | None = None
+
+    def facts(self) -> list[tuple[Relation, str, str]]:
+        """(relation, subject, value) for every fact; every subject is unique and appears in one fact."""
+        if self._facts is None:
+            rng = stable_rng("facts", self.seed)
+            used: set[str] = set()
+
+            def fresh(kind: str) -> str:
+                while (name := _invent(rng, kind)).lower() in used:
+                    pass  # redraw on a collision, so each name means one thing
+                used.add(name.lower())
+                return name
+
+            self._facts = []
+            for i in range(self.n_facts):
+                relation = RELATIONS[i % len(RELATIONS)]
+                self._facts.append((relation, fresh(relation.subject), fresh(relation.value)))
+        return self._facts
+
+    def load(self, split: Split) -> list[Example]:
+        examples = []
+        for relation, subject, value in self.facts():
+            if split == "train":
+                question = relation.question
+            else:
+                question = stable_rng("facts-paraphrase", self.seed, subject).choice(relation.paraphrases)
+            statement = relation.statement.format(s=subject, v=value)
+            examples.append(Example(question.format(s=subject), value, {"statement": statement}))
+        return examples
+
+    def target(self, example: Example) -> str:
+        return example.columns["statement"]
+
+    def score(self, example: Example, completion: str) -> float:
+        return float(alias_match(completion, [example.answer]))
