@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "latentmem.cli.train",
     "latentmem.cli.bench",
     "latentmem.cli.memory",
+    "latentmem.cli.compare",
 )
 
 
