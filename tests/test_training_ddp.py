@@ -48,7 +48,7 @@ def _train(recipe, config, out, overrides, processes):
 def _compare(a, b, keys):
     """Per-step metrics and final weights agree; and the two processes really split the batch."""
     (logs_a, w_a), (logs_b, w_b) = a, b
-    assert logs_a[0]["processes"] == 2 and logs_b[0]["processes"] == 1
+    assert logs_a[-1]["processes"] == 2 and logs_b[-1]["processes"] == 1
     assert [m["step"] for m in logs_a] == [m["step"] for m in logs_b]
     for x, y in zip(logs_a, logs_b, strict=True):
         for k in keys:

@@ -102,6 +102,8 @@ def test_grpo_mean_reward_rises(tmp_path):
         [f"output_dir={tmp_path / 'run'}", "train.eval_every=0", "train.save_every=0"],
     )
     run = train_grpo(cfg)
-    rewards = [json.loads(line)["reward"] for line in run.joinpath("metrics.jsonl").read_text().splitlines()]
+    logs = [json.loads(line) for line in run.joinpath("metrics.jsonl").read_text().splitlines()]
+    rewards = [m["reward"] for m in logs if m["step"] > 0]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    assert last > first + 0.05, (first, last)
+    assert last > first + 0.03, (first, last)
+    assert logs[-1]["eval_reward"] > logs[0]["eval_reward"]  # greedy, on held-out prompts

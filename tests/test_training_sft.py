@@ -106,19 +106,20 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, monkeypa
     monkeypatch.setattr(sft, "summed_nll", real)
     resumed = sft.train_sft(cfg)
     lines = _metrics(resumed)
-    assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6]  # steps after the checkpoint are not doubled
+    # step 0 is the baseline evaluation; the steps after the checkpoint are not logged twice
+    assert [m["step"] for m in lines] == [0, 1, 2, 3, 4, 5, 6]
     for a, b in zip(reference, lines, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
-        if "eval_loss" in a:
-            assert a["eval_loss"] == pytest.approx(b["eval_loss"], abs=1e-6)
+        for k in ("loss", "eval_loss", "grad_norm", "lr"):
+            assert a.get(k) == pytest.approx(b.get(k), abs=1e-6), (k, a, b)
 
 
 def test_sft_loss_falls_and_model_reloads(tmp_path):
     run = sft.train_sft(_cfg(tmp_path, steps=25, lr=1e-2, eval_every=25))
-    logs = _metrics(run)
+    baseline, *logs = _metrics(run)
     first = sum(m["loss"] for m in logs[:3]) / 3
     last = sum(m["loss"] for m in logs[-3:]) / 3
     assert last < first - 1.0, (first, last)
+    assert baseline["step"] == 0 and logs[-1]["eval_loss"] < baseline["eval_loss"] - 1.0
     from latentmem.memgen import LatentMemoryModel
 
     base, tok = load_model("tiny-qwen2")
@@ -129,6 +130,16 @@ def test_sft_loss_falls_and_model_reloads(tmp_path):
 
 def test_cli_prints_the_run_folder_last(tmp_path, capsys):
     out = tmp_path / "cli-run"
-    code = main(["train", "sft", "train.steps=2", f"output_dir={out}", "--config", "configs/debug/sft.yaml"])
+    code = main(
+        [
+            "train",
+            "sft",
+            "train.steps=1",
+            "data.eval_size=0",
+            f"output_dir={out}",
+            "--config",
+            "configs/debug/sft.yaml",
+        ]
+    )
     assert code == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)

@@ -44,14 +44,14 @@ def _run(tmp_path, reward, steps):
 
 
 def test_invocation_rate_falls_when_insertions_do_not_change_the_reward(tmp_path):
-    logs = _run(tmp_path, "constant", steps=8)
+    logs = _run(tmp_path, "constant", steps=6)
     rates = [m["invocation_rate"] for m in logs]
     assert all(m["candidates"] > 0 for m in logs)
     assert rates[0] > 0.3 and max(rates[-3:]) < 0.1, rates
 
 
 def test_invocation_rate_does_not_collapse_when_insertions_are_needed(tmp_path):
-    logs = _run(tmp_path, "used_memory", steps=8)
+    logs = _run(tmp_path, "used_memory", steps=6)
     rates = [m["invocation_rate"] for m in logs]
     assert min(rates[-3:]) > 0.3, rates
     assert logs[-1]["p_bar"] > 0.2 and sum(m["reward"] for m in logs[-3:]) / 3 > 0.5

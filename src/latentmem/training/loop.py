@@ -269,7 +269,11 @@ class Trainer:
         """Train to `train.steps` (resuming if possible); log every step to metrics.jsonl; return the logs.
         `derive` adds metrics computed from the summed ones (ratios, which do not add up over processes)."""
         t = self.cfg.train
-        self.resume()
+        resumed = self.resume()
+        if evaluate is not None and n_eval and not resumed:  # the baseline every later eval compares to
+            baseline = {"step": 0, **self.evaluate(evaluate, n_eval)}
+            if self.dist.is_main:
+                self.run.log(**baseline)
         # eval mode throughout: dropout in the frozen reasoner would make the learner's log-probs disagree
         # with the rollout's (and LoRA dropout, 0 by default, is off with it)
         self.model.eval()

@@ -9,6 +9,7 @@ depend on whether memory was used. A reward function must accept `**kwargs` (as 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -26,6 +27,12 @@ def exact_match(prompts: list[str], completions: list[str], answer: list[Any], *
 def contains_answer(prompts: list[str], completions: list[str], answer: list[Any], **_: Any) -> list[float]:
     """1 when the answer column appears in the completion (lenient for chatty models)."""
     return [float(str(a).strip() in c) for c, a in zip(completions, answer, strict=True)]
+
+
+def first_number(prompts: list[str], completions: list[str], answer: list[Any], **_: Any) -> list[float]:
+    """1 when the first integer in the completion equals the answer column (arithmetic tasks)."""
+    found = [re.search(r"-?\d+", c) for c in completions]
+    return [float(m is not None and m.group() == str(a).strip()) for m, a in zip(found, answer, strict=True)]
 
 
 def char_fraction(prompts: list[str], completions: list[str], chars: str = "e", **_: Any) -> list[float]:
@@ -47,6 +54,7 @@ def constant(prompts: list[str], completions: list[str], value: float = 1.0, **_
 REWARDS: dict[str, RewardFn] = {
     "exact_match": exact_match,
     "contains_answer": contains_answer,
+    "first_number": first_number,
     "char_fraction": char_fraction,
     "used_memory": used_memory,
     "constant": constant,
