@@ -40,6 +40,12 @@ def normalize_number(text: str) -> str | None:
     return format(value.normalize(), "f")
 
 
+def first_number(text: str) -> str | None:
+    """The first number written in `text`, normalised."""
+    found = _NUMBER.search(text)
+    return normalize_number(found[0]) if found else None
+
+
 def last_number(text: str) -> str | None:
     """The last number written in `text`, normalised."""
     found = _NUMBER.findall(text)
@@ -53,11 +59,11 @@ def after_hashes(text: str) -> str | None:
 
 
 def extract_number(text: str) -> str | None:
-    """A completion's numeric answer: the number after the last `####`, else in the last `\\boxed{}`,
-    else the last number anywhere in the text; normalised."""
+    """A completion's numeric answer: the first number after the last `####`, else in the last
+    `\\boxed{}`, else the last number anywhere in the text; normalised."""
     for marked in (after_hashes(text), last_boxed(text)):
         if marked is not None:
-            number = last_number(marked)
+            number = first_number(marked)
             if number is not None:
                 return number
     return last_number(text)
@@ -102,6 +108,7 @@ def _unwrap(text: str, command: str) -> str:
     return text
 
 
+_UNITS = re.compile(r"\\(?:text|mbox)\{\s[^{}]*\}\s*$")
 _FRAC_SHORT = re.compile(r"\\frac(\d)(\d)")  # \frac12 → \frac{1}{2}
 _FRAC_HALF_SHORT = re.compile(r"\\frac\{([^{}]*)\}(\d)")  # \frac{1}2 → \frac{1}{2}
 _SQRT_SHORT = re.compile(r"\\sqrt(\w)")  # \sqrt3 → \sqrt{3}
@@ -110,9 +117,11 @@ _SIMPLE_SLASH = re.compile(r"^(-?\d+)/(\d+)$")
 
 def normalize_math(text: str) -> str:
     """A LaTeX answer in canonical form for string comparison (after Hendrycks et al.'s MATH checker):
-    no spaces, `\\left`/`\\right`, `\\!`, dollars, `\\text{}` wrappers, degree marks or trailing period;
+    no spaces, `\\left`/`\\right`, `\\!`, dollars, `\\text{}` wrappers (trailing units), degree marks or
+    trailing period;
     `\\dfrac`/`\\tfrac` → `\\frac`; `a/b` → `\\frac{a}{b}`; a short `x =` prefix dropped."""
-    s = text.strip()
+    # a trailing "\text{ units}" (the space marks a unit, as in Hendrycks et al.'s checker) is dropped
+    s = _UNITS.sub("", text.strip())
     for command in ("text", "textbf", "mbox", "mathrm"):
         s = _unwrap(s, command)
     for old, new in (

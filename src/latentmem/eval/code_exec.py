@@ -16,6 +16,7 @@ import contextlib
 import math
 import os
 import resource
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,14 +27,18 @@ from typing import Literal
 
 Status = Literal["passed", "failed", "timeout"]
 
+# Runs `main` as __main__ and then prints a per-run random token: a run passes only when it exits 0 *and*
+# printed the token, so a sample cannot pass by exiting early (`sys.exit(0)`, `os._exit(0)`) before the
+# tests that follow it have run.
+BOOTSTRAP = "import runpy, sys; runpy.run_path({main!r}, run_name='__main__'); sys.stdout.write({token!r})"
 OUTPUT_LIMIT_BYTES = 1 << 20  # per output file; writing more kills the sample (SIGXFSZ)
 DETAIL_CHARS = 2000  # how much of stderr the result keeps
 
 
 @dataclass(frozen=True)
 class ExecResult:
-    """How a run ended: `passed` (exit status 0), `failed` (any other exit, signal or limit) or
-    `timeout`; `detail` is the tail of its stderr (or what stopped it)."""
+    """How a run ended: `passed` (ran to its end and exited with status 0), `failed` (any other exit,
+    signal or limit) or `timeout`; `detail` is the tail of its stderr (or what stopped it)."""
 
     status: Status
     detail: str = ""
@@ -77,8 +82,8 @@ def run_python(
     """Write `files` (name → source) into a fresh temporary directory and run `python <main>` there.
 
     Args:
-        files: the program's files; `main` must be one of them. Its directory is on `sys.path`, so the
-            files import each other.
+        files: the program's files; `main` must be one of them. Their directory is the working directory
+            and on `sys.path`, so the files import each other.
         main: the file to run.
         timeout: wall-clock seconds before the process group is killed (CPU time is capped at the same,
             rounded up).
@@ -86,6 +91,7 @@ def run_python(
     """
     if main not in files:
         raise ValueError(f"main file {main!r} is not among the files {sorted(files)}")
+    token = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="latentmem-exec-") as workdir:
         for name, source in files.items():
             Path(workdir, name).write_text(source)
@@ -93,7 +99,7 @@ def run_python(
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             # -s: no user site-packages; -E: ignore PYTHON* variables of the evaluator's environment
             proc = subprocess.Popen(
-                [sys.executable, "-s", "-E", main],
+                [sys.executable, "-s", "-E", "-c", BOOTSTRAP.format(main=main, token=token)],
                 cwd=workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -109,10 +115,13 @@ def run_python(
             finally:
                 _kill_group(proc)
         stderr = err_path.read_bytes()[-DETAIL_CHARS:].decode("utf-8", "replace")
+        finished = out_path.read_bytes().endswith(token.encode())
     if code is None:
         return ExecResult("timeout", f"killed after {timeout:g} s")
-    if code == 0:
+    if code == 0 and finished:
         return ExecResult("passed", stderr)
+    if code == 0:
+        return ExecResult("failed", f"exited with status 0 before {main} finished (sys.exit or os._exit)")
     if code < 0:
         return ExecResult("failed", f"killed by {signal.Signals(-code).name}\n{stderr}".rstrip())
     return ExecResult("failed", stderr or f"exit status {code}")

@@ -27,9 +27,12 @@ import test_solution
 tests = [f for n, f in vars(test_solution).items() if n.startswith("test") and inspect.isfunction(f)]
 if any(inspect.signature(f).parameters for f in tests):
     import pytest
-    sys.exit(pytest.main(["-q", "-x", "-p", "no:cacheprovider", "test_solution.py"]))
-for f in tests:
-    f()
+    code = pytest.main(["-q", "-x", "-p", "no:cacheprovider", "test_solution.py"])
+    if code:
+        sys.exit(int(code))
+else:
+    for f in tests:
+        f()
 """
 
 
