@@ -129,12 +129,14 @@ def test_sft_loss_falls_and_model_reloads(tmp_path):
 
 
 def test_cli_prints_the_run_folder_last(tmp_path, capsys):
+    """Also a bf16-autocast smoke run."""
     out = tmp_path / "cli-run"
     code = main(
         [
             "train",
             "sft",
             "train.steps=1",
+            "train.bf16=true",
             "data.eval_size=0",
             f"output_dir={out}",
             "--config",

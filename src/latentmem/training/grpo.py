@@ -23,7 +23,15 @@ import torch
 from latentmem.memgen import LatentMemoryModel
 from latentmem.training.config import GRPOConfig, GRPOSettings
 from latentmem.training.data import encode, load_rows
-from latentmem.training.loop import Distributed, Metrics, StepContext, Trainer, build_model, start_run
+from latentmem.training.loop import (
+    Distributed,
+    Metrics,
+    StepContext,
+    Trainer,
+    build_model,
+    check_batch_split,
+    start_run,
+)
 from latentmem.training.rewards import resolve_reward
 from latentmem.training.rollout import Rollouts, group_advantages, sample_rollouts
 
@@ -77,6 +85,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     reward_fn = resolve_reward(s.reward, s.reward_args)
     train_rows, eval_rows = load_rows(cfg.data, cfg.seed)
     dist = Distributed()
+    check_batch_split(cfg, cfg.train.batch_size // s.num_generations, dist)
     run = start_run(cfg, dist)
     model = build_model(cfg, dist.device)
     train, evals = encode(train_rows, model.tokenizer, cfg.data), encode(eval_rows, model.tokenizer, cfg.data)

@@ -126,6 +126,18 @@ def init_weights(model: LatentMemoryModel, directory: str | Path) -> None:
     model.load_trainable_state_dict({**state, **saved})
 
 
+def check_batch_split(cfg: RecipeConfig, rows_per_step: int, dist: Distributed) -> None:
+    """The step's rows must split evenly over processes and accumulation steps. Recipes call this before
+    loading the model (the process count is known only at run time)."""
+    chunks = dist.world * cfg.train.grad_accum
+    if rows_per_step % chunks:
+        raise ConfigError(
+            f"train.batch_size: {rows_per_step} rows (prompts, for the RL recipes) per step do not split into "
+            f"{dist.world} processes x {cfg.train.grad_accum} accumulation steps; make train.batch_size a "
+            f"multiple of {chunks} (times G for the RL recipes)"
+        )
+
+
 @dataclass
 class StepContext:
     """What a micro-step sees. `indices`: this process's rows of this micro-step; `step_indices`: every row
@@ -162,13 +174,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.model, self.run, self.dist = cfg, model, run, dist
         self.n_rows, self.rows_per_step, self.extra_state = n_rows, rows_per_step, extra_state
-        chunks = dist.world * cfg.train.grad_accum
-        if rows_per_step % chunks:
-            raise ConfigError(
-                f"train.batch_size: {rows_per_step} rows per step do not split into {dist.world} processes x "
-                f"{cfg.train.grad_accum} accumulation steps; make train.batch_size a multiple of "
-                f"{chunks} (times G for the RL recipes)"
-            )
+        check_batch_split(cfg, rows_per_step, dist)
         self.params = model.trainable_parameters()
         t = cfg.train
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)

@@ -16,7 +16,15 @@ import torch
 from latentmem.memgen import LatentMemoryModel
 from latentmem.training.config import SFTConfig
 from latentmem.training.data import Encoded, collate, encode, load_rows
-from latentmem.training.loop import Distributed, Metrics, StepContext, Trainer, build_model, start_run
+from latentmem.training.loop import (
+    Distributed,
+    Metrics,
+    StepContext,
+    Trainer,
+    build_model,
+    check_batch_split,
+    start_run,
+)
 
 
 def answer_tokens(item: Encoded) -> int:
@@ -37,6 +45,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     """Run weaver SFT per `cfg`; return the run folder (metrics.jsonl, checkpoints/, model/)."""
     train_rows, eval_rows = load_rows(cfg.data, cfg.seed)  # column errors before the model loads
     dist = Distributed()
+    check_batch_split(cfg, cfg.train.batch_size, dist)
     run = start_run(cfg, dist)
     model = build_model(cfg, dist.device)
     tok = model.tokenizer

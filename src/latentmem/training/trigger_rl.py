@@ -28,7 +28,15 @@ from latentmem.memgen import LatentMemoryModel
 from latentmem.memgen.trigger import Trigger
 from latentmem.training.config import TriggerRLConfig, TriggerRLSettings
 from latentmem.training.data import encode, load_rows
-from latentmem.training.loop import Distributed, Metrics, StepContext, Trainer, build_model, start_run
+from latentmem.training.loop import (
+    Distributed,
+    Metrics,
+    StepContext,
+    Trainer,
+    build_model,
+    check_batch_split,
+    start_run,
+)
 from latentmem.training.rewards import resolve_reward
 from latentmem.training.rollout import Rollouts, group_advantages, sample_rollouts
 
@@ -97,6 +105,7 @@ def train_trigger(cfg: TriggerRLConfig) -> Path:
     reward_fn = resolve_reward(s.reward, s.reward_args)
     train_rows, _ = load_rows(cfg.data, cfg.seed)
     dist = Distributed()
+    check_batch_split(cfg, cfg.train.batch_size // s.num_generations, dist)
     run = start_run(cfg, dist)
     model = build_model(cfg, dist.device)
     for p in model.parameters():  # only the trigger head learns
