@@ -11,8 +11,8 @@ or from the shell (lm-eval's own CLI, with the model registered first):
 
 Model args: `pretrained` (a name `latentmem.models.load_model` knows, or a local model directory),
 `memgen` (a `LatentMemoryModel.save_pretrained` directory; without it the plain reasoner, through a
-MemGen model that inserts nothing), `dtype`, `device`, `batch_size`, `max_new_tokens` (the default
-generation budget), `max_length`, `seed` (for sampled generation).
+MemGen model that inserts nothing), `dtype`, `device` (default: CUDA when available), `batch_size`,
+`max_new_tokens` (the default generation budget), `max_length`, `seed` (for sampled generation).
 
 Every request goes through MemGen's own code paths: log-likelihoods through its training forward (labels
 on the continuation only, so prompt latents sit between context and continuation and inference latents
@@ -23,6 +23,7 @@ budget and is then cut at the first `until` string (MemGen's generator has no st
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -39,10 +40,22 @@ from latentmem.models import load_model
 from latentmem.sampling import SamplingConfig
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 DEFAULT_MAX_LENGTH = 2048  # when the model's config names no context length
 
 # MemGen with nothing to insert: exactly the plain reasoner (the weaver's LoRA is never switched on)
 PLAIN = MemGenConfig(prompt_latents=0, trigger=TriggerConfig(policy="never"))
+
+
+def _resolve_device(device: str | None) -> str:
+    """The device to run on: as asked, or CUDA when there is one and none was asked. lm-eval's command
+    line asks for cuda:0 unless told otherwise, so a CUDA request without CUDA falls back to the CPU."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("latentmem: device %s was asked for but CUDA is not available; using the CPU", device)
+        return "cpu"
+    return device
 
 
 def _batches(items: Sequence[T], size: int, key: Callable[[T], int]) -> Iterator[list[tuple[int, T]]]:
@@ -62,7 +75,7 @@ class LatentMemLM(TemplateLM):
         pretrained: str,
         memgen: str | None = None,
         dtype: str = "float32",
-        device: str = "cpu",
+        device: str | None = None,
         batch_size: int | str = 8,
         max_new_tokens: int = 256,
         max_length: int | None = None,
@@ -77,7 +90,7 @@ class LatentMemLM(TemplateLM):
             )
         if not str(batch_size).isdigit() or int(batch_size) < 1:
             raise ModelLoadError(f"latentmem: batch_size must be a positive integer, got {batch_size!r}")
-        reasoner, tokenizer = load_model(pretrained, dtype=dtype, device=device)
+        reasoner, tokenizer = load_model(pretrained, dtype=dtype, device=_resolve_device(device))
         if memgen:
             self.model = LatentMemoryModel.from_pretrained(memgen, base=reasoner, tokenizer=tokenizer)
         else:
@@ -221,7 +234,8 @@ class LatentMemLM(TemplateLM):
                 budget = self.max_length - config.max_new_tokens
                 if budget < 1:
                     raise ValueError(
-                        f"max_gen_toks={config.max_new_tokens} leaves no room for a prompt in {self.max_length} tokens"
+                        f"max_gen_toks={config.max_new_tokens} leaves no room for a prompt within "
+                        f"max_length={self.max_length} tokens"
                     )
                 contexts = [self.tok_encode(requests[i].args[0])[-budget:] for i in indices]
                 for batch in _batches(
@@ -270,7 +284,7 @@ class LatentMemLM(TemplateLM):
 
 
 def main() -> None:
-    """lm-eval's command line with the `latentmem` model registered (`python -m latentmem.eval.lm_eval_adapter`)."""
+    """lm-eval's command line with the `latentmem` model registered (`python -m` this module)."""
     from lm_eval.__main__ import cli_evaluate
 
     cli_evaluate()

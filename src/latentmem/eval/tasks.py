@@ -1,11 +1,12 @@
 """The built-in evaluation tasks (importing this module registers them all).
 
 Read from local files (`path=`, optional `train_path=`; see `tasks_files` for the split rule):
-    gsm8k      question, answer ("... #### 72")                  completion: `#### n`, `\\boxed{n}`, last number
-    math       problem, solution (with `\\boxed{}`), answer?      completion: `\\boxed{}`, normalised LaTeX
-    gpqa       question, choices, answer | GPQA's CSV columns    completion: a choice letter
-    triviaqa   question, answer (aliases)                        completion: contains an alias
-    popqa      question, possible_answers                        completion: contains an alias
+    task       record fields                                 a completion is scored by
+    gsm8k      question, answer ("... #### 72")              `#### n`, else `\\boxed{n}`, else the last number
+    math       problem, solution (`\\boxed{}`), answer?      its `\\boxed{}`, normalised LaTeX
+    gpqa       question, choices, answer | GPQA's CSV        the choice letter it names
+    triviaqa   question, answer (aliases)                    containing an alias
+    popqa      question, possible_answers                    containing an alias
     bigbench   a BIG-bench task.json (generation or multiple choice, chosen automatically)
 Code, run in a limited subprocess (`tasks_code`): kodcode, humaneval.
 Generated, no data (`tasks_synthetic`): arithmetic, facts.

@@ -172,7 +172,7 @@ class FileTask(Task):
             source = (
                 f"{self.train_path if split == 'train' else self.path}"
                 if self.train_path is not None
-                else f"{1 - self.test_fraction:.0%} of {self.path} (pass train_path= for a separate train file)"
+                else f"{1 - self.test_fraction:.0%} of {self.path} (pass train_path= for a train file)"
             )
             raise TaskError(f"{self.name}: the {split} split is empty; it is {source}")
         return super().split(split, limit, seed)
