@@ -6,8 +6,13 @@ import json
 import pytest
 import torch
 
+from latentmem.memgen import LatentMemoryModel
+from latentmem.models import load_model
 from latentmem.training import TriggerRLConfig
 from latentmem.training.config import TriggerRLSettings
+from latentmem.training.data import DataConfig, encode, synthetic_rows
+from latentmem.training.rewards import resolve_reward
+from latentmem.training.rollout import sample_rollouts
 from latentmem.training.trigger_rl import AdaptivePenalty, train_trigger
 
 NAN = float("nan")
@@ -27,6 +32,29 @@ def test_p_bar_is_the_rate_of_high_reward_rollouts():
     ema = AdaptivePenalty(TriggerRLSettings(p_bar_momentum=0.9, p_bar_init=0.0))
     ema.update(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 1.0]))
     assert ema.p_bar == pytest.approx(0.1)
+
+
+def test_replayed_trigger_probabilities_equal_the_rollouts():
+    cfg = TriggerRLConfig.from_yaml("configs/debug/trigger.yaml")
+    reasoner, tok = load_model(cfg.model)
+    torch.manual_seed(0)
+    model = LatentMemoryModel(reasoner, tok, cfg.memgen)
+    rows = synthetic_rows("echo", 2, seed=0)
+    data = DataConfig(task="echo")
+    ro = sample_rollouts(
+        model,
+        encode(rows, tok, data),
+        rows,
+        cfg.rl,
+        resolve_reward("constant"),
+        data,
+        torch.Generator().manual_seed(0),
+    )
+    plan = ro.result.plan
+    valid = plan.candidates >= 0
+    assert valid.sum() >= 4 and plan.decisions[valid].any() and not plan.decisions[valid].all()
+    out = model(ro.input_ids, ro.attention_mask, ro.labels, plan=plan)
+    torch.testing.assert_close(out.trigger_probs[valid], ro.result.trigger_probs[valid], atol=1e-4, rtol=1e-4)
 
 
 def _run(tmp_path, reward, steps):

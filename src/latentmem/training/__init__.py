@@ -7,6 +7,8 @@ Each recipe is `train_<name>(cfg) -> run folder`; `run(config_path, overrides)` 
 """
 
 from latentmem.training.config import GRPOConfig, SFTConfig, TriggerRLConfig
+from latentmem.training.grpo import train_grpo
 from latentmem.training.sft import train_sft
+from latentmem.training.trigger_rl import train_trigger
 
-__all__ = ["GRPOConfig", "SFTConfig", "TriggerRLConfig", "train_sft"]
+__all__ = ["GRPOConfig", "SFTConfig", "TriggerRLConfig", "train_grpo", "train_sft", "train_trigger"]
