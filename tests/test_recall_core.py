@@ -118,7 +118,7 @@ def test_head_logits_are_scaled_cosines_and_sharpen_with_scale():
     assert entropies[0] > entropies[1] > entropies[2]
     assert entropies[0] > 0.95 * np.log(50)  # raw cosines: nearly uniform, the defect the scale fixes
     head.log_scale.data.fill_(np.log(1e6))
-    assert float(head.scale) == pytest.approx(head.max_scale)
+    assert head.scale.item() == pytest.approx(head.max_scale)
 
 
 def test_head_large_bank_path_matches_full_scoring():
