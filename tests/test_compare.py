@@ -58,7 +58,7 @@ def _cfg(tmp_path, methods, **kw):
 
 def test_compare_runs_every_method_and_writes_results(tmp_path):
     torch.set_num_threads(1)
-    methods = ["vanilla", "lora-sft", "memgen-sft", "memgen-grpo"]
+    methods = ["vanilla", "retrieval", "lora-sft", "memgen-sft", "memgen-grpo", "memgen-rag"]
     results = run_compare(_cfg(tmp_path, methods))
     out = tmp_path / "out"
     saved = json.loads((out / "results.json").read_text())
@@ -68,7 +68,15 @@ def test_compare_runs_every_method_and_writes_results(tmp_path):
         assert 0.0 <= r["accuracy"] <= 1.0 and r["n"] == 6
         assert r["seconds_per_sample"] > 0 and r["tokens_per_second"] > 0
         assert len((out / name / "completions.jsonl").read_text().splitlines()) == 6
-    assert saved["methods"]["vanilla"]["trainable_params"] == 0
+    assert (
+        saved["methods"]["vanilla"]["trainable_params"]
+        == saved["methods"]["retrieval"]["trainable_params"]
+        == 0
+    )
+    # memgen-rag's weaver reads retrieved examples: its rows carry their neighbours' vectors, never their own
+    rag_rows = [json.loads(x) for x in (out / "memgen-rag" / "train.jsonl").read_text().splitlines()]
+    assert all(len(r["memory"]) == 3 and len(r["memory"][0]) == 384 for r in rag_rows)
+    assert saved["methods"]["memgen-rag"]["trainable_params"] > weaver_params(saved)
     weaver = saved["methods"]["memgen-sft"]["trainable_params"]
     lora = saved["methods"]["lora-sft"]["trainable_params"]
     assert abs(lora - weaver) / weaver < 0.35  # the LoRA baseline gets the weaver's parameter budget
@@ -76,6 +84,10 @@ def test_compare_runs_every_method_and_writes_results(tmp_path):
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "run.json").exists() and (out / "config.yaml").exists()
     assert results["methods"]["vanilla"] == saved["methods"]["vanilla"]
+
+
+def weaver_params(saved):
+    return saved["methods"]["memgen-sft"]["trainable_params"]
 
 
 def test_retrieval_puts_similar_solved_examples_in_the_prompt(tmp_path):
@@ -103,4 +115,4 @@ def test_bad_input_fails_before_models_load(tmp_path):
         run_compare(_cfg(tmp_path, ["vanilla"], task_args={"empty_test": True}))
     with pytest.raises(ConfigError, match="budget.num_generations"):
         _cfg(tmp_path, ["vanilla"], budget={"batch_size": 4, "num_generations": 3})
-    assert set(METHODS) >= {"vanilla", "retrieval", "lora-sft", "memgen-sft", "memgen-grpo"}
+    assert set(METHODS) >= {"vanilla", "retrieval", "lora-sft", "memgen-sft", "memgen-grpo", "memgen-rag"}

@@ -7,6 +7,7 @@ retrieval    few-shot memory (ExpeL/AWM-style): the most similar solved training
 lora-sft     LoRA fine-tuning of the reasoner with a trainable-parameter budget equal to the weaver's.
 memgen-sft   MemGen: weaver SFT (`latentmem.training.sft`), reasoner frozen.
 memgen-grpo  MemGen: weaver GRPO on the task's reward (`latentmem.training.grpo`).
+memgen-rag   MemGen-SFT with a weaver that also reads the retrieved solved examples' vectors.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from latentmem.chat import render_chat
 from latentmem.config import Config, require
 from latentmem.errors import LatentMemError
 from latentmem.eval.task import Example, Task, get_task
-from latentmem.memgen import GenerationConfig, LatentMemoryModel, MemGenConfig
+from latentmem.memgen import GenerationConfig, LatentMemoryModel, MemGenConfig, RetrievedMemory
 from latentmem.models import load_model
 from latentmem.seeding import seed_everything
 
@@ -131,14 +132,20 @@ def _encode_prompts(tok: PreTrainedTokenizerBase, prompts: list[str], system: st
 
 @torch.no_grad()
 def complete_with_memgen(
-    mm: LatentMemoryModel, prompts: list[str], task: Task, batch_size: int, memory=None
+    mm: LatentMemoryModel,
+    prompts: list[str],
+    task: Task,
+    batch_size: int,
+    memory_for: Callable[[list[str]], RetrievedMemory] | None = None,
 ) -> Completions:
-    """Greedy completions with a LatentMemoryModel (the plain reasoner when its latents are off)."""
+    """Greedy completions with a LatentMemoryModel; `memory_for(prompts)` gives the retrieved memories its
+    weaver reads, when it reads any."""
     tok, texts, n_new, start = mm.tokenizer, [], 0, time.perf_counter()
     cfg = GenerationConfig(max_new_tokens=task.max_new_tokens)
     for batch in tqdm(_batches(prompts, batch_size), desc=f"generate ({len(prompts)})", leave=False):
         enc = _encode_prompts(tok, batch, task.system)
-        res = mm.generate(enc["input_ids"], enc["attention_mask"], cfg)
+        memory = memory_for(batch) if memory_for else None
+        res = mm.generate(enc["input_ids"], enc["attention_mask"], cfg, memory=memory)
         keep = res.completion_mask()
         texts += tok.batch_decode(
             res.sequences.masked_fill(~keep, tok.pad_token_id), skip_special_tokens=True
@@ -165,12 +172,16 @@ def complete_with_hf(
     return Completions(texts, time.perf_counter() - start, n_new)
 
 
-def write_rows(path: Path, task: Task, examples: list[Example]) -> Path:
-    """Training rows as JSONL: the prompt, the SFT target, the gold answer and the task's columns."""
+def write_rows(
+    path: Path, task: Task, examples: list[Example], extra: list[dict[str, Any]] | None = None
+) -> Path:
+    """Training rows as JSONL: the prompt, the SFT target, the gold answer, the task's columns and `extra`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        for ex in examples:
-            f.write(json.dumps({**ex.as_row(), "target": task.target(ex)}) + "\n")
+        for i, ex in enumerate(examples):
+            f.write(
+                json.dumps({**ex.as_row(), "target": task.target(ex), **(extra[i] if extra else {})}) + "\n"
+            )
     return path
 
 
@@ -189,23 +200,35 @@ class Vanilla(Method):
         return 0
 
 
+SOLVED = "solved-examples"
+
+
+def solved_examples_store(ctx: Context):
+    """A `VectorMemory` (MiniLM embeddings) of the solved training examples, scoped agent=solved-examples;
+    each record's metadata holds its index in `ctx.train`. Near-duplicate merging is off: two different
+    examples ("12 + 35", "12 + 36") can embed almost alike and must both stay."""
+    from latentmem.memory import VectorMemory, VectorMemoryConfig
+
+    store = VectorMemory.open(
+        ctx.workdir / "retrieval_store", config=VectorMemoryConfig(near_duplicate_threshold=None)
+    )
+    if store.count(agent=SOLVED) == 0:
+        texts = [f"Question: {ex.prompt}\nAnswer: {ctx.task.target(ex)}" for ex in ctx.train]
+        store.add_many(texts, agent=SOLVED, metadatas=[{"index": i} for i in range(len(ctx.train))])
+    return store
+
+
 @register_method("retrieval")
 class RetrievalFewShot(Vanilla):
     """Solved training examples as memories; the `retrieval_k` most similar ones go into the prompt."""
 
     def fit(self) -> None:
-        from latentmem.memory import VectorMemory
-
         start = time.perf_counter()
-        self.store = VectorMemory.open(self.ctx.workdir / "retrieval_store")
-        texts = [f"Question: {ex.prompt}\nAnswer: {self.ctx.task.target(ex)}" for ex in self.ctx.train]
-        self.store.add_many(
-            texts, agent="solved-examples", metadatas=[{"prompt": ex.prompt} for ex in self.ctx.train]
-        )
+        self.store = solved_examples_store(self.ctx)
         self.train_seconds = time.perf_counter() - start
 
     def with_examples(self, prompt: str) -> str:
-        hits = self.store.search(prompt, agent="solved-examples", k=self.ctx.retrieval_k)
+        hits = self.store.search(prompt, agent=SOLVED, k=self.ctx.retrieval_k)
         shots = "\n\n".join(h.record.text for h in reversed(hits))  # most similar nearest the question
         return f"Here are solved examples of similar questions.\n\n{shots}\n\nQuestion: {prompt}\nAnswer:"
 
@@ -280,12 +303,18 @@ class _MemGenMethod(Method):
         """Run the recipe; return its run folder (with `model/`)."""
 
     def fit(self) -> None:
-        rows = write_rows(self.ctx.workdir / "train.jsonl", self.ctx.task, self.ctx.train)
+        rows = write_rows(
+            self.ctx.workdir / "train.jsonl", self.ctx.task, self.ctx.train, self.extra_columns()
+        )
         start = time.perf_counter()
         run_dir = self.train(self.recipe_config(rows))
         self.train_seconds = time.perf_counter() - start
         base, tok = load_model(self.ctx.model, seed=self.ctx.seed)
         self.mm = LatentMemoryModel.from_pretrained(run_dir / "model", base, tok).eval()
+
+    def extra_columns(self) -> list[dict[str, Any]] | None:
+        """Extra training columns per example (None: the task's own columns only)."""
+        return None
 
     def _common(self, rows: Path) -> dict[str, Any]:
         ctx = self.ctx
@@ -355,3 +384,43 @@ class MemGenGRPO(_MemGenMethod):
         from latentmem.training.grpo import train_grpo
 
         return train_grpo(cfg)
+
+
+@register_method("memgen-rag")
+class MemGenRAG(MemGenSFT):
+    """MemGen-SFT whose weaver also reads the MiniLM vectors of the `retrieval_k` most similar solved
+    training examples (M = W([H; E])). In training an example never retrieves itself."""
+
+    def fit(self) -> None:
+        self.store = solved_examples_store(self.ctx)
+        super().fit()
+
+    def extra_columns(self) -> list[dict[str, Any]]:
+        k = self.ctx.retrieval_k
+        columns = []
+        for i, ex in enumerate(self.ctx.train):
+            hits = self.store.search(ex.prompt, agent=SOLVED, k=k + 1)
+            vectors = [h.record.vector.tolist() for h in hits if h.record.metadata["index"] != i][:k]
+            columns.append({"memory": vectors})
+        return columns
+
+    def _common(self, rows: Path) -> dict[str, Any]:
+        cfg = super()._common(rows)
+        cfg["memgen"]["memory_dim"] = self.store.dim
+        cfg["data"]["memory_column"] = "memory"
+        return cfg
+
+    def memory_for(self, prompts: list[str]) -> RetrievedMemory:
+        found = [self.store.retrieve(p, agent=SOLVED, k=self.ctx.retrieval_k) for p in prompts]
+        M = max(len(f.texts) for f in found)
+        vectors = torch.zeros(len(prompts), M, self.store.dim)
+        mask = torch.zeros(len(prompts), M, dtype=torch.long)
+        for b, f in enumerate(found):
+            vectors[b, : len(f.texts)] = torch.from_numpy(f.vectors)
+            mask[b, : len(f.texts)] = 1
+        return RetrievedMemory(vectors, mask)
+
+    def complete(self, prompts: list[str]) -> Completions:
+        return complete_with_memgen(
+            self.mm, prompts, self.ctx.task, self.ctx.eval_batch_size, self.memory_for
+        )

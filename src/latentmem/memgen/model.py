@@ -53,6 +53,9 @@ class RetrievedMemory:
     vectors: torch.Tensor
     mask: torch.Tensor
 
+    def to(self, device: torch.device | str) -> RetrievedMemory:
+        return RetrievedMemory(self.vectors.to(device), self.mask.to(device))
+
 
 @dataclass
 class MemGenOutput:

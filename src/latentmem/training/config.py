@@ -31,6 +31,9 @@ class DataConfig(Config):
     prompt_column: str = "prompt"
     answer_column: str = "answer"
     system: str | None = None  # optional system turn of the chat template
+    # a column of retrieved-memory vectors per row (a list of equal-length lists), read by a weaver built
+    # with memgen.memory_dim (M = W([H; E])); null = no retrieved memories
+    memory_column: str | None = None
 
     def validate(self) -> None:
         require(self.train_size >= 1, "data.train_size", f"must be >= 1, got {self.train_size}")
@@ -90,6 +93,11 @@ class RecipeConfig(Config):
     def validate(self) -> None:
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         require(bool(self.output_dir), "output_dir", "give a run folder, e.g. runs/sft")
+        require(
+            (self.data.memory_column is None) == (self.memgen.memory_dim is None),
+            "memgen.memory_dim",
+            "set data.memory_column and memgen.memory_dim together (the weaver reads that column's vectors)",
+        )
         require(
             self.memgen.lora_dropout == 0,
             "memgen.lora_dropout",

@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from latentmem.chat import render_chat
 from latentmem.errors import ConfigError
+from latentmem.memgen import RetrievedMemory
 from latentmem.training.config import DataConfig
 
 IGNORE = -100
@@ -85,6 +86,7 @@ def check_columns(rows: Sequence[Row], columns: Sequence[str], source: str) -> N
 def load_rows(cfg: DataConfig, seed: int, extra_columns: Sequence[str] = ()) -> tuple[list[Row], list[Row]]:
     """(train rows, eval rows), every row checked for the prompt, answer and `extra_columns` columns."""
     columns = [cfg.prompt_column, cfg.answer_column, *extra_columns]
+    columns += [cfg.memory_column] if cfg.memory_column else []
     if cfg.path is None:
         # the eval rows come from a different seed, so they are (mostly) unseen prompts
         train = synthetic_rows(cfg.task, cfg.train_size, seed)
@@ -105,6 +107,7 @@ class Encoded:
 
     prompt_ids: list[int]
     answer_ids: list[int]
+    memory: list[list[float]] | None = None  # retrieved-memory vectors (M, memory_dim), if the data has them
 
 
 def encode(rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase, cfg: DataConfig) -> list[Encoded]:
@@ -113,7 +116,26 @@ def encode(rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase, cfg: DataCon
     prompts = [render_chat(tokenizer, str(r[cfg.prompt_column]), system=cfg.system) for r in rows]
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     a_ids = tokenizer([str(r[cfg.answer_column]) for r in rows], add_special_tokens=False)["input_ids"]
-    return [Encoded(p, [*a, tokenizer.eos_token_id]) for p, a in zip(p_ids, a_ids, strict=True)]
+    memories = [r[cfg.memory_column] for r in rows] if cfg.memory_column else [None] * len(rows)
+    return [
+        Encoded(p, [*a, tokenizer.eos_token_id], m) for p, a, m in zip(p_ids, a_ids, memories, strict=True)
+    ]
+
+
+def collate_memory(items: Sequence[Encoded]) -> RetrievedMemory | None:
+    """The items' retrieved memories as a `RetrievedMemory` (vectors (B, M, D), mask (B, M); rows with fewer
+    memories are padded), or None when the data carry none."""
+    if items[0].memory is None:
+        return None
+    M = max(len(it.memory) for it in items)
+    D = len(next(v for it in items for v in it.memory)) if M else 1
+    vectors = torch.zeros(len(items), M, D)
+    mask = torch.zeros(len(items), M, dtype=torch.long)
+    for b, it in enumerate(items):
+        if it.memory:
+            vectors[b, : len(it.memory)] = torch.tensor(it.memory, dtype=torch.float32)
+            mask[b, : len(it.memory)] = 1
+    return RetrievedMemory(vectors=vectors, mask=mask)
 
 
 def collate(

@@ -55,7 +55,7 @@ def grpo_loss(
     """The GRPO loss of rollouts `ro` divided by `n_global` (completions in the whole step), and additive
     metrics. Gradients flow into the weaver only (the reasoner is frozen)."""
     T = ro.prompt_len
-    out = model(ro.input_ids, ro.attention_mask, ro.labels, plan=ro.result.plan)
+    out = model(ro.input_ids, ro.attention_mask, ro.labels, plan=ro.result.plan, memory=ro.memory)
     mask = ro.result.completion_mask() & out.target_mask[:, T:]  # (B, N) tokens up to and including EOS
     logp = out.token_logprobs[:, T:]
     ratio = torch.exp(logp - ro.result.logprobs)

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from latentmem.memgen import GenerationConfig, GenerationResult, LatentMemoryModel
+from latentmem.memgen import GenerationConfig, GenerationResult, LatentMemoryModel, RetrievedMemory
 from latentmem.sampling import SamplingConfig
 from latentmem.training.config import DataConfig, RolloutConfig
-from latentmem.training.data import IGNORE, Encoded, Row, collate
+from latentmem.training.data import IGNORE, Encoded, Row, collate, collate_memory
 from latentmem.training.rewards import RewardFn
 
 
@@ -33,6 +33,7 @@ class Rollouts:
     result: GenerationResult
     rewards: torch.Tensor
     completions: list[str]
+    memory: RetrievedMemory | None = None  # retrieved memories the weaver read (replayed in the update)
 
     @property
     def prompt_len(self) -> int:
@@ -98,7 +99,11 @@ def sample_rollouts(
     rows = [r for r in rows for _ in range(g)]
     tok = model.tokenizer
     ids, mask, _ = (t.to(model.device) for t in collate(items, tok.pad_token_id, with_answer=False))
-    res = model.generate(ids, mask, generation_config(settings, sample=sample), generator=generator)
+    memory = collate_memory(items)
+    memory = memory.to(model.device) if memory else None
+    res = model.generate(
+        ids, mask, generation_config(settings, sample=sample), generator=generator, memory=memory
+    )
     full, full_mask, labels = as_training_batch(ids, mask, res, tok.pad_token_id)
     completions = [
         tok.decode(seq[:n].tolist(), skip_special_tokens=True)
@@ -106,7 +111,7 @@ def sample_rollouts(
     ]
     prompts = [tok.decode(it.prompt_ids) for it in items]
     rewards = score(reward_fn, prompts, completions, rows, data, insertion_counts(res).tolist())
-    return Rollouts(full, full_mask, labels, res, rewards.to(model.device), completions)
+    return Rollouts(full, full_mask, labels, res, rewards.to(model.device), completions, memory)
 
 
 def insertion_counts(res: GenerationResult) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 
 from latentmem.memgen import LatentMemoryModel
 from latentmem.training.config import SFTConfig
-from latentmem.training.data import Encoded, collate, encode, load_rows
+from latentmem.training.data import Encoded, collate, collate_memory, encode, load_rows
 from latentmem.training.loop import (
     Distributed,
     Metrics,
@@ -37,7 +37,8 @@ def summed_nll(
 ) -> torch.Tensor:
     """() the summed NLL of the answer tokens of `items` under `model` (latents per its trigger policy)."""
     ids, mask, labels = (t.to(device) for t in collate(items, pad_id))
-    out = model(ids, mask, labels)
+    memory = collate_memory(items)
+    out = model(ids, mask, labels, memory=memory.to(device) if memory else None)
     return -out.token_logprobs[out.target_mask].sum()
 
 

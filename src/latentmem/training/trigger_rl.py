@@ -92,7 +92,7 @@ def trigger_loss(
     plan = ro.result.plan
     if plan.candidates.shape[1] == 0:  # no rollout reached a delimiter: nothing to learn from
         return torch.zeros((), device=ro.rewards.device)
-    out = model(ro.input_ids, ro.attention_mask, ro.labels, plan=plan)
+    out = model(ro.input_ids, ro.attention_mask, ro.labels, plan=plan, memory=ro.memory)
     valid = plan.candidates >= 0
     logp = Trigger.log_prob(out.trigger_probs, plan.decisions).masked_fill(~valid, 0.0).sum(1)  # (B,)
     return -(advantages * logp).sum() / n_global
