@@ -162,3 +162,9 @@ def test_sampled_generation_is_seeded_and_stops_at_until():
     assert first == again.generate_until(reqs) and any(first)
     greedy = lm.generate_until([Instance("generate_until", {}, (PAIRS[0][0], {"until": ["\n"]}), 0)])
     assert "\n" not in greedy[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on a machine without CUDA")
+def test_a_cuda_request_without_cuda_runs_on_the_cpu():
+    # lm-eval's command line asks for cuda:0 unless told otherwise
+    assert LatentMemLM(pretrained="tiny-qwen2", device="cuda:0").model.device.type == "cpu"
