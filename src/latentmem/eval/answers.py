@@ -227,7 +227,7 @@ def extract_letter(text: str, choices: Sequence[str]) -> str | None:
     valid = LETTERS[: len(choices)]
     letter = f"([{valid}])"
     patterns = (
-        rf"(?i:answer)\s*(?:is|:)?\s*:?\s*\(?{letter}\)?(?![\w])",
+        rf"(?i:answer)\s*(?:is|:)?[\s:*]*\(?{letter}\)?(?![\w])",  # also markdown "Answer: **B**"
         rf"\\boxed\{{(?:\\text\{{)?\(?{letter}\)?",
         rf"^\s*\(?{letter}(?:[).:]|\s*\n|\s*$)",  # "B", "(B)", "B) ..." but not "A dog"
         rf"\({letter}\)",

@@ -250,7 +250,10 @@ class BigBench(MultipleChoiceTask):
             elif all(r.get("target") is not None for r in rows):
                 self.form = "generate"
             else:
-                raise TaskError(f"{path}: some examples have neither a target nor target_scores")
+                raise TaskError(
+                    f"{path}: form='auto' needs target_scores in every example (multiple choice) or a "
+                    "target in every example (generation); pass form= to choose one"
+                )
         return rows
 
     def parse(self, record: dict[str, Any]) -> Example:
