@@ -9,7 +9,7 @@ import torch
 from latentmem.errors import ConfigError, LatentMemError
 from latentmem.eval.compare import CompareConfig, run_compare
 from latentmem.eval.methods import METHODS
-from latentmem.eval.task import TASKS, Example, Task, TaskError, register_task
+from latentmem.eval.task import TASKS, Example, Task, TaskError
 
 WORDS = ["apple", "river", "green", "memory", "paris", "orange", "blue", "answer", "city", "water"]
 
@@ -36,8 +36,10 @@ class Parrot(Task):
         return float(example.answer in completion)
 
 
-if "parrot-test" not in TASKS:
-    register_task("parrot-test")(Parrot)
+@pytest.fixture(autouse=True)
+def parrot_task(monkeypatch):
+    """Registered only while a test here runs, so the registry other tests see stays the built-in one."""
+    monkeypatch.setitem(TASKS, "parrot-test", Parrot)
 
 
 def _cfg(tmp_path, methods, **kw):

@@ -299,3 +299,16 @@ def test_retrieved_memory_errors():
     plain, _ = _memgen("tiny-qwen2")
     with pytest.raises(LatentMemError, match="memory_dim"):
         plain.generate(ids, mask, memory=_memories(len(PROMPTS)))
+
+
+def test_train_mode_keeps_dropout_off():
+    model, tok = load_model("tiny-gpt2")
+    assert model.config.attn_pdrop > 0  # GPT-2 has dropout layers (0.1)
+    mm = LatentMemoryModel(model, tok, MemGenConfig(prompt_latents=2, inference_latents=2)).train()
+    assert mm.training and not mm.reasoner.training and not any(m.training for m in mm.weaver_lm.modules())
+    ids, mask = _batch(tok)
+    res = mm.generate(ids, mask, GenerationConfig(max_new_tokens=8))
+    full, full_mask, labels = _as_training_batch(tok, ids, mask, res)
+    a = mm(full, full_mask, labels, plan=res.plan).token_logprobs
+    b = mm(full, full_mask, labels, plan=res.plan).token_logprobs
+    assert torch.equal(a, b)

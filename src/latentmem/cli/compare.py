@@ -29,10 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=int)
     p.add_argument("--n-test", type=int)
     p.add_argument("--out", help="output folder (results.json, results.md, results.png)")
-    p.add_argument(
-        "overrides", nargs="*", help="config overrides, e.g. budget.lr=1e-3 memgen.prompt_latents=4"
-    )
-    p.set_defaults(func=run)
+    p.epilog = "Config overrides follow anywhere: budget.lr=1e-3 --memgen.prompt_latents=4"
+    p.set_defaults(func=run, overrides=[])
 
 
 def run(args: argparse.Namespace) -> int:

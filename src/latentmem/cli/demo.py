@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo", help="train a MemGen weaver on SmolLM2-135M and compare it with vanilla"
     )
-    p.add_argument("overrides", nargs="*", help="CompareConfig overrides, e.g. budget.steps=10 n_test=20")
-    p.set_defaults(func=run)
+    p.epilog = "CompareConfig overrides follow, e.g. budget.steps=10 n_test=20"
+    p.set_defaults(func=run, overrides=[])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help=f"train: {', '.join(sorted(RECIPES))}")
     p.add_argument("recipe", choices=sorted(RECIPES))
     p.add_argument("--config", required=True, help="a YAML config (see configs/)")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. --train.lr=1e-4 or train.lr=1e-4")
-    p.set_defaults(func=run)
+    p.epilog = "Config overrides follow anywhere: --train.lr=1e-4 or train.lr=1e-4"
+    p.set_defaults(func=run, overrides=[])
 
 
 def run(args: argparse.Namespace) -> int:

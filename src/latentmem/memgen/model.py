@@ -146,6 +146,14 @@ class LatentMemoryModel(nn.Module):
     def device(self) -> torch.device:
         return self.prompt_queries.device
 
+    def train(self, mode: bool = True) -> LatentMemoryModel:
+        """Train mode for the heads only: the reasoner and the weaver LM always run in eval mode, so no
+        dropout can make a training forward disagree with the generation it replays (GRPO ratios)."""
+        super().train(mode)
+        self.reasoner.eval()
+        self.weaver_lm.eval()
+        return self
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
