@@ -217,7 +217,7 @@ def test_synthetic_tasks_are_deterministic_and_disjoint():
     assert len(set(names)) == len(names)
 
 
-def test_parquet_and_directory_inputs(tmp_path):
+def test_parquet_directory_and_saved_dataset_inputs(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow as pa
 
@@ -226,6 +226,15 @@ def test_parquet_and_directory_inputs(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows[:3]), tmp_path / "shards" / "a.parquet")
     pq.write_table(pa.Table.from_pylist(rows[3:]), tmp_path / "shards" / "b.parquet")
     (tmp_path / "all.json").write_text(json.dumps(rows))
+    datasets = pytest.importorskip("datasets")
+    saved = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows[:3]), "test": datasets.Dataset.from_list(rows[3:])}
+    )
+    saved.save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(TaskError, match="saved DatasetDict; pass one split's directory"):
+        get_task("gsm8k", path=tmp_path / "saved").load("test")
+    from_disk = get_task("gsm8k", path=tmp_path / "saved" / "test", train_path=tmp_path / "saved" / "train")
+    assert (len(from_disk.load("train")), len(from_disk.load("test"))) == (3, 2)
     for path in (tmp_path / "shards", tmp_path / "all.json"):
         task = get_task("gsm8k", path=path)
         assert sorted(ex.answer for ex in task.load("train") + task.load("test")) == [

@@ -1,7 +1,8 @@
 """Tasks read from local data files: the readers, the train/test split rule and the `FileTask` base.
 
-A data-file task takes `path=` (a JSONL, JSON, parquet or CSV file, gzipped JSONL/JSON too, or a
-directory of such files, e.g. a dataset snapshot's parquet shards) and optionally `train_path=`:
+A data-file task takes `path=` (a JSONL, JSON, parquet or CSV file, gzipped JSONL/JSON too, a directory
+of such files, e.g. a dataset snapshot's parquet shards, or a `datasets` `save_to_disk` directory) and
+optionally `train_path=`:
 
 * with `train_path`, the train split is that file and the test split is `path`;
 * without it, `path` is split deterministically: a fixed-seed permutation of its records puts
@@ -89,10 +90,22 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Every record (a dict) of a data file, or of all data files under a directory (sorted by name)."""
+    """Every record (a dict) of a data file, of a `datasets` `save_to_disk` directory, or of all data
+    files under a directory (sorted by name)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise TaskError(f"data file {path} does not exist")
+    if (path / "dataset_dict.json").is_file():
+        raise TaskError(
+            f"{path} is a saved DatasetDict; pass one split's directory, e.g. path={path / 'test'} "
+            f"train_path={path / 'train'}"
+        )
+    if (path / "state.json").is_file():  # a Dataset.save_to_disk directory (its JSON files are metadata)
+        try:
+            import datasets
+        except ImportError as exc:
+            raise TaskError(f"reading the saved dataset {path} needs the datasets package") from exc
+        return datasets.load_from_disk(str(path)).to_list()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p))
         if not files:
