@@ -55,7 +55,8 @@ class CodeTask(FileTask):
             raise TaskError(f"{self.name}: timeout and memory_mb must be > 0, got {timeout}, {memory_mb}")
         self.timeout, self.memory_mb = timeout, memory_mb
 
-    def passes(self, files: dict[str, str], main: str) -> float:
+    def score_program(self, files: dict[str, str], main: str) -> float:
+        """1.0 when `main` among `files` runs to its end with exit status 0 under the limits, else 0.0."""
         return float(run_python(files, main, timeout=self.timeout, memory_mb=self.memory_mb).passed)
 
 
@@ -86,7 +87,7 @@ class KodCode(CodeTask):
             "test_solution.py": "from solution import *\n" + example.columns["test"],
             "run_tests.py": TEST_RUNNER,
         }
-        return self.passes(files, "run_tests.py")
+        return self.score_program(files, "run_tests.py")
 
 
 @register_task("humaneval")
@@ -149,4 +150,4 @@ class HumanEval(CodeTask):
         separator = "\n\n" if defines_function(code, cols["entry_point"]) else ""
         program = cols["code_prompt"] + separator + code
         program += f"\n\n{cols['test']}\n\ncheck({cols['entry_point']})\n"
-        return self.passes({"program.py": program}, "program.py")
+        return self.score_program({"program.py": program}, "program.py")
