@@ -60,7 +60,7 @@ def _cfg(tmp_path, methods, **kw):
 
 def test_compare_runs_every_method_and_writes_results(tmp_path):
     torch.set_num_threads(1)
-    methods = ["vanilla", "retrieval", "lora-sft", "memgen-sft", "memgen-grpo", "memgen-rag"]
+    methods = ["vanilla", "retrieval", "lora-sft", "grpo", "memgen-sft", "memgen-grpo", "memgen-rag"]
     results = run_compare(_cfg(tmp_path, methods))
     out = tmp_path / "out"
     saved = json.loads((out / "results.json").read_text())
@@ -82,6 +82,7 @@ def test_compare_runs_every_method_and_writes_results(tmp_path):
     weaver = saved["methods"]["memgen-sft"]["trainable_params"]
     lora = saved["methods"]["lora-sft"]["trainable_params"]
     assert abs(lora - weaver) / weaver < 0.35  # the LoRA baseline gets the weaver's parameter budget
+    assert saved["methods"]["grpo"]["trainable_params"] == lora
     assert "| memgen-sft |" in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "run.json").exists() and (out / "config.yaml").exists()
@@ -117,4 +118,4 @@ def test_bad_input_fails_before_models_load(tmp_path):
         run_compare(_cfg(tmp_path, ["vanilla"], task_args={"empty_test": True}))
     with pytest.raises(ConfigError, match="budget.num_generations"):
         _cfg(tmp_path, ["vanilla"], budget={"batch_size": 4, "num_generations": 3})
-    assert set(METHODS) >= {"vanilla", "retrieval", "lora-sft", "memgen-sft", "memgen-grpo", "memgen-rag"}
+    assert set(METHODS) >= {"vanilla", "retrieval", "lora-sft", "grpo", "memgen-sft", "memgen-grpo", "memgen-rag"}

@@ -5,6 +5,7 @@ vanilla      the frozen model as it is.
 retrieval    few-shot memory (ExpeL/AWM-style): the most similar solved training examples, retrieved from a
              `VectorMemory` store (MiniLM embeddings), are put into the prompt.
 lora-sft     LoRA fine-tuning of the reasoner with a trainable-parameter budget equal to the weaver's.
+grpo         GRPO of the same budget-matched LoRA, with TRL's `GRPOTrainer` on the task's reward.
 memgen-sft   MemGen: weaver SFT (`latentmem.training.sft`), reasoner frozen.
 memgen-grpo  MemGen: weaver GRPO on the task's reward (`latentmem.training.grpo`).
 memgen-rag   MemGen-SFT with a weaver that also reads the retrieved solved examples' vectors.
@@ -242,6 +243,20 @@ def weaver_trainable_params(ctx: Context) -> int:
     return LatentMemoryModel(model, tok, ctx.memgen).num_trainable()
 
 
+def budget_matched_lora(ctx: Context) -> LoraConfig:
+    """LoRA on the weaver's target modules with the rank whose parameter count is nearest the weaver's."""
+    model = load_model(ctx.model, seed=ctx.seed)[0]
+    targets = list(LatentMemoryModel._lora_targets(model, ctx.memgen))
+    per_rank = get_peft_model(model, LoraConfig(r=1, target_modules=targets))
+    rank = max(
+        1,
+        round(
+            weaver_trainable_params(ctx) / sum(p.numel() for p in per_rank.parameters() if p.requires_grad)
+        ),
+    )
+    return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets)
+
+
 @register_method("lora-sft")
 class LoRASFT(Method):
     """LoRA on the reasoner's own projections, its rank chosen so that its parameters match the weaver's."""
@@ -252,15 +267,8 @@ class LoRASFT(Method):
 
         ctx = self.ctx
         seed_everything(ctx.seed)
-        budget = weaver_trainable_params(ctx)
         model, self.tok = load_model(ctx.model, seed=ctx.seed)
-        targets = list(LatentMemoryModel._lora_targets(model, ctx.memgen))
-        per_rank = get_peft_model(
-            load_model(ctx.model, seed=ctx.seed)[0], LoraConfig(r=1, target_modules=targets)
-        )
-        rank = max(1, round(budget / sum(p.numel() for p in per_rank.parameters() if p.requires_grad)))
-        self.rank = rank
-        self.model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
+        self.model = get_peft_model(model, budget_matched_lora(ctx))
         rows = [{"prompt": ex.prompt, "answer": ctx.task.target(ex)} for ex in ctx.train]
         items = encode(rows, self.tok, DataConfig(path=None, system=ctx.task.system))
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -424,3 +432,57 @@ class MemGenRAG(MemGenSFT):
         return complete_with_memgen(
             self.mm, prompts, self.ctx.task, self.ctx.eval_batch_size, self.memory_for
         )
+
+
+@register_method("grpo")
+class LoRAGRPO(LoRASFT):
+    """The RL baseline: TRL's GRPOTrainer (the reference GRPO implementation) trains the budget-matched
+    LoRA on the task's reward; `budget.batch_size` completions per step, `budget.num_generations` per prompt."""
+
+    def fit(self) -> None:
+        from datasets import Dataset
+        from trl import GRPOConfig, GRPOTrainer
+
+        ctx, task = self.ctx, self.ctx.task
+        seed_everything(ctx.seed)
+        model, self.tok = load_model(ctx.model, seed=ctx.seed)
+        system = [{"role": "system", "content": task.system}] if task.system else []
+        rows = [
+            {**ex.columns, "prompt": [*system, {"role": "user", "content": ex.prompt}], "answer": ex.answer}
+            for ex in ctx.train
+        ]
+
+        dataset_columns = set(rows[0]) - {"prompt"}
+
+        def reward(prompts, completions, **kwargs):
+            # TRL hands conversational completions as messages, and extra kwargs besides the dataset's columns
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            columns = {k: v for k, v in kwargs.items() if k in dataset_columns}
+            return task.reward([str(p) for p in prompts], texts, **columns)
+
+        args = GRPOConfig(
+            output_dir=str(ctx.workdir / "trl"),
+            use_cpu=not torch.cuda.is_available(),
+            per_device_train_batch_size=ctx.budget.batch_size,
+            num_generations=ctx.budget.num_generations,
+            max_completion_length=task.max_new_tokens,
+            max_steps=ctx.budget.steps,
+            learning_rate=ctx.budget.lr,
+            beta=0.0,
+            seed=ctx.seed,
+            report_to=[],
+            logging_steps=max(1, ctx.budget.steps // 10),
+            save_strategy="no",
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[reward],
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=self.tok,
+            peft_config=budget_matched_lora(ctx),
+        )
+        start = time.perf_counter()
+        trainer.train()
+        self.train_seconds = time.perf_counter() - start
+        self.model = trainer.model.eval()
