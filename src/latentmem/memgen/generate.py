@@ -19,7 +19,7 @@ import torch
 
 from latentmem.config import Config, require
 from latentmem.decoding import KVDecoder
-from latentmem.memgen.insertion import InsertionPlan, _pad
+from latentmem.memgen.insertion import InsertionPlan, pad_rows
 from latentmem.sampling import SamplingConfig, select_next
 
 
@@ -204,8 +204,8 @@ def _plan_from_steps(
             ]
     plan = InsertionPlan(
         prompt_end=torch.full((B,), T - 1 if prompt_block else -1, dtype=torch.long),
-        candidates=_pad([[c[0] for c in row] for row in rows], -1),
-        delimiter_count=_pad([[c[1] for c in row] for row in rows], 0),
-        decisions=_pad([[c[2] for c in row] for row in rows], 0).bool(),
+        candidates=pad_rows([[c[0] for c in row] for row in rows], -1),
+        delimiter_count=pad_rows([[c[1] for c in row] for row in rows], 0),
+        decisions=pad_rows([[c[2] for c in row] for row in rows], 0).bool(),
     )
-    return plan.to(device), _pad([[c[3] for c in row] for row in rows], 0, dtype=torch.float32).to(device)
+    return plan.to(device), pad_rows([[c[3] for c in row] for row in rows], 0, dtype=torch.float32).to(device)

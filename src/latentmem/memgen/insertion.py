@@ -68,7 +68,8 @@ class InsertionPlan:
         )
 
 
-def _pad(rows: list[list[int]], fill: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
+def pad_rows(rows: list[list[int]], fill: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Ragged rows as one (len(rows), max length) tensor, right-padded with `fill`."""
     width = max((len(r) for r in rows), default=0)
     return torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=dtype).reshape(len(rows), width)
 
@@ -139,9 +140,9 @@ def plan_insertions(
         kept_d.append(rd)
     return InsertionPlan(
         prompt_end=prompt_end,
-        candidates=_pad(kept_c, -1),
-        delimiter_count=_pad(kept_n, 0),
-        decisions=_pad([[int(x) for x in r] for r in kept_d], 0).bool(),
+        candidates=pad_rows(kept_c, -1),
+        delimiter_count=pad_rows(kept_n, 0),
+        decisions=pad_rows([[int(x) for x in r] for r in kept_d], 0).bool(),
     )
 
 
