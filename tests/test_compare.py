@@ -118,4 +118,12 @@ def test_bad_input_fails_before_models_load(tmp_path):
         run_compare(_cfg(tmp_path, ["vanilla"], task_args={"empty_test": True}))
     with pytest.raises(ConfigError, match="budget.num_generations"):
         _cfg(tmp_path, ["vanilla"], budget={"batch_size": 4, "num_generations": 3})
-    assert set(METHODS) >= {"vanilla", "retrieval", "lora-sft", "grpo", "memgen-sft", "memgen-grpo", "memgen-rag"}
+    assert set(METHODS) >= {
+        "vanilla",
+        "retrieval",
+        "lora-sft",
+        "grpo",
+        "memgen-sft",
+        "memgen-grpo",
+        "memgen-rag",
+    }
