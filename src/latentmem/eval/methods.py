@@ -420,13 +420,7 @@ class MemGenRAG(MemGenSFT):
 
     def memory_for(self, prompts: list[str]) -> RetrievedMemory:
         found = [self.store.retrieve(p, agent=SOLVED, k=self.ctx.retrieval_k) for p in prompts]
-        M = max(len(f.texts) for f in found)
-        vectors = torch.zeros(len(prompts), M, self.store.dim)
-        mask = torch.zeros(len(prompts), M, dtype=torch.long)
-        for b, f in enumerate(found):
-            vectors[b, : len(f.texts)] = torch.from_numpy(f.vectors)
-            mask[b, : len(f.texts)] = 1
-        return RetrievedMemory(vectors, mask)
+        return RetrievedMemory.stack([f.vectors for f in found], self.store.dim)
 
     def complete(self, prompts: list[str]) -> Completions:
         return complete_with_memgen(

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -55,6 +56,19 @@ class RetrievedMemory:
 
     def to(self, device: torch.device | str) -> RetrievedMemory:
         return RetrievedMemory(self.vectors.to(device), self.mask.to(device))
+
+    @classmethod
+    def stack(cls, rows: Sequence[Any], dim: int) -> RetrievedMemory:
+        """Rows of memory vectors, each (M_b, dim) (lists or arrays; M_b may differ, even be 0), padded
+        into one batch: vectors (B, max M_b, dim), mask 1 on each row's real memories."""
+        M = max((len(r) for r in rows), default=0)
+        vectors = torch.zeros(len(rows), M, dim)
+        mask = torch.zeros(len(rows), M, dtype=torch.long)
+        for b, row in enumerate(rows):
+            if len(row):
+                vectors[b, : len(row)] = torch.as_tensor(row, dtype=torch.float32)
+                mask[b, : len(row)] = 1
+        return cls(vectors=vectors, mask=mask)
 
 
 @dataclass

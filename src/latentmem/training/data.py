@@ -127,15 +127,8 @@ def collate_memory(items: Sequence[Encoded]) -> RetrievedMemory | None:
     memories are padded), or None when the data carry none."""
     if items[0].memory is None:
         return None
-    M = max(len(it.memory) for it in items)
-    D = len(next(v for it in items for v in it.memory)) if M else 1
-    vectors = torch.zeros(len(items), M, D)
-    mask = torch.zeros(len(items), M, dtype=torch.long)
-    for b, it in enumerate(items):
-        if it.memory:
-            vectors[b, : len(it.memory)] = torch.tensor(it.memory, dtype=torch.float32)
-            mask[b, : len(it.memory)] = 1
-    return RetrievedMemory(vectors=vectors, mask=mask)
+    dim = next((len(v) for it in items for v in it.memory), 1)
+    return RetrievedMemory.stack([it.memory for it in items], dim)
 
 
 def collate(
