@@ -11,6 +11,7 @@ from latentmem.memgen import GenerationConfig, LatentMemoryModel, MemGenConfig, 
 from latentmem.models import load_model
 from latentmem.sampling import SamplingConfig
 from latentmem.tiny import TINY_MODELS
+from latentmem.training.rollout import as_training_batch
 
 PROMPTS = ["hi", "a much longer prompt, with words.", "x", "yes. no, maybe", "apple orange", "the river"]
 
@@ -29,11 +30,7 @@ def _memgen(name, seed=0, **cfg):
 
 def _as_training_batch(tok, ids, mask, res):
     """Prompt + generated tokens as a labelled batch (labels only on the completion)."""
-    keep = res.completion_mask()
-    full_mask = torch.cat([mask, keep.long()], 1)
-    full = torch.cat([ids, res.sequences], 1).masked_fill(full_mask == 0, tok.pad_token_id)
-    labels = torch.cat([torch.full_like(ids, -100), res.sequences.masked_fill(~keep, -100)], 1)
-    return full, full_mask, labels
+    return as_training_batch(ids, mask, res, tok.pad_token_id)
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)
