@@ -1,13 +1,14 @@
 """`latentmem train RECIPE --config FILE [key.sub=value ...]`: run a training recipe.
 
 Each recipe is a function `run(config_path, overrides) -> Path` (the run folder) in its own module; the
-run folder's path is printed on the last line of output.
+run folder's path is printed on the last line of output (by the main process, under `accelerate launch`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 
 # recipe name -> "module:function"
 RECIPES: dict[str, str] = {
@@ -29,5 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     module, func = RECIPES[args.recipe].split(":")
     run_dir = getattr(importlib.import_module(module), func)(args.config, list(args.overrides))
-    print(run_dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # set by accelerate's launcher (torchrun)
+        print(run_dir)
     return 0

@@ -29,7 +29,7 @@ from latentmem.training.loop import (
     StepContext,
     Trainer,
     build_model,
-    check_batch_split,
+    check_layout,
     start_run,
 )
 from latentmem.training.rewards import resolve_reward
@@ -85,7 +85,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     reward_fn = resolve_reward(s.reward, s.reward_args)
     train_rows, eval_rows = load_rows(cfg.data, cfg.seed)
     dist = Distributed()
-    check_batch_split(cfg, cfg.train.batch_size // s.num_generations, dist)
+    check_layout(cfg, cfg.train.batch_size // s.num_generations, dist)
     run = start_run(cfg, dist)
     model = build_model(cfg, dist.device)
     train, evals = encode(train_rows, model.tokenizer, cfg.data), encode(eval_rows, model.tokenizer, cfg.data)

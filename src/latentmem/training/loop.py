@@ -8,7 +8,9 @@ processes once per optimiser step (an all-reduce, what DDP does; done by hand be
 a gradient varies from batch to batch, e.g. `inference_queries` when no row inserts). Micro-steps return
 losses already divided by the *global* normaliser, so one process with `grad_accum = k` and k processes
 with `grad_accum = 1` compute the same update. Sampling draws from a generator seeded by (seed, step,
-chunk), so rollouts too do not depend on how the batch is spread.
+chunk), so rollouts too do not depend on how the batch is spread. Launched with an accelerate FSDP
+config, the frozen decoder layers are moreover sharded over the processes (`sharding.py`); the trainable
+state and its gradient sum stay as described.
 
 Resume. Each step's data comes from a permutation seeded by (seed, epoch), and sampling generators are
 seeded per step, so a checkpoint needs only the trainable weights, optimizer, scheduler, RNG states, the
@@ -45,6 +47,13 @@ from latentmem.training.checkpoint import (
     set_rng_state,
 )
 from latentmem.training.config import RecipeConfig
+from latentmem.training.sharding import (
+    fsdp_requested,
+    fsdp_settings,
+    gathered,
+    local_param_bytes,
+    shard_frozen,
+)
 
 Metrics = dict[str, float]
 
@@ -61,6 +70,14 @@ class Distributed:
         # without CUDA, ask for CPU processes explicitly: then a torchrun-style launch (`accelerate launch
         # --multi_gpu --num_processes N`) joins a gloo process group instead of running N lone processes
         self.state = PartialState(cpu=not torch.cuda.is_available())
+        # an accelerate FSDP config shards the frozen reasoner (`sharding.py`); read now, before any model
+        # loads, so that unsupported settings fail early
+        self.fsdp = fsdp_settings() if fsdp_requested() else None
+
+    def prepare(self, model: LatentMemoryModel) -> int:
+        """Shard `model`'s frozen layers when launched with FSDP (after the recipe chose what trains);
+        return the number of sharded weight tensors (0 without FSDP)."""
+        return shard_frozen(model, self.world, self.fsdp) if self.fsdp is not None else 0
 
     @property
     def rank(self) -> int:
@@ -126,15 +143,21 @@ def init_weights(model: LatentMemoryModel, directory: str | Path) -> None:
     model.load_trainable_state_dict({**state, **saved})
 
 
-def check_batch_split(cfg: RecipeConfig, rows_per_step: int, dist: Distributed) -> None:
-    """The step's rows must split evenly over processes and accumulation steps. Recipes call this before
-    loading the model (the process count is known only at run time)."""
+def check_layout(cfg: RecipeConfig, rows_per_step: int, dist: Distributed) -> None:
+    """The config fits the process layout: the step's rows split evenly over processes and accumulation
+    steps, and FSDP gets the prompt insertion it relies on. Recipes call this before loading the model
+    (the process count is known only at run time)."""
     chunks = dist.world * cfg.train.grad_accum
     if rows_per_step % chunks:
         raise ConfigError(
             f"train.batch_size: {rows_per_step} rows (prompts, for the RL recipes) per step do not split into "
             f"{dist.world} processes x {cfg.train.grad_accum} accumulation steps; make train.batch_size a "
             f"multiple of {chunks} (times G for the RL recipes)"
+        )
+    if dist.fsdp is not None and cfg.memgen.prompt_latents == 0:
+        raise ConfigError(
+            "memgen.prompt_latents: FSDP needs every process to run the weaver in every gradient step, which "
+            "the prompt insertion guarantees; set prompt_latents > 0, or train with DDP"
         )
 
 
@@ -174,8 +197,10 @@ class Trainer:
     ) -> None:
         self.cfg, self.model, self.run, self.dist = cfg, model, run, dist
         self.n_rows, self.rows_per_step, self.extra_state = n_rows, rows_per_step, extra_state
-        check_batch_split(cfg, rows_per_step, dist)
+        check_layout(cfg, rows_per_step, dist)
         self.params = model.trainable_parameters()
+        self.sharded_tensors = dist.prepare(model)
+        self.param_mb = local_param_bytes(model) / 2**20  # this process's share of the weights
         t = cfg.train
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = get_scheduler(
@@ -261,7 +286,8 @@ class Trainer:
 
     def evaluate(self, evaluate: Evaluate, n_eval: int) -> Metrics:
         mine = list(range(self.dist.rank, n_eval, self.dist.world))
-        with torch.no_grad(), self._autocast():
+        # processes may run different numbers of forwards here: sharded layers stay gathered
+        with torch.no_grad(), self._autocast(), gathered(self.model):
             return self._reduce(evaluate(mine))
 
     def fit(
@@ -314,6 +340,9 @@ class Trainer:
             log["lr"] = self.scheduler.get_last_lr()[0]
             log["step_seconds"] = time.perf_counter() - start
             log["processes"] = self.dist.world
+            log["param_mb_per_process"] = self.param_mb
+            if self.sharded_tensors:
+                log["sharded_tensors"] = self.sharded_tensors
             if (
                 evaluate is not None
                 and n_eval

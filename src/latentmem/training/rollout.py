@@ -15,6 +15,7 @@ from latentmem.sampling import SamplingConfig
 from latentmem.training.config import DataConfig, RolloutConfig
 from latentmem.training.data import IGNORE, Encoded, Row, collate, collate_memory
 from latentmem.training.rewards import RewardFn
+from latentmem.training.sharding import gathered
 
 
 @dataclass
@@ -101,9 +102,10 @@ def sample_rollouts(
     ids, mask, _ = (t.to(model.device) for t in collate(items, tok.pad_token_id, with_answer=False))
     memory = collate_memory(items)
     memory = memory.to(model.device) if memory else None
-    res = model.generate(
-        ids, mask, generation_config(settings, sample=sample), generator=generator, memory=memory
-    )
+    with gathered(model):  # processes decode for different numbers of steps
+        res = model.generate(
+            ids, mask, generation_config(settings, sample=sample), generator=generator, memory=memory
+        )
     full, full_mask, labels = as_training_batch(ids, mask, res, tok.pad_token_id)
     completions = [
         tok.decode(seq[:n].tolist(), skip_special_tokens=True)

@@ -22,7 +22,7 @@ from latentmem.training.loop import (
     StepContext,
     Trainer,
     build_model,
-    check_batch_split,
+    check_layout,
     start_run,
 )
 
@@ -46,7 +46,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     """Run weaver SFT per `cfg`; return the run folder (metrics.jsonl, checkpoints/, model/)."""
     train_rows, eval_rows = load_rows(cfg.data, cfg.seed)  # column errors before the model loads
     dist = Distributed()
-    check_batch_split(cfg, cfg.train.batch_size, dist)
+    check_layout(cfg, cfg.train.batch_size, dist)
     run = start_run(cfg, dist)
     model = build_model(cfg, dist.device)
     tok = model.tokenizer

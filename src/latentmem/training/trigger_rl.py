@@ -34,7 +34,7 @@ from latentmem.training.loop import (
     StepContext,
     Trainer,
     build_model,
-    check_batch_split,
+    check_layout,
     start_run,
 )
 from latentmem.training.rewards import resolve_reward
@@ -90,9 +90,10 @@ def trigger_loss(
 ) -> torch.Tensor:
     """REINFORCE over the rollout's decisions: `advantages` (B,), divided by `n_global`."""
     plan = ro.result.plan
-    if plan.candidates.shape[1] == 0:  # no rollout reached a delimiter: nothing to learn from
-        return torch.zeros((), device=ro.rewards.device)
+    # the forward runs even when no rollout reached a delimiter: under FSDP every process must run it
     out = model(ro.input_ids, ro.attention_mask, ro.labels, plan=plan, memory=ro.memory)
+    if out.trigger_probs is None:  # no candidate delimiter: nothing to learn from
+        return torch.zeros((), device=ro.rewards.device)
     valid = plan.candidates >= 0
     logp = Trigger.log_prob(out.trigger_probs, plan.decisions).masked_fill(~valid, 0.0).sum(1)  # (B,)
     return -(advantages * logp).sum() / n_global
@@ -105,7 +106,7 @@ def train_trigger(cfg: TriggerRLConfig) -> Path:
     reward_fn = resolve_reward(s.reward, s.reward_args)
     train_rows, _ = load_rows(cfg.data, cfg.seed)
     dist = Distributed()
-    check_batch_split(cfg, cfg.train.batch_size // s.num_generations, dist)
+    check_layout(cfg, cfg.train.batch_size // s.num_generations, dist)
     run = start_run(cfg, dist)
     model = build_model(cfg, dist.device)
     for p in model.parameters():  # only the trigger head learns
