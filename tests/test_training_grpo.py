@@ -14,7 +14,7 @@ from latentmem.training.config import GRPOSettings
 from latentmem.training.data import DataConfig, encode, synthetic_rows
 from latentmem.training.grpo import base_logprobs, grpo_loss, train_grpo
 from latentmem.training.rewards import resolve_reward
-from latentmem.training.rollout import group_advantages, sample_rollouts
+from latentmem.training.rollout import Sampler, group_advantages
 
 
 def _model(name="tiny-qwen2", **cfg):
@@ -27,15 +27,9 @@ def _model(name="tiny-qwen2", **cfg):
 def _rollouts(model, settings, n=3):
     data = DataConfig(task="echo")
     rows = synthetic_rows("echo", n, seed=0)
-    return sample_rollouts(
-        model,
-        encode(rows, model.tokenizer, data),
-        rows,
-        settings,
-        resolve_reward(settings.reward, settings.reward_args),
-        data,
-        torch.Generator().manual_seed(0),
-    )
+    reward = resolve_reward(settings.reward, settings.reward_args)
+    sampler = Sampler(model, encode(rows, model.tokenizer, data), rows, settings, reward, data)
+    return sampler(range(len(rows)), torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-gpt2"])

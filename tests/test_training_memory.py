@@ -10,7 +10,7 @@ from latentmem.models import load_model
 from latentmem.training.config import DataConfig, GRPOSettings, SFTConfig
 from latentmem.training.data import collate_memory, encode
 from latentmem.training.rewards import resolve_reward
-from latentmem.training.rollout import sample_rollouts
+from latentmem.training.rollout import Sampler
 
 
 def _rows(n=4, dim=6):
@@ -46,9 +46,8 @@ def test_rollouts_with_memory_replay_exactly():
     rows = _rows()
     items = encode(rows, tok, data)
     settings = GRPOSettings(num_generations=2, max_new_tokens=8)
-    ro = sample_rollouts(
-        mm, items, rows, settings, resolve_reward("constant"), data, torch.Generator().manual_seed(0)
-    )
+    sampler = Sampler(mm, items, rows, settings, resolve_reward("constant"), data)
+    ro = sampler(range(len(rows)), torch.Generator().manual_seed(0))
     assert ro.memory is not None and ro.memory.vectors.shape[0] == 8
     out = mm(ro.input_ids, ro.attention_mask, ro.labels, plan=ro.result.plan, memory=ro.memory)
     keep = ro.result.completion_mask()

@@ -12,7 +12,7 @@ from latentmem.training import TriggerRLConfig
 from latentmem.training.config import TriggerRLSettings
 from latentmem.training.data import DataConfig, encode, synthetic_rows
 from latentmem.training.rewards import resolve_reward
-from latentmem.training.rollout import sample_rollouts
+from latentmem.training.rollout import Sampler
 from latentmem.training.trigger_rl import AdaptivePenalty, train_trigger
 
 NAN = float("nan")
@@ -41,15 +41,8 @@ def test_replayed_trigger_probabilities_equal_the_rollouts():
     model = LatentMemoryModel(reasoner, tok, cfg.memgen)
     rows = synthetic_rows("echo", 2, seed=0)
     data = DataConfig(task="echo")
-    ro = sample_rollouts(
-        model,
-        encode(rows, tok, data),
-        rows,
-        cfg.rl,
-        resolve_reward("constant"),
-        data,
-        torch.Generator().manual_seed(0),
-    )
+    sampler = Sampler(model, encode(rows, tok, data), rows, cfg.rl, resolve_reward("constant"), data)
+    ro = sampler(range(len(rows)), torch.Generator().manual_seed(0))
     plan = ro.result.plan
     valid = plan.candidates >= 0
     assert valid.sum() >= 4 and plan.decisions[valid].any() and not plan.decisions[valid].all()

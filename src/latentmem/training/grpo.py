@@ -23,17 +23,9 @@ import torch
 from latentmem.memgen import LatentMemoryModel
 from latentmem.training.config import GRPOConfig, GRPOSettings
 from latentmem.training.data import encode, load_rows
-from latentmem.training.loop import (
-    Distributed,
-    Metrics,
-    StepContext,
-    Trainer,
-    build_model,
-    check_layout,
-    start_run,
-)
+from latentmem.training.loop import Metrics, StepContext, Trainer, launch
 from latentmem.training.rewards import resolve_reward
-from latentmem.training.rollout import Rollouts, group_advantages, sample_rollouts
+from latentmem.training.rollout import Rollouts, Sampler, group_advantages
 
 
 @torch.no_grad()
@@ -84,24 +76,15 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     s = cfg.grpo
     reward_fn = resolve_reward(s.reward, s.reward_args)
     train_rows, eval_rows = load_rows(cfg.data, cfg.seed)
-    dist = Distributed()
-    check_layout(cfg, cfg.train.batch_size // s.num_generations, dist)
-    run = start_run(cfg, dist)
-    model = build_model(cfg, dist.device)
-    train, evals = encode(train_rows, model.tokenizer, cfg.data), encode(eval_rows, model.tokenizer, cfg.data)
     G = s.num_generations
-    trainer = Trainer(cfg, model, run, dist, n_rows=len(train), rows_per_step=cfg.train.batch_size // G)
+    dist, run, model = launch(cfg, cfg.train.batch_size // G)
+    tok = model.tokenizer
+    train = Sampler(model, encode(train_rows, tok, cfg.data), train_rows, s, reward_fn, cfg.data)
+    evals = Sampler(model, encode(eval_rows, tok, cfg.data), eval_rows, s, reward_fn, cfg.data)
+    trainer = Trainer(cfg, model, run, dist, n_rows=len(train_rows), rows_per_step=cfg.train.batch_size // G)
 
     def micro_step(ctx: StepContext) -> Metrics:
-        ro = sample_rollouts(
-            model,
-            [train[i] for i in ctx.indices],
-            [train_rows[i] for i in ctx.indices],
-            s,
-            reward_fn,
-            cfg.data,
-            ctx.generator(dist.device),
-        )
+        ro = train(ctx.indices, ctx.generator(dist.device))
         loss, metrics = grpo_loss(model, ro, s, len(ctx.step_indices) * G)
         loss.backward()
         return metrics
@@ -109,20 +92,10 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     def evaluate(indices: list[int]) -> Metrics:
         if not indices:
             return {"eval_reward": 0.0}
-        ro = sample_rollouts(
-            model,
-            [evals[i] for i in indices],
-            [eval_rows[i] for i in indices],
-            s,
-            reward_fn,
-            cfg.data,
-            torch.Generator(dist.device).manual_seed(cfg.seed),
-            sample=False,
-            groups=1,
-        )
-        return {"eval_reward": float(ro.rewards.sum()) / len(evals)}
+        ro = evals(indices, torch.Generator(dist.device).manual_seed(cfg.seed), sample=False, groups=1)
+        return {"eval_reward": float(ro.rewards.sum()) / len(eval_rows)}
 
-    trainer.fit(micro_step, evaluate if evals else None, len(evals), postfix="reward")
+    trainer.fit(micro_step, evaluate if eval_rows else None, len(eval_rows), postfix="reward")
     return run.path
 
 

@@ -161,6 +161,15 @@ def check_layout(cfg: RecipeConfig, rows_per_step: int, dist: Distributed) -> No
         )
 
 
+def launch(cfg: RecipeConfig, rows_per_step: int) -> tuple[Distributed, RunDir, LatentMemoryModel]:
+    """How every recipe starts: join the process group, check the layout (before any model loads), write
+    the run folder, build the model."""
+    dist = Distributed()
+    check_layout(cfg, rows_per_step, dist)
+    run = start_run(cfg, dist)
+    return dist, run, build_model(cfg, dist.device)
+
+
 @dataclass
 class StepContext:
     """What a micro-step sees. `indices`: this process's rows of this micro-step; `step_indices`: every row

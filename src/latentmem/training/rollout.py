@@ -81,39 +81,48 @@ def score(
     return torch.tensor([float(r) for r in rewards], dtype=torch.float32)
 
 
-@torch.no_grad()
-def sample_rollouts(
-    model: LatentMemoryModel,
-    items: Sequence[Encoded],
-    rows: Sequence[Row],
-    settings: RolloutConfig,
-    reward_fn: RewardFn,
-    data: DataConfig,
-    generator: torch.Generator,
-    *,
-    sample: bool = True,
-    groups: int | None = None,
-) -> Rollouts:
-    """`groups` (default `settings.num_generations`) completions for each of `items`, scored."""
-    g = settings.num_generations if groups is None else groups
-    items = [it for it in items for _ in range(g)]
-    rows = [r for r in rows for _ in range(g)]
-    tok = model.tokenizer
-    ids, mask, _ = (t.to(model.device) for t in collate(items, tok.pad_token_id, with_answer=False))
-    memory = collate_memory(items)
-    memory = memory.to(model.device) if memory else None
-    with gathered(model):  # processes decode for different numbers of steps
-        res = model.generate(
-            ids, mask, generation_config(settings, sample=sample), generator=generator, memory=memory
-        )
-    full, full_mask, labels = as_training_batch(ids, mask, res, tok.pad_token_id)
-    completions = [
-        tok.decode(seq[:n].tolist(), skip_special_tokens=True)
-        for seq, n in zip(res.sequences, res.lengths.tolist(), strict=True)
-    ]
-    prompts = [tok.decode(it.prompt_ids) for it in items]
-    rewards = score(reward_fn, prompts, completions, rows, data, insertion_counts(res).tolist())
-    return Rollouts(full, full_mask, labels, res, rewards.to(model.device), completions, memory)
+@dataclass
+class Sampler:
+    """Rollouts of a recipe's rows by index: the encoded `items` and the raw `rows` (the reward reads
+    their columns), sampled with `settings` and scored by `reward_fn`."""
+
+    model: LatentMemoryModel
+    items: Sequence[Encoded]
+    rows: Sequence[Row]
+    settings: RolloutConfig
+    reward_fn: RewardFn
+    data: DataConfig
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        indices: Sequence[int],
+        generator: torch.Generator,
+        *,
+        sample: bool = True,
+        groups: int | None = None,
+    ) -> Rollouts:
+        """`groups` (default `settings.num_generations`) completions for each row of `indices`, scored."""
+        model, settings = self.model, self.settings
+        g = settings.num_generations if groups is None else groups
+        items = [self.items[i] for i in indices for _ in range(g)]
+        rows = [self.rows[i] for i in indices for _ in range(g)]
+        tok = model.tokenizer
+        ids, mask, _ = (t.to(model.device) for t in collate(items, tok.pad_token_id, with_answer=False))
+        memory = collate_memory(items)
+        memory = memory.to(model.device) if memory else None
+        with gathered(model):  # processes decode for different numbers of steps
+            res = model.generate(
+                ids, mask, generation_config(settings, sample=sample), generator=generator, memory=memory
+            )
+        full, full_mask, labels = as_training_batch(ids, mask, res, tok.pad_token_id)
+        completions = [
+            tok.decode(seq[:n].tolist(), skip_special_tokens=True)
+            for seq, n in zip(res.sequences, res.lengths.tolist(), strict=True)
+        ]
+        prompts = [tok.decode(it.prompt_ids) for it in items]
+        rewards = score(self.reward_fn, prompts, completions, rows, self.data, insertion_counts(res).tolist())
+        return Rollouts(full, full_mask, labels, res, rewards.to(model.device), completions, memory)
 
 
 def insertion_counts(res: GenerationResult) -> torch.Tensor:

@@ -16,15 +16,7 @@ import torch
 from latentmem.memgen import LatentMemoryModel
 from latentmem.training.config import SFTConfig
 from latentmem.training.data import Encoded, collate, collate_memory, encode, load_rows
-from latentmem.training.loop import (
-    Distributed,
-    Metrics,
-    StepContext,
-    Trainer,
-    build_model,
-    check_layout,
-    start_run,
-)
+from latentmem.training.loop import Metrics, StepContext, Trainer, launch
 
 
 def answer_tokens(item: Encoded) -> int:
@@ -45,10 +37,7 @@ def summed_nll(
 def train_sft(cfg: SFTConfig) -> Path:
     """Run weaver SFT per `cfg`; return the run folder (metrics.jsonl, checkpoints/, model/)."""
     train_rows, eval_rows = load_rows(cfg.data, cfg.seed)  # column errors before the model loads
-    dist = Distributed()
-    check_layout(cfg, cfg.train.batch_size, dist)
-    run = start_run(cfg, dist)
-    model = build_model(cfg, dist.device)
+    dist, run, model = launch(cfg, cfg.train.batch_size)
     tok = model.tokenizer
     train, evals = encode(train_rows, tok, cfg.data), encode(eval_rows, tok, cfg.data)
     trainer = Trainer(cfg, model, run, dist, n_rows=len(train), rows_per_step=cfg.train.batch_size)

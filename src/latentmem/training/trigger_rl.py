@@ -28,17 +28,9 @@ from latentmem.memgen import LatentMemoryModel
 from latentmem.memgen.trigger import Trigger
 from latentmem.training.config import TriggerRLConfig, TriggerRLSettings
 from latentmem.training.data import encode, load_rows
-from latentmem.training.loop import (
-    Distributed,
-    Metrics,
-    StepContext,
-    Trainer,
-    build_model,
-    check_layout,
-    start_run,
-)
+from latentmem.training.loop import Metrics, StepContext, Trainer, launch
 from latentmem.training.rewards import resolve_reward
-from latentmem.training.rollout import Rollouts, group_advantages, sample_rollouts
+from latentmem.training.rollout import Rollouts, Sampler, group_advantages
 
 
 class AdaptivePenalty:
@@ -105,31 +97,26 @@ def train_trigger(cfg: TriggerRLConfig) -> Path:
     s = cfg.rl
     reward_fn = resolve_reward(s.reward, s.reward_args)
     train_rows, _ = load_rows(cfg.data, cfg.seed)
-    dist = Distributed()
-    check_layout(cfg, cfg.train.batch_size // s.num_generations, dist)
-    run = start_run(cfg, dist)
-    model = build_model(cfg, dist.device)
+    G = s.num_generations
+    dist, run, model = launch(cfg, cfg.train.batch_size // G)
     for p in model.parameters():  # only the trigger head learns
         p.requires_grad_(False)
     for p in model.trigger.parameters():
         p.requires_grad_(True)
-    train = encode(train_rows, model.tokenizer, cfg.data)
-    G = s.num_generations
+    train = Sampler(model, encode(train_rows, model.tokenizer, cfg.data), train_rows, s, reward_fn, cfg.data)
     penalty = AdaptivePenalty(s)
     trainer = Trainer(
-        cfg, model, run, dist, n_rows=len(train), rows_per_step=cfg.train.batch_size // G, extra_state=penalty
+        cfg,
+        model,
+        run,
+        dist,
+        n_rows=len(train_rows),
+        rows_per_step=cfg.train.batch_size // G,
+        extra_state=penalty,
     )
 
     def micro_step(ctx: StepContext) -> Metrics:
-        ro = sample_rollouts(
-            model,
-            [train[i] for i in ctx.indices],
-            [train_rows[i] for i in ctx.indices],
-            s,
-            reward_fn,
-            cfg.data,
-            ctx.generator(dist.device),
-        )
+        ro = train(ctx.indices, ctx.generator(dist.device))
         rates = invocation_rates(ro)
         # p_bar comes from the whole micro-batch over all processes, so every process shapes alike
         penalty.update(dist.gather(ro.rewards), dist.gather(rates.to(ro.rewards.device)))
