@@ -68,6 +68,20 @@ def test_sft_two_processes_match_one(tmp_path, launch):
     _compare(two, one, ["loss", "eval_loss", "grad_norm"])
 
 
+def test_sft_fsdp_with_a_separate_weaver_lm(tmp_path):
+    """Both models' layers are sharded: tiny-qwen2's 24 tensors and tiny-llama's 2 x (7 + 2 norms)."""
+    overrides = [
+        "train.steps=2",
+        "train.eval_every=2",
+        "train.save_every=0",
+        "memgen.weaver_model=tiny-llama",
+    ]
+    two = _train("sft", "configs/debug/sft.yaml", tmp_path / "two", overrides, FSDP)
+    one = _train("sft", "configs/debug/sft.yaml", tmp_path / "one", overrides)
+    assert two[0][-1]["sharded_tensors"] == 24 + 18
+    _compare(two, one, ["loss", "eval_loss", "grad_norm"])
+
+
 @pytest.mark.parametrize("launch", [pytest.param(DDP, marks=pytest.mark.slow), FSDP])
 def test_grpo_two_processes_match_one(tmp_path, launch):
     """Rollouts too (sampling is seeded per (step, chunk), not per process); under FSDP the rollouts and
