@@ -69,12 +69,9 @@ def _layer_classes(base: PreTrainedModel, names: list[str] | None) -> tuple[type
 
 def shard_frozen(model: LatentMemoryModel, world: int, plugin: FullyShardedDataParallelPlugin) -> int:
     """Shard the frozen decoder-layer weights of the reasoner (and of a separate weaver LM) over `world`
-    processes, in place. Must run after the recipe has chosen what trains. Returns the number of
-    sharded parameter tensors."""
-    if model.config.prompt_latents == 0:  # `loop.check_layout` tells the user before the model loads
-        raise ConfigError("memgen.prompt_latents: FSDP needs prompt_latents > 0")
-    device = model.device
-    mesh = init_device_mesh(device.type, (world,))
+    processes, in place. Must run after the recipe has chosen what trains, on a model whose config passed
+    `loop.check_layout` (it needs prompt_latents > 0). Returns the number of sharded parameter tensors."""
+    mesh = init_device_mesh(model.device.type, (world,))
     # LoRA adapters live inside the layers but are saved, trained and all-reduced whole
     adapters = {
         p
