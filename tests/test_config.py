@@ -58,7 +58,7 @@ def test_yaml_with_overrides(tmp_path):
     path.write_text("# latentmem something --config c.yaml\nmodel: tiny-llama\noptim:\n  lr: 0.01\n")
     cfg = Run.from_yaml(path, ["optim.steps=7", "--note=hello", "optim.lr=2e-3"])
     assert (cfg.model, cfg.optim.steps, cfg.optim.lr, cfg.note) == ("tiny-llama", 7, 0.002, "hello")
-    assert Run.from_dict(__import__("yaml").safe_load(cfg.to_yaml())) == cfg
+    assert Run.from_dict(__import__("yaml").safe_load(__import__("yaml").safe_dump(cfg.to_dict()))) == cfg
 
 
 def test_override_errors(tmp_path):

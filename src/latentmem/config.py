@@ -78,9 +78,6 @@ class Config:
         """A plain nested dict (tuples become lists) that `from_dict` turns back into an equal config."""
         return _plain(dataclasses.asdict(self))
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Iterable[str] = ()) -> Self:
         """Load `path`, apply `key.sub=value` overrides, validate."""

@@ -6,11 +6,13 @@ import random
 import numpy as np
 import torch
 
+from latentmem.errors import ConfigError
+
 
 def seed_everything(seed: int) -> None:
     """Seed python's `random`, numpy and torch (CPU and, where present, CUDA) with `seed`."""
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        raise ConfigError(f"seed: must be a non-negative int, got {seed!r}")
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)

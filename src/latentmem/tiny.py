@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from latentmem.chat import CHATML_TEMPLATE
+from latentmem.errors import ModelLoadError
 
 TINY_MODELS = ("tiny-qwen2", "tiny-llama", "tiny-gpt2")
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
@@ -116,7 +117,7 @@ def tiny_config(name: str, tokenizer: PreTrainedTokenizerFast) -> PretrainedConf
         )
     if name == "tiny-gpt2":
         return GPT2Config(n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=1024, initializer_range=0.2, **ids)
-    raise KeyError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_MODELS)}")
+    raise ModelLoadError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_MODELS)}")
 
 
 def build_tiny(name: str, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:

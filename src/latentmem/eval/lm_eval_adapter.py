@@ -34,7 +34,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from latentmem.errors import ModelLoadError
+from latentmem.errors import LatentMemError, ModelLoadError
 from latentmem.memgen import GenerationConfig, LatentMemoryModel, MemGenConfig, TriggerConfig
 from latentmem.models import load_model
 from latentmem.sampling import SamplingConfig
@@ -233,7 +233,7 @@ class LatentMemLM(TemplateLM):
                 config = self._generation_config(kwargs)
                 budget = self.max_length - config.max_new_tokens
                 if budget < 1:
-                    raise ValueError(
+                    raise LatentMemError(
                         f"max_gen_toks={config.max_new_tokens} leaves no room for a prompt within "
                         f"max_length={self.max_length} tokens"
                     )

@@ -82,7 +82,7 @@ def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Ta
 
     def wrap(factory: Callable[..., Task]) -> Callable[..., Task]:
         if name in TASKS:
-            raise ValueError(f"task {name!r} is registered twice")
+            raise TaskError(f"task {name!r} is registered twice")
         TASKS[name] = factory
         return factory
 

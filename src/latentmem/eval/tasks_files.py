@@ -22,13 +22,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from latentmem.errors import LatentMemError
 from latentmem.eval.task import Example, Split, Task, TaskError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".jsonl.gz", ".json.gz")
 SPLIT_SEED = 1234  # fixed: the train/test split of a file must not depend on any run's seed
 
 
-class RecordError(Exception):
+class RecordError(LatentMemError, ValueError):
     """A record lacks a field or has a malformed one; `FileTask.load` adds the file and record number."""
 
 

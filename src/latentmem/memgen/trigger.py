@@ -28,10 +28,6 @@ class Trigger(nn.Module):
                 self.head[2].weight.mul_(0.1)
                 self.head[2].bias.fill_(cfg.init_bias)
 
-    @property
-    def policy(self) -> str:
-        return self.cfg.policy
-
     def probs(self, hidden: torch.Tensor, delimiter_count: torch.Tensor) -> torch.Tensor:
         """Insert probability per candidate: `hidden` (N, D) states at the delimiters, `delimiter_count` (N,)
         the 1-based index of each delimiter among its row's delimiters. Returns (N,) float32."""

@@ -268,13 +268,6 @@ class ModelSummarizer:
     def __init__(self, model, tokenizer, *, max_new_tokens: int = 96) -> None:
         self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
 
-    @classmethod
-    def from_name(cls, name: str = "smollm2-135m-instruct", **kwargs) -> ModelSummarizer:
-        from latentmem.models import load_model
-
-        model, tokenizer = load_model(name)
-        return cls(model, tokenizer, **kwargs)
-
     def __call__(self, turns: list[Turn]) -> str:
         import torch
 
