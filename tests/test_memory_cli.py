@@ -46,7 +46,9 @@ def test_memory_cli_round_trip(tmp_path, capsys):
         '[1] (user=alice) Alice drinks green tea {"topic": "prefs", "n": 2}',
         '[2] (user=alice) Alice owns a red bicycle {"topic": "prefs", "n": 2}',
     ]
-    code, out, _ = _run(capsys, "memory", "delete", "--store", store, "--json", "1")
+    code, _, err = _run(capsys, "memory", "delete", "--store", store, "--user", "bob", "1")
+    assert code == 2 and "no memory with id 1 in scope" in err  # alice's record, not bob's
+    code, out, _ = _run(capsys, "memory", "delete", "--store", store, "--user", "alice", "--json", "1")
     assert code == 0 and json.loads(out) == {"deleted": [1]}
     code, out, _ = _run(capsys, "memory", "list", "--store", store, "--user", "alice", "--json")
     assert [r["id"] for r in json.loads(out)] == [2]
@@ -62,14 +64,29 @@ def test_memory_cli_errors_are_clear_and_lose_nothing(tmp_path, capsys):
     assert code == 2 and "a scope is required" in err and "--user" in err
     code, _, err = _run(capsys, "memory", "add", "--store", store, "--agent", "a", "  ")
     assert code == 2 and "must not be empty" in err
-    code, _, err = _run(capsys, "memory", "delete", "--store", store, "99")
+    code, _, err = _run(capsys, "memory", "delete", "--store", store, "--agent", "a", "99")
     assert code == 2 and "no memory with id 99" in err
+    code, _, err = _run(capsys, "memory", "delete", "--store", store, "1")
+    assert code == 2 and "a scope is required" in err
     code, _, err = _run(
         capsys, "memory", "search", "--store", store, "--agent", "a", "--embedder", "hash:16", "q"
     )
     assert code == 2 and "--embedder hash:8" in err
     code, out, _ = _run(capsys, "memory", "list", "--store", store, "--agent", "a", "--json")
     assert [r["text"] for r in json.loads(out)] == ["keep me"]
+
+
+def test_memory_cli_near_duplicate_threshold(tmp_path, capsys):
+    store = str(tmp_path / "store")
+    add = ("memory", "add", "--store", store, "--embedder", "hash:128", "--user", "u", "--json")
+    assert json.loads(_run(capsys, *add, "Alice likes green tea")[1])[0]["event"] == "added"
+    # same words, other text: kept by default (exact duplicates only) ...
+    assert json.loads(_run(capsys, *add, "Alice likes green tea!")[1])[0]["event"] == "added"
+    # ... and a near duplicate when a threshold is given
+    code, out, _ = _run(capsys, *add, "--near-duplicate-threshold", "0.9", "alice likes green tea?")
+    assert code == 0 and json.loads(out)[0]["event"] == "near_duplicate"
+    code, _, err = _run(capsys, *add, "--near-duplicate-threshold", "1.5", "x")
+    assert code == 2 and "near_duplicate_threshold" in err
 
 
 def test_bench_memory_reports_both_sides(capsys):

@@ -5,10 +5,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 
+import numpy as np
 import pytest
 
-from latentmem.memory import VectorMemory, VectorMemoryConfig
+from latentmem.memory import MemoryStoreError, VectorMemory, VectorMemoryConfig
 from latentmem.memory.embedded import DB_NAME
 
 EMBEDDER = "hash:64"
@@ -102,7 +104,7 @@ def test_a_stale_or_damaged_index_file_is_detected_and_repaired(tmp_path):
         (old_snapshot,) = store.glob("index-*.npz")
         shutil.copy(old_snapshot, tmp_path / "old.npz")
         late = mem.add_many([f"late fact {i}" for i in range(40)], user="s")
-        mem.delete(late[0].id)
+        mem.delete(late[0].id, user="s")
     # Put the old snapshot back in place of the newer one: the index file is now behind SQLite.
     for path in store.glob("index-*.npz"):
         path.unlink()
@@ -113,7 +115,10 @@ def test_a_stale_or_damaged_index_file_is_detected_and_repaired(tmp_path):
     # A corrupt index file is only a cache: the store rebuilds from SQLite.
     for path in store.glob("index-*.npz"):
         path.write_bytes(b"not an index")
-    with VectorMemory.open(store, embedder=EMBEDDER, config=config) as mem:
+    with (
+        pytest.warns(RuntimeWarning, match="ignoring index snapshot"),
+        VectorMemory.open(store, embedder=EMBEDDER, config=config) as mem,
+    ):
         assert _assert_consistent(mem) == 51
         assert mem.search("early fact 3", user="s", k=1)[0].record.text == "early fact 3"
     assert (store / DB_NAME).exists()
@@ -143,11 +148,11 @@ def test_index_is_compacted_after_many_updates(tmp_path):
         ids = [r.id for r in mem.add_many([f"note {i}" for i in range(40)], user="u")]
         for round_ in range(3):
             for i in ids:
-                mem.update(i, f"note {i} revised {round_}")
+                mem.update(i, f"note {i} revised {round_}", user="u")
         index = mem.backend._index
         # Without compaction the index would hold 40 live rows and 120 tombstones.
         assert len(index) == 40 and len(index._ids) < 40 + 60
-        assert mem.search(mem.get(ids[7]).vector, user="u", k=1)[0].record.id == ids[7]
+        assert mem.search(mem.get(ids[7], user="u").vector, user="u", k=1)[0].record.id == ids[7]
         assert _assert_consistent(mem) == 40
 
 
@@ -163,7 +168,7 @@ def test_a_failed_snapshot_does_not_fail_the_committed_write(tmp_path, monkeypat
         with pytest.warns(RuntimeWarning, match="committed but updating the index failed"):
             second = mem.add("second", user="u")
         monkeypatch.undo()
-        assert mem.get(second.id).text == "second"
+        assert mem.get(second.id, user="u").text == "second"
         assert mem.search(second.record.vector, user="u", k=1)[0].record.id == second.id
         assert _assert_consistent(mem) == 2
 
@@ -176,3 +181,76 @@ def test_changing_the_index_kind_rebuilds_the_index(tmp_path):
     with VectorMemory.open(tmp_path / "store", embedder=EMBEDDER, config=exact) as mem:
         assert mem.backend.index_backend == "exact"
         assert _assert_consistent(mem) == 5
+
+
+def _store_with_snapshot(store, texts, user="s"):
+    """The only index snapshot of a closed store that holds `texts` (written at once)."""
+    config = VectorMemoryConfig(snapshot_min_changes=1)
+    with VectorMemory.open(store, embedder=EMBEDDER, config=config) as mem:
+        mem.add_many(texts, user=user)
+    (snapshot,) = store.glob("index-*.npz")
+    return snapshot
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _plain_npy(path):
+    with path.open("wb") as f:
+        np.save(f, np.ones((3, 64), dtype=np.float32))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _empty, _plain_npy])
+def test_a_truncated_empty_or_foreign_format_snapshot_is_rebuilt_from_sqlite(tmp_path, damage):
+    store = tmp_path / "store"
+    snapshot = _store_with_snapshot(store, [f"fact number {i}" for i in range(50)])
+    damage(snapshot)
+    config = VectorMemoryConfig(snapshot_min_changes=1)
+    with pytest.warns(RuntimeWarning, match="ignoring index snapshot"):
+        mem = VectorMemory.open(store, embedder=EMBEDDER, config=config)
+        hit = mem.search("fact number 7", user="s", k=1)[0]
+    with mem:
+        assert hit.record.text == "fact number 7"
+        assert _assert_consistent(mem) == 50
+        mem.add("a new fact", user="s")
+        mem.delete(mem.list(user="s")[0].id, user="s")
+        assert _assert_consistent(mem) == 50
+    # The damaged file was replaced by a good snapshot: the next open loads it without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with VectorMemory.open(store, embedder=EMBEDDER, config=config) as mem:
+            assert _assert_consistent(mem) == 50
+
+
+def test_an_empty_database_beside_another_stores_snapshot_is_refused(tmp_path):
+    store = tmp_path / "store"
+    snapshot = _store_with_snapshot(store, [f"old fact {i}" for i in range(20)])
+    for path in store.glob(f"{DB_NAME}*"):  # the database is lost; its snapshot stays behind
+        path.unlink()
+    with pytest.raises(MemoryStoreError, match="holds index snapshots .* is new or empty"):
+        VectorMemory.open(store, embedder=EMBEDDER)
+    assert snapshot.exists()  # nothing was deleted
+    snapshot.unlink()  # what the message says to do for a new store
+    with VectorMemory.open(store, embedder=EMBEDDER) as mem:
+        mem.add("a fresh start", user="s")
+        assert _assert_consistent(mem) == 1
+
+
+def test_a_snapshot_of_another_database_is_ignored(tmp_path):
+    # Two stores with the same write history (so the same sequence numbers), different vectors.
+    snapshot_a = _store_with_snapshot(tmp_path / "a", [f"apple {i}" for i in range(30)])
+    snapshot_b = _store_with_snapshot(tmp_path / "b", [f"zebra {i}" for i in range(30)])
+    assert snapshot_a.name == snapshot_b.name
+    shutil.copy(snapshot_a, snapshot_b)  # b's database beside a's index file
+    config = VectorMemoryConfig(exact_filter_limit=0)  # search through the index, never around it
+    with pytest.warns(RuntimeWarning, match="belongs to store"):
+        mem = VectorMemory.open(tmp_path / "b", embedder=EMBEDDER, config=config)
+        hit = mem.search("zebra 12", user="s", k=1)[0]
+    with mem:
+        assert hit.record.text == "zebra 12" and hit.score > 0.99
+        assert _assert_consistent(mem) == 30

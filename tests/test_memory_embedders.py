@@ -8,6 +8,7 @@ from latentmem.memory import (
     HiddenStateEmbedder,
     MemoryInputError,
     VectorMemory,
+    VectorMemoryConfig,
     load_embedder,
 )
 from latentmem.models import load_model
@@ -55,8 +56,30 @@ def test_minilm_search_ranks_the_paraphrase_first(minilm, tmp_path):
             assert all(h.record.scope.user == "alice" for h in hits)
 
 
-def test_minilm_near_duplicate_detection(minilm, tmp_path):
+UPDATES = [
+    ("Alice is allergic to peanuts.", "Alice is not allergic to peanuts."),
+    ("Alice's phone number is 555-0134.", "Alice's phone number is 555-0178."),
+    ("The weekly team meeting is on Tuesday.", "The weekly team meeting is on Wednesday."),
+]
+
+
+def test_minilm_keeps_changed_facts_by_default(minilm, tmp_path):
     with VectorMemory.open(tmp_path / "s", embedder=minilm) as mem:
+        for old, new in UPDATES:
+            assert mem.add(old, user="alice").event == "added"
+            added = mem.add(new, user="alice")
+            assert added.event == "added", (old, new)
+        assert [r.text for r in mem.list(user="alice")] == [t for pair in UPDATES for t in pair]
+    # What the old default (0.95) did: each update was taken for a rephrasing and dropped.
+    config = VectorMemoryConfig(near_duplicate_threshold=0.95)
+    with VectorMemory.open(tmp_path / "old", embedder=minilm, config=config) as mem:
+        dropped = [mem.add(old, user="a").id == mem.add(new, user="a").id for old, new in UPDATES]
+    assert all(dropped)  # cosines 0.96, 0.997 and 0.98
+
+
+def test_minilm_near_duplicate_detection(minilm, tmp_path):
+    config = VectorMemoryConfig(near_duplicate_threshold=0.95)
+    with VectorMemory.open(tmp_path / "s", embedder=minilm, config=config) as mem:
         first = mem.add("The museum is closed on Mondays.", user="u")
         again = mem.add("On Mondays the museum is closed.", user="u")  # cosine 0.99 with MiniLM
         assert again.event == "near_duplicate" and again.id == first.id

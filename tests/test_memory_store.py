@@ -66,7 +66,7 @@ def test_add_get_list_update_delete(mem):
     c = mem.add("Bob collects old maps", user="bob")
     assert (a.event, b.event, c.event) == ("added", "added", "added")
     assert len({a.id, b.id, c.id}) == 3
-    got = mem.get(a.id)
+    got = mem.get(a.id, user="alice")
     assert got.text == "Alice drinks green tea every morning"
     assert got.scope == Scope(user="alice") and got.metadata == {"topic": "drink"}
     assert got.vector.shape == (128,) and abs(float(np.linalg.norm(got.vector)) - 1) < 1e-5
@@ -75,17 +75,17 @@ def test_add_get_list_update_delete(mem):
     assert texts(mem.list(user="alice", session="s1")) == [b.record.text]
     assert texts(mem.list(user="alice", limit=1)) == [a.record.text]
 
-    updated = mem.update(a.id, "Alice drinks black coffee", metadata={"topic": "coffee"})
-    assert mem.get(a.id).text == updated.text == "Alice drinks black coffee"
-    assert mem.get(a.id).metadata == {"topic": "coffee"}
-    assert mem.get(a.id).updated_at >= got.updated_at
+    updated = mem.update(a.id, "Alice drinks black coffee", user="alice", metadata={"topic": "coffee"})
+    assert mem.get(a.id, user="alice").text == updated.text == "Alice drinks black coffee"
+    assert mem.get(a.id, user="alice").metadata == {"topic": "coffee"}
+    assert mem.get(a.id, user="alice").updated_at >= got.updated_at
     assert mem.search("black coffee", user="alice", k=1)[0].record.id == a.id  # re-embedded
 
-    mem.delete(b.id)
+    mem.delete(b.id, user="alice")
     with pytest.raises(MemoryNotFoundError, match=f"no memory with id {b.id}"):
-        mem.get(b.id)
+        mem.get(b.id, user="alice")
     with pytest.raises(MemoryNotFoundError):
-        mem.delete(b.id)
+        mem.delete(b.id, user="alice")
     assert texts(mem.list(user="alice")) == ["Alice drinks black coffee"]
     assert mem.search("cat Miso", user="alice", k=5)[0].record.id != b.id
 
@@ -105,7 +105,7 @@ def test_retrieve_returns_texts_and_vectors(mem):
     found = mem.retrieve("red apples", agent="bot", k=2)
     assert found.texts[0] == "apples are red" and len(found.texts) == 2
     assert found.vectors.shape == (2, 128) and found.vectors.dtype == np.float32
-    np.testing.assert_allclose(found.vectors[0], mem.get(found.ids[0]).vector)
+    np.testing.assert_allclose(found.vectors[0], mem.get(found.ids[0], agent="bot").vector)
     assert found.scores.shape == (2,) and found.scores[0] >= found.scores[1]
     empty = mem.retrieve("anything", agent="other", k=3)
     assert empty.texts == [] and empty.vectors.shape == (0, 128)
@@ -155,6 +155,64 @@ def test_near_duplicates_can_be_turned_off(opener):
     assert mem.add("alice likes green tea", user="a").event == "duplicate"
 
 
+def test_near_duplicates_are_off_by_default(opener):
+    mem = opener()
+    assert mem.config.near_duplicate_threshold is None
+    assert mem.add("Alice likes green tea", user="a").event == "added"
+    assert mem.add("Alice likes green tea!", user="a").event == "added"  # hash cosine 1.0, text differs
+
+
+# ---- ids are scoped too -----------------------------------------------------------------------------
+def test_get_update_delete_by_id_see_only_their_scope(mem):
+    alice = mem.add("Alice's door code is 4711", user="alice", session="s1", metadata={"k": 1})
+    bob = mem.add("Bob's door code is 1234", user="bob")
+    for call in (
+        lambda: mem.get(alice.id, user="bob"),
+        lambda: mem.get(alice.id, user="alice", session="s2"),
+        lambda: mem.update(alice.id, "Alice's door code is 0000", user="bob"),
+        lambda: mem.update(alice.id, user="bob", metadata={"k": 2}),
+        lambda: mem.delete(alice.id, user="bob"),
+        lambda: mem.delete(alice.id, agent="bot"),
+    ):
+        with pytest.raises(MemoryNotFoundError, match=f"no memory with id {alice.id} in scope"):
+            call()
+    # another scope's record reads exactly like a missing id
+    missing = max(alice.id, bob.id) + 1000
+    with pytest.raises(MemoryNotFoundError) as gone:
+        mem.get(missing, user="bob")
+    with pytest.raises(MemoryNotFoundError) as other:
+        mem.get(alice.id, user="bob")
+    assert str(gone.value).replace(str(missing), "ID") == str(other.value).replace(str(alice.id), "ID")
+    got = mem.get(alice.id, user="alice", session="s1")
+    assert got.text == "Alice's door code is 4711" and got.metadata == {"k": 1}
+    assert mem.get(alice.id, user="alice").id == alice.id  # a wider scope of the same user sees it
+    with pytest.raises(ScopeError, match="a scope is required"):
+        mem.get(alice.id)
+    mem.update(alice.id, user="alice", metadata={"k": 3})
+    mem.delete(bob.id, {"user": "bob"})
+    assert [r.metadata for r in mem.list(user="alice")] == [{"k": 3}] and mem.list(user="bob") == []
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"a.b": 1}, "metadata key 'a.b' is not allowed"),
+        ({"": 1}, "metadata key '' is not allowed"),
+        ({"x" * 129: 1}, "is not allowed"),
+        ({1: "x"}, "metadata key 1 is not allowed"),
+        ({"blob": "x" * 20_000}, "longer than max_metadata_chars=16000"),
+    ],
+)
+def test_metadata_keys_follow_the_filter_rule_and_size_is_capped(mem, metadata, message):
+    kept = mem.add("kept", user="u", metadata={"ok-key_1": {"nested.keys": "are values"}})
+    with pytest.raises(MemoryInputError, match=message):
+        mem.add("rejected", user="u", metadata=metadata)
+    with pytest.raises(MemoryInputError, match=message):
+        mem.update(kept.id, user="u", metadata=metadata)
+    assert [(r.text, r.metadata) for r in mem.list(user="u")] == [("kept", kept.record.metadata)]
+    assert texts(mem.list(user="u", filters={"ok-key_1": None})) == []  # the stored key is filterable
+
+
 # ---- bad input: clear errors, nothing lost ----------------------------------------------------------
 @pytest.mark.parametrize(
     ("call", "error", "message"),
@@ -181,7 +239,7 @@ def test_near_duplicates_can_be_turned_off(opener):
             MemoryInputError,
             "1 vectors",
         ),
-        (lambda m: m.get("1"), MemoryInputError, "ids are ints"),
+        (lambda m: m.get("1", user="u"), MemoryInputError, "ids are ints"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_nothing_is_lost(mem, call, error, message):
@@ -189,13 +247,13 @@ def test_bad_input_is_a_clear_error_and_nothing_is_lost(mem, call, error, messag
     with pytest.raises(error, match=message):
         call(mem)
     assert [r.id for r in mem.list(user="u")] == [kept.id]
-    assert mem.get(kept.id).text == "a memory that must survive"
+    assert mem.get(kept.id, user="u").text == "a memory that must survive"
 
 
 def test_long_text_within_the_limit_is_stored_whole(mem):
     long_text = " ".join(f"word{i}" for i in range(5000))[:30_000]
     rec = mem.add(long_text, user="u").record
-    assert mem.get(rec.id).text == long_text
+    assert mem.get(rec.id, user="u").text == long_text
     assert mem.search(long_text[:100], user="u", k=1)[0].record.id == rec.id
 
 
@@ -210,8 +268,8 @@ def test_config_errors_name_the_field():
 def test_restart_keeps_everything(opener):
     mem = opener()
     ids = [r.id for r in mem.add_many([f"fact number {i} about things" for i in range(20)], user="p")]
-    mem.update(ids[0], "a changed fact")
-    mem.delete(ids[1])
+    mem.update(ids[0], "a changed fact", user="p")
+    mem.delete(ids[1], user="p")
     before = mem.list(user="p")
     mem.close()
     again = opener()

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from latentmem.config import Config
+from latentmem.errors import LatentMemError
 
 # The packages whose versions decide a result; recorded in every run folder.
 TRACKED_PACKAGES = (
@@ -100,9 +102,29 @@ class RunDir:
             f.write(json.dumps(metrics) + "\n")
 
     def metrics(self) -> list[dict[str, Any]]:
+        """Every logged line. A damaged *last* line is what a kill in the middle of `log` leaves: it is
+        dropped with a warning (resume then rewrites the file without it). A damaged line before others
+        is not explained by a kill, so it is an error naming the line."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        lines = [
+            (n, line) for n, line in enumerate(self.metrics_path.read_text().splitlines(), 1) if line.strip()
+        ]
+        out = []
+        for i, (number, line) in enumerate(lines):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if i + 1 < len(lines):
+                    raise LatentMemError(
+                        f"{self.metrics_path}:{number} is not valid JSON ({exc}); fix or delete that line"
+                    ) from None
+                warnings.warn(
+                    f"{self.metrics_path}:{number}: dropping a half-written last line ({line[:60]!r})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return out
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -10,7 +10,9 @@
   cells scanned per query; approximate, builds much faster than HNSW on millions of vectors.
 - `auto`: `exact` below `auto_threshold` vectors, otherwise `hnsw`, switching when the collection grows.
 
-`save(path)`/`load(path)` write one file atomically (temporary file + rename).
+`save(path)` writes one file atomically (temporary file + rename); `load(path)` reads it back and raises
+`VectorIndexError` for any file it cannot use (missing, empty, truncated, another format, inconsistent), so
+a caller that treats the file as a cache has one error to catch.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class VectorIndex:
         self._vecs = np.empty((0, dim), dtype=np.float32)  # exact backend only
         self._row_of: dict[int, int] = {}  # id -> row (live rows only)
         self._faiss = None
+        # An opaque label saved with the index and read back by `load`, for the owner to check that a
+        # file is its own (the embedded memory store writes its store id here).
+        self.tag = ""
         if self.backend not in ("exact", "ivf"):  # an IVF index is created by its first add (training)
             self._faiss = self._new_faiss(self.backend)
 
@@ -196,7 +201,7 @@ class VectorIndex:
 
     # ---- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the whole index to one file, atomically."""
+        """Write the whole index (and its `tag`) to one file, atomically."""
         import faiss
 
         path = Path(path)
@@ -213,6 +218,7 @@ class VectorIndex:
                 ]
             ),
             "kind": np.array(self.kind),
+            "tag": np.array(self.tag),
             "ids": self._ids,
             "vecs": self._vecs,
         }
@@ -229,10 +235,26 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> VectorIndex:
+        """The index saved at `path`; `VectorIndexError` for a missing or unusable file (see module doc)."""
         path = Path(path)
         if not path.is_file():
             raise VectorIndexError(f"no index file at {path}")
-        with np.load(path, allow_pickle=False) as data:
+        try:
+            index = cls._read(path)
+        except VectorIndexError as exc:
+            raise VectorIndexError(f"{path} is not a usable index file: {exc}") from exc
+        except Exception as exc:  # zipfile, numpy and faiss each fail in their own way
+            raise VectorIndexError(
+                f"{path} is not a usable index file (damaged or truncated?): {type(exc).__name__}: {exc}"
+            ) from exc
+        return index
+
+    @classmethod
+    def _read(cls, path: Path) -> VectorIndex:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a plain .npy array
+            raise VectorIndexError("not an .npz archive")
+        with data:
             # files written before the IVF kind existed carry five settings
             dim, threshold, m, efc, efs, nlist, nprobe = [int(v) for v in data["meta"]] + [0, 16][
                 len(data["meta"]) - 5 :
@@ -247,12 +269,18 @@ class VectorIndex:
                 ivf_nlist=nlist,
                 ivf_nprobe=nprobe,
             )
-            index._ids = data["ids"].astype(np.int64)
+            index.tag = str(data["tag"]) if "tag" in data.files else ""
+            index._ids = data["ids"].astype(np.int64).reshape(-1)
             index._vecs = data["vecs"].astype(np.float32)
             if "faiss" in data.files:
                 import faiss
 
                 index._faiss = faiss.deserialize_index(data["faiss"])
+        rows = len(index._vecs) if index._faiss is None else index._faiss.ntotal
+        if index._vecs.shape[1:] != (dim,) or rows != len(index._ids):
+            raise VectorIndexError(f"{len(index._ids)} ids for {rows} stored vectors of dimension {dim}")
+        if index._faiss is not None and index._faiss.d != dim:
+            raise VectorIndexError(f"the FAISS index has dimension {index._faiss.d}, the file says {dim}")
         index._row_of = {int(i): r for r, i in enumerate(index._ids) if i >= 0}
         return index
 

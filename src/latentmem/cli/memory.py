@@ -3,7 +3,8 @@
 latentmem memory add --store DIR --user alice "Alice is allergic to peanuts" --meta topic=health
 latentmem memory search --store DIR --user alice --json "what can't alice eat?"
 latentmem memory list --store DIR --user alice
-latentmem memory delete --store DIR 3 4
+latentmem memory delete --store DIR --user alice 3 4
+latentmem memory add --store DIR --user alice --near-duplicate-threshold 0.98 "Alice likes tea"
 """
 
 from __future__ import annotations
@@ -24,13 +25,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     add = actions.add_parser("add", help="store texts (duplicates return the existing id)")
-    _store_args(add, scoped=True)
+    _store_args(add)
     add.add_argument("text", nargs="+", help="one or more texts, each one memory")
     add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)")
+    add.add_argument(
+        "--near-duplicate-threshold",
+        type=float,
+        default=None,
+        metavar="X",
+        help="also skip texts whose cosine with a record of the scope is >= X (default: exact duplicates "
+        "only; a similar text is often a changed fact, e.g. a negation or a new number)",
+    )
     add.set_defaults(func=run_add)
 
     search = actions.add_parser("search", help="the memories most similar to a query")
-    _store_args(search, scoped=True)
+    _store_args(search)
     search.add_argument("query")
     search.add_argument("-k", "--k", type=int, default=5, help="how many results (5)")
     search.add_argument(
@@ -39,18 +48,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.set_defaults(func=run_search)
 
     list_ = actions.add_parser("list", help="the memories in a scope, oldest first")
-    _store_args(list_, scoped=True)
+    _store_args(list_)
     list_.add_argument("--limit", type=int, default=None)
     list_.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality")
     list_.set_defaults(func=run_list)
 
-    delete = actions.add_parser("delete", help="remove memories by id")
-    _store_args(delete, scoped=False)
+    delete = actions.add_parser("delete", help="remove memories by id (of the scope given)")
+    _store_args(delete)
     delete.add_argument("ids", nargs="+", type=int, metavar="ID")
     delete.set_defaults(func=run_delete)
 
 
-def _store_args(p: argparse.ArgumentParser, *, scoped: bool) -> None:
+def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", required=True, metavar="DIR", help="the store directory (created when missing)")
     p.add_argument(
         "--embedder",
@@ -59,10 +68,9 @@ def _store_args(p: argparse.ArgumentParser, *, scoped: bool) -> None:
         "(default: the store's own; minilm for a new store)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    if scoped:
-        p.add_argument("--user")
-        p.add_argument("--agent")
-        p.add_argument("--session")
+    p.add_argument("--user")
+    p.add_argument("--agent")
+    p.add_argument("--session")
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, Any]:
@@ -78,7 +86,8 @@ def _pairs(items: list[str], flag: str) -> dict[str, Any]:
 
 
 def _open(args: argparse.Namespace) -> VectorMemory:
-    return VectorMemory.open(args.store, embedder=args.embedder, config=VectorMemoryConfig())
+    config = VectorMemoryConfig(near_duplicate_threshold=getattr(args, "near_duplicate_threshold", None))
+    return VectorMemory.open(args.store, embedder=args.embedder, config=config)
 
 
 def _scope(args: argparse.Namespace) -> dict[str, str | None]:
@@ -128,10 +137,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_delete(args: argparse.Namespace) -> int:
     with _open(args) as mem:
-        for memory_id in args.ids:  # every id must exist before any is deleted
-            mem.get(memory_id)
+        for memory_id in args.ids:  # every id must exist in the scope before any is deleted
+            mem.get(memory_id, **_scope(args))
         for memory_id in args.ids:
-            mem.delete(memory_id)
+            mem.delete(memory_id, **_scope(args))
     if args.json:
         print(json.dumps({"deleted": args.ids}))
     else:

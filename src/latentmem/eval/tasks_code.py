@@ -1,6 +1,6 @@
 """Code tasks: the completion's program runs against the task's tests in a limited subprocess
-(`code_exec.run_python`); passing every test scores 1, anything else (wrong answer, crash, timeout,
-memory cap) scores 0.
+(`code_exec.run_tests` / `run_python`); passing every test scores 1, anything else (wrong answer, crash,
+timeout, memory cap, no test run) scores 0. `code_exec` says which attempts to fake a pass are caught.
 
     kodcode    KodCode-style records: question (or prompt), test (pytest-style test functions that may
                `from solution import ...`), solution (optional, the supervised target)
@@ -13,27 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from latentmem.eval.answers import defines_function, extract_code
-from latentmem.eval.code_exec import run_python
+from latentmem.eval.code_exec import run_python, run_tests
 from latentmem.eval.task import Example, TaskError, register_task
 from latentmem.eval.tasks_files import FileTask, RecordError, pick_text
 
 CODE_INSTRUCTION = "Reply with the complete solution in one Python code block."
-
-# Runs the test module's test functions in definition order. Tests that take arguments (pytest fixtures,
-# parametrize) need pytest's runner, which costs a second of imports, so it is used only for them.
-TEST_RUNNER = """\
-import inspect, sys
-import test_solution
-tests = [f for n, f in vars(test_solution).items() if n.startswith("test") and inspect.isfunction(f)]
-if any(inspect.signature(f).parameters for f in tests):
-    import pytest
-    code = pytest.main(["-q", "-x", "-p", "no:cacheprovider", "test_solution.py"])
-    if code:
-        sys.exit(int(code))
-else:
-    for f in tests:
-        f()
-"""
 
 
 class CodeTask(FileTask):
@@ -59,11 +43,18 @@ class CodeTask(FileTask):
         """1.0 when `main` among `files` runs to its end with exit status 0 under the limits, else 0.0."""
         return float(run_python(files, main, timeout=self.timeout, memory_mb=self.memory_mb).passed)
 
+    def score_tests(self, files: dict[str, str], test_file: str) -> float:
+        """1.0 when every test function of `test_file` among `files` ran and passed under the limits (at
+        least one), else 0.0."""
+        return float(run_tests(files, test_file, timeout=self.timeout, memory_mb=self.memory_mb).passed)
+
 
 @register_task("kodcode")
 class KodCode(CodeTask):
     """Programming questions with unit tests (KodCode's format). The completion's code block becomes
-    `solution.py`; the tests run as `test_solution.py`, which sees the solution's names."""
+    `solution.py`; the tests run as `test_solution.py`, which sees the solution's names. Its
+    module-level `test*` functions are the tests: each must run and pass (pytest runs them when one
+    takes arguments, i.e. fixtures or parametrize)."""
 
     name = "kodcode"
     expects = (
@@ -85,9 +76,8 @@ class KodCode(CodeTask):
         files = {
             "solution.py": extract_code(completion),
             "test_solution.py": "from solution import *\n" + example.columns["test"],
-            "run_tests.py": TEST_RUNNER,
         }
-        return self.score_program(files, "run_tests.py")
+        return self.score_tests(files, "test_solution.py")
 
 
 @register_task("humaneval")

@@ -4,10 +4,14 @@ Every record lives in a *scope*: a user, an agent, a session, or any combination
 scope exactly as given; reads (`search`, `list`) match every record whose scope agrees on the fields they
 name, so `search(..., user="alice")` sees alice's records from every agent and session, while
 `search(..., user="alice", session="s1")` sees only that session's. At least one scope field is required
-everywhere: a store shared by many users must never answer an unscoped query by accident.
+everywhere, `get`, `update` and `delete` by id included: a store shared by many users must never answer
+an unscoped query by accident, and ids are sequential, so an id alone must not reach another user's record
+(one outside the scope given is "not found", exactly like an id that does not exist).
 
-Metadata is a JSON object per record; `filters={"key": value}` keeps the records whose metadata has
-exactly that value (same JSON type) under that key, for every key given.
+Metadata is a JSON object per record, its top-level keys written like filter keys (letters, digits, `_`,
+`-`; up to 128) so that every stored key can be filtered on, and its JSON form capped in size like texts;
+`filters={"key": value}` keeps the records whose metadata has exactly that value (same JSON type) under
+that key, for every key given.
 """
 
 from __future__ import annotations
@@ -88,6 +92,10 @@ class Scope:
     def fields(self) -> dict[str, str]:
         """The fields that are set, e.g. `{"user": "alice"}`."""
         return {n: getattr(self, n) for n in SCOPE_FIELDS if getattr(self, n) is not None}
+
+    def sees(self, other: Scope) -> bool:
+        """Whether a read in this scope sees a record stored in `other`: they agree on every field set here."""
+        return all(getattr(other, name) == value for name, value in self.fields().items())
 
 
 ScopeLike = Scope | Mapping[str, Any]
@@ -181,18 +189,43 @@ class Memory(abc.ABC):
         """The `k` records in the scope most similar to `query`, best first."""
 
     @abc.abstractmethod
-    def get(self, memory_id: int) -> MemoryRecord:
-        """The record with this id; `MemoryNotFoundError` when there is none."""
+    def get(
+        self,
+        memory_id: int,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+    ) -> MemoryRecord:
+        """The record with this id in the scope; `MemoryNotFoundError` when there is none there."""
 
     @abc.abstractmethod
     def update(
-        self, memory_id: int, text: str | None = None, *, metadata: Mapping[str, Any] | None = None
+        self,
+        memory_id: int,
+        text: str | None = None,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> MemoryRecord:
-        """Replace the text (re-embedded) and/or the metadata of a record; returns the new record."""
+        """Replace the text (re-embedded) and/or the metadata of a record in the scope; returns the new
+        record. `MemoryNotFoundError` when the scope has no record with this id."""
 
     @abc.abstractmethod
-    def delete(self, memory_id: int) -> None:
-        """Remove a record; `MemoryNotFoundError` when there is none."""
+    def delete(
+        self,
+        memory_id: int,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+    ) -> None:
+        """Remove a record of the scope; `MemoryNotFoundError` when the scope has none with this id."""
 
     @abc.abstractmethod
     def list(
@@ -228,16 +261,33 @@ def check_text(text: Any, max_chars: int) -> str:
     return text
 
 
-def check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A JSON-serialisable dict with string keys (a copy), or `MemoryInputError`."""
+def check_metadata(metadata: Mapping[str, Any] | None, max_chars: int) -> dict[str, Any]:
+    """A JSON-serialisable dict (a copy) whose top-level keys are valid filter keys and whose JSON form has
+    at most `max_chars` characters, or `MemoryInputError`."""
     if metadata is None:
         return {}
-    if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
-        raise MemoryInputError("metadata must be a mapping with string keys")
+    if not isinstance(metadata, Mapping):
+        raise MemoryInputError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    for key in metadata:
+        _check_key(key, "metadata")
     try:
-        return json.loads(json.dumps(dict(metadata), allow_nan=False))
+        encoded = json.dumps(dict(metadata), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise MemoryInputError(f"metadata must be JSON-serialisable: {exc}") from None
+    if len(encoded) > max_chars:
+        raise MemoryInputError(
+            f"metadata of {len(encoded)} characters (as JSON) is longer than max_metadata_chars={max_chars}; "
+            "keep large payloads elsewhere and store a reference, or raise max_metadata_chars"
+        )
+    return json.loads(encoded)
+
+
+def _check_key(key: Any, what: str) -> None:
+    """Metadata keys and filter keys follow one rule, so every stored key can be filtered on."""
+    if not isinstance(key, str) or not _FILTER_KEY.match(key):
+        raise MemoryInputError(
+            f"{what} key {key!r} is not allowed; use letters, digits, '_' and '-' (up to 128)"
+        )
 
 
 def check_filters(filters: Mapping[str, Any] | None) -> dict[str, FilterValue]:
@@ -246,10 +296,7 @@ def check_filters(filters: Mapping[str, Any] | None) -> dict[str, FilterValue]:
         return {}
     out: dict[str, FilterValue] = {}
     for key, value in filters.items():
-        if not isinstance(key, str) or not _FILTER_KEY.match(key):
-            raise MemoryInputError(
-                f"filter key {key!r} is not allowed; use letters, digits, '_' and '-' (up to 128)"
-            )
+        _check_key(key, "filter")
         if value is not None and not isinstance(value, str | int | float | bool):
             raise MemoryInputError(
                 f"filter {key!r}: only str, int, float, bool or None values can be matched, got "

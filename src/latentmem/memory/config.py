@@ -14,9 +14,15 @@ class VectorMemoryConfig(Config):
 
     Attributes:
         near_duplicate_threshold: a new text whose cosine similarity to an existing record *in the same
-            scope* is at least this is a near duplicate: `add` returns the existing record. `None` keeps
-            only exact duplicates (same text after case-folding and whitespace collapsing) out.
+            scope* is at least this is a near duplicate: `add` returns the existing record. `None` (the
+            default) keeps only exact duplicates (same text after case-folding and whitespace collapsing)
+            out. Off by default because similarity does not see what changed: with MiniLM at 0.95,
+            "Alice is not allergic to peanuts" after "Alice is allergic to peanuts", a new phone number
+            and a moved meeting day each scored as duplicates and the new fact was dropped. Set it only
+            for streams of rephrasings where losing an update is acceptable.
         max_chars: the longest text accepted; longer ones are an error (split them).
+        max_metadata_chars: the longest metadata accepted, counted in characters of its JSON form; a
+            record's metadata is read back with every hit, so it is capped like its text.
         index_kind: the `VectorIndex` backend of the embedded store. `flat` (FAISS, exact) by default:
             at agent-memory sizes an exact scan is cheap (~15-20 ms for 100k 384-dim vectors on a shared
             2-core machine, faster than numpy; README "Text memory"), while HNSW answered only 30% of
@@ -32,8 +38,9 @@ class VectorMemoryConfig(Config):
         lock_timeout_s: how long a writer waits for another process's write lock before giving up.
     """
 
-    near_duplicate_threshold: float | None = 0.95
+    near_duplicate_threshold: float | None = None
     max_chars: int = 32_000
+    max_metadata_chars: int = 16_000
     index_kind: Literal["auto", "exact", "flat", "hnsw"] = "flat"
     exact_filter_limit: int = 2000
     snapshot_min_changes: int = 1000
@@ -47,6 +54,11 @@ class VectorMemoryConfig(Config):
             f"must be in (0, 1] (e.g. 0.95) or null to keep only exact duplicates out; got {t}",
         )
         require(self.max_chars > 0, "max_chars", f"must be positive, got {self.max_chars}")
+        require(
+            self.max_metadata_chars > 0,
+            "max_metadata_chars",
+            f"must be positive, got {self.max_metadata_chars}",
+        )
         require(
             self.exact_filter_limit >= 0,
             "exact_filter_limit",

@@ -3,7 +3,9 @@
 Layout of a store directory::
 
     memory.sqlite          records (text, scope, metadata, timestamps, vector), the change log, meta
-    index-<SEQ>.npz        a snapshot of the vector index as of write number SEQ (a cache)
+                           (including the store's random id)
+    index-<SEQ>.npz        a snapshot of the vector index as of write number SEQ, tagged with the store id
+                           (a cache)
     write.lock             the inter-process write lock (fcntl)
 
 Why it survives kills and concurrent writers:
@@ -14,8 +16,15 @@ Why it survives kills and concurrent writers:
 - **The index is derived.** A snapshot file is named by the `seq` it reflects and written atomically
   (`VectorIndex.save`). On open, and whenever `seq` moved on (another process wrote), the newest snapshot
   not ahead of `seq` is loaded and the logged changes after it are replayed from SQLite; with no usable
-  snapshot the index is rebuilt from the stored vectors. A stale or missing index file is thus detected
-  and repaired, never trusted.
+  snapshot the index is rebuilt from the stored vectors (and a fresh snapshot written). A stale, missing,
+  damaged (unreadable, truncated, empty) or foreign index file is thus detected and repaired, never
+  trusted: a snapshot counts only if it loads and carries this store's id.
+- **A snapshot belongs to one database.** Sequence numbers alone would let a snapshot of an earlier
+  database (memory.sqlite deleted, or replaced by a copy) pass for this one's. So every snapshot carries
+  the store id of its database; one with another id is ignored, one ahead of the database's `seq` (a
+  restored older copy) is deleted. Opening a *new or empty* database beside existing snapshots is refused
+  (`MemoryStoreError`) rather than silently starting an empty store where a store was: that is most likely
+  a lost or misplaced memory.sqlite, and refusing keeps every file as it is until a person decides.
 - **One writer at a time.** Writers (and index refreshes) hold an exclusive `flock` on `write.lock`, so the
   duplicate check and the insert of one `add` are atomic; SQLite's busy timeout covers readers meeting
   a commit.
@@ -31,6 +40,7 @@ import fcntl
 import json
 import sqlite3
 import time
+import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -129,6 +139,7 @@ class EmbeddedBackend(VectorBackend):
             self._conn.execute("PRAGMA synchronous=NORMAL")
             with self._locked():
                 self._conn.executescript(_SCHEMA)
+                self.store_id = self._claim_store_id()
         except sqlite3.DatabaseError as exc:
             raise MemoryStoreError(f"{self.directory / DB_NAME} is not a usable memory store: {exc}") from exc
 
@@ -139,6 +150,26 @@ class EmbeddedBackend(VectorBackend):
 
     def _set_meta(self, key: str, value: Any) -> None:
         self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
+
+    def _claim_store_id(self) -> str:
+        """The id of this database, created with it (caller holds the lock). See the module docstring."""
+        store_id = self._meta("store_id")
+        if store_id is not None:
+            return store_id
+        is_empty = self._db_seq() == 0 and self._conn.execute("SELECT 1 FROM memories").fetchone() is None
+        if is_empty and self._snapshots():
+            names = ", ".join(sorted(p.name for p in self._snapshots().values())[:3])
+            raise MemoryStoreError(
+                f"{self.directory} holds index snapshots ({names}) but {DB_NAME} is new or empty: the "
+                f"database they were made from was deleted or replaced. Restore that {DB_NAME}; or, to start "
+                f"a new store here, delete the index-*.npz files (they hold vectors only, no texts)"
+            )
+        # A store made before store ids existed gets one now; its untagged snapshots are then rebuilt once.
+        store_id = uuid.uuid4().hex
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._set_meta("store_id", store_id)
+        self._conn.execute("COMMIT")
+        return store_id
 
     def embedder_info(self) -> tuple[str | None, int | None]:
         dim = self._meta("dim")
@@ -263,15 +294,20 @@ class EmbeddedBackend(VectorBackend):
         index, base = None, -1
         if self._index is not None and self._seq < seq:
             index, base = self._index, self._seq
-        snapshots = {s: p for s, p in self._snapshots().items() if s <= seq}
+        snapshots = self._snapshots()
+        for ahead in [s for s in snapshots if s > seq]:
+            # Under the lock a snapshot is never written before its write commits, so one ahead of `seq`
+            # reflects writes this database never had (it was restored from an older copy): never load it.
+            path = snapshots.pop(ahead)
+            self._warn(f"{path.name} is ahead of {DB_NAME} (at write {seq}); deleting it")
+            path.unlink(missing_ok=True)
+        unusable = False
         if snapshots and max(snapshots) > base:
             newest = max(snapshots)
-            try:
-                loaded = VectorIndex.load(snapshots[newest])
-                if (loaded.dim, loaded.kind) == (dim, self.config.index_kind):  # else: rebuild as configured
-                    index, base, self._removed = loaded, newest, 0
-            except (OSError, ValueError, KeyError, VectorIndexError):
-                pass  # a damaged snapshot is only a cache: fall back to replaying or rebuilding
+            loaded = self._load_snapshot(snapshots[newest])
+            unusable = loaded is None
+            if loaded is not None and (loaded.dim, loaded.kind) == (dim, self.config.index_kind):
+                index, base, self._removed = loaded, newest, 0  # (another dim or kind: rebuild as configured)
         pruned = int(self._meta("pruned_upto") or 0)
         if index is None or base < pruned:
             index = self._build_index(dim)
@@ -279,6 +315,30 @@ class EmbeddedBackend(VectorBackend):
             rows = self._conn.execute("SELECT DISTINCT memory_id FROM changes WHERE seq > ?", (base,))
             self._refresh(index, [r[0] for r in rows])
         self._index, self._seq = index, seq
+        if unusable:
+            try:  # replace the bad file now, so that the next open does not rebuild (and warn) again
+                self._write_snapshot()
+            except OSError as exc:
+                self._warn(f"could not write a fresh index snapshot ({exc}); the index stays in memory")
+
+    def _load_snapshot(self, path: Path) -> VectorIndex | None:
+        """The index saved at `path`, or None (with a warning) when it cannot be used: any failure to load
+        it, or another store's id, means there is no snapshot, and the index is rebuilt from SQLite."""
+        try:
+            loaded = VectorIndex.load(path)
+        except (OSError, VectorIndexError) as exc:
+            self._warn(f"ignoring index snapshot {path.name} ({exc}); rebuilding the index from SQLite")
+            return None
+        if loaded.tag != self.store_id:
+            self._warn(
+                f"ignoring index snapshot {path.name}: it belongs to store {loaded.tag or '(untagged)'!r}, "
+                f"not this {DB_NAME} (store {self.store_id!r}); rebuilding the index from SQLite"
+            )
+            return None
+        return loaded
+
+    def _warn(self, message: str) -> None:
+        warnings.warn(f"memory store {self.directory}: {message}", RuntimeWarning, stacklevel=4)
 
     def _build_index(self, dim: int) -> VectorIndex:
         """A compact index of every vector in SQLite."""
@@ -320,9 +380,14 @@ class EmbeddedBackend(VectorBackend):
             return
         if self._removed > len(self._index) // 4:
             self._index = self._build_index(self._index.dim)
+        self._write_snapshot()
+
+    def _write_snapshot(self) -> None:
+        """Save the in-memory index as the snapshot of `self._seq`, drop the others and the replayed log."""
+        self._index.tag = self.store_id
         self._index.save(self.directory / f"index-{self._seq:012d}.npz")
         for seq, path in self._snapshots().items():
-            if seq < self._seq:
+            if seq != self._seq:
                 path.unlink(missing_ok=True)
         # The log up to the snapshot is no longer needed to rebuild; `pruned_upto` tells `_sync` that an
         # older in-memory index must reload the snapshot rather than replay.

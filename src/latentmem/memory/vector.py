@@ -9,8 +9,10 @@
     mem = VectorMemory.qdrant(url="http://qdrant:6333")           # the same interface on a server
 
 Deduplication happens on `add`: a text equal to an existing one in the same scope (after case-folding and
-whitespace collapsing), or whose embedding has cosine >= `near_duplicate_threshold` with one, is not stored
-again; the existing record comes back with event "duplicate" or "near_duplicate".
+whitespace collapsing) is not stored again; the existing record comes back with event "duplicate". With
+`VectorMemoryConfig(near_duplicate_threshold=t)` (off by default: a negation or a changed number scores
+as similar as a rephrasing), a text whose embedding has cosine >= t with one is not stored either (event
+"near_duplicate").
 """
 
 from __future__ import annotations
@@ -178,7 +180,9 @@ class VectorMemory(Memory):
         texts = [check_text(t, self.config.max_chars) for t in texts]
         if metadatas is not None and len(metadatas) != len(texts):
             raise MemoryInputError(f"{len(metadatas)} metadata entries for {len(texts)} texts")
-        metas = [check_metadata(m) for m in (metadatas or [None] * len(texts))]
+        metas = [
+            check_metadata(m, self.config.max_metadata_chars) for m in (metadatas or [None] * len(texts))
+        ]
         if vectors is None:
             vecs = self.embedder.embed(texts)
         else:
@@ -244,13 +248,22 @@ class VectorMemory(Memory):
         return results
 
     def update(
-        self, memory_id: int, text: str | None = None, *, metadata: Mapping[str, Any] | None = None
+        self,
+        memory_id: int,
+        text: str | None = None,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> MemoryRecord:
+        scope = resolve_scope(scope, user, agent, session)
         new_text = None if text is None else check_text(text, self.config.max_chars)
-        new_meta = None if metadata is None else check_metadata(metadata)
+        new_meta = None if metadata is None else check_metadata(metadata, self.config.max_metadata_chars)
         vector = None if new_text is None else self.embedder.embed([new_text])[0]
         with self.backend.transaction():
-            old = self.get(memory_id)
+            old = self.get(memory_id, scope)
             record = dataclasses.replace(
                 old,
                 text=old.text if new_text is None else new_text,
@@ -268,19 +281,38 @@ class VectorMemory(Memory):
             )
         return record
 
-    def delete(self, memory_id: int) -> None:
+    def delete(
+        self,
+        memory_id: int,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+    ) -> None:
+        scope = resolve_scope(scope, user, agent, session)
         with self.backend.transaction():
-            self.get(memory_id)
+            self.get(memory_id, scope)
             self.backend.remove([memory_id])
 
     # ---- reads -------------------------------------------------------------------------------------
-    def get(self, memory_id: int) -> MemoryRecord:
+    def get(
+        self,
+        memory_id: int,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+    ) -> MemoryRecord:
+        scope = resolve_scope(scope, user, agent, session)
         if not isinstance(memory_id, int) or isinstance(memory_id, bool):
             raise MemoryInputError(f"memory ids are ints, got {memory_id!r}")
-        found = self.backend.fetch([memory_id])
-        if memory_id not in found:
-            raise MemoryNotFoundError(f"no memory with id {memory_id}")
-        return found[memory_id]
+        found = self.backend.fetch([memory_id]).get(memory_id)
+        # Another scope's record reads exactly like a missing one: the answer must not reveal that it exists.
+        if found is None or not scope.sees(found.scope):
+            raise MemoryNotFoundError(f"no memory with id {memory_id} in scope {scope.fields()}")
+        return found
 
     def search(
         self,
