@@ -145,3 +145,42 @@ def test_cli_prints_the_run_folder_last(tmp_path, capsys):
     )
     assert code == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)
+
+
+def test_lora_sft_trains_through_the_trainer_with_positions_from_validity(tmp_path):
+    """The LoRA baseline: left padding does not shift an absolute-position model (GPT-2), and its run is
+    a `Trainer` run like the weaver's: run folder, metrics, checkpoints, resume, a saved adapter."""
+    from peft import LoraConfig
+
+    from latentmem.training.data import encode, synthetic_rows
+    from latentmem.training.lora import LoRAModel, summed_nll, train_lora_sft
+
+    cfg = SFTConfig.from_dict(
+        {
+            **TINY,
+            "model": "tiny-gpt2",
+            "output_dir": str(tmp_path / "run"),
+            "data": {"task": "echo", "train_size": 16, "eval_size": 4},
+            "train": {"batch_size": 4, "steps": 4, "save_every": 2, "lr": 1e-2},
+        }
+    )
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"])
+    model = LoRAModel.build(cfg, torch.device("cpu"), lora)
+    rows = [{"prompt": "Repeat: red", "answer": "red"}, *synthetic_rows("echo", 1, seed=0)]
+    rows[1]["prompt"] += " and then say it once more, please"  # a longer prompt: the first row is padded
+    items = encode(rows, model.tokenizer, cfg.data)
+    assert len(items[0].prompt_ids) < len(items[1].prompt_ids)
+    with torch.no_grad():
+        batched = summed_nll(model, items, model.tokenizer.pad_token_id, model.device)
+        alone = sum(summed_nll(model, [it], model.tokenizer.pad_token_id, model.device) for it in items)
+    assert batched == pytest.approx(float(alone), rel=1e-5)
+
+    run, trained = train_lora_sft(cfg, lora)
+    logs = _metrics(run)
+    assert [m["step"] for m in logs] == [0, 1, 2, 3, 4] and logs[-1]["eval_loss"] < logs[0]["eval_loss"]
+    assert latest_checkpoint(run / "checkpoints").name == "step-000004"
+    assert (run / "model" / "adapter_config.json").is_file()
+    weights = {k: v.clone() for k, v in trained.trainable_state_dict().items()}
+    _, again = train_lora_sft(cfg, lora)  # resumes from step 4: nothing left to train
+    assert [m["step"] for m in _metrics(run)] == [0, 1, 2, 3, 4]
+    assert all(torch.equal(v, weights[k]) for k, v in again.trainable_state_dict().items())

@@ -4,17 +4,25 @@ completes the test prompts. Later methods plug in with `@register_method(name)`.
 vanilla      the frozen model as it is.
 retrieval    few-shot memory (ExpeL/AWM-style): the most similar solved training examples, retrieved from a
              `VectorMemory` store (MiniLM embeddings), are put into the prompt.
-lora-sft     LoRA fine-tuning of the reasoner with a trainable-parameter budget equal to the weaver's.
+lora-sft     LoRA fine-tuning of the reasoner with a trainable-parameter budget equal to the weaver's
+             (`latentmem.training.lora`).
 grpo         GRPO of the same budget-matched LoRA, with TRL's `GRPOTrainer` on the task's reward.
 memgen-sft   MemGen: weaver SFT (`latentmem.training.sft`), reasoner frozen.
 memgen-grpo  MemGen: weaver GRPO on the task's reward (`latentmem.training.grpo`).
 memgen-rag   MemGen-SFT with a weaver that also reads the retrieved solved examples' vectors.
+
+Same budget, same algorithm. Every trained method starts from scratch (a fresh LoRA, B = 0, or a fresh
+weaver) and runs `budget.steps` optimiser steps of one recipe config (`recipe_dict`). The two SFT arms run
+the same `training.loop.Trainer` on the same rows in the same order, so they differ only in what trains.
+The two GRPO arms share the algorithm: TRL is configured with our loss (TRL's loss_type "grpo": token mean
+per completion, mean over completions), reward scaling, schedule, warmup, weight decay, clipping,
+sampling, beta, epsilon and one update per rollout batch; TRL's own prompt order remains. Each method
+reports what it ran (`Method.training`), and the harness writes it into results.json and results.md.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -34,6 +42,7 @@ from latentmem.errors import LatentMemError
 from latentmem.eval.task import Example, Task, get_task
 from latentmem.memgen import GenerationConfig, LatentMemoryModel, MemGenConfig, RetrievedMemory
 from latentmem.models import load_model
+from latentmem.runs import RunDir
 from latentmem.seeding import seed_everything
 
 
@@ -73,6 +82,8 @@ class Context:
     retrieval_k: int = 3
     eval_batch_size: int = 16
     extra: dict[str, Any] = field(default_factory=dict)
+    # held out from the train split, disjoint from `train` and the test split: for choosing lr or config
+    val: list[Example] = field(default_factory=list)
 
 
 @dataclass
@@ -101,6 +112,10 @@ class Method(ABC):
     @property
     @abstractmethod
     def trainable_params(self) -> int: ...
+
+    def training(self) -> dict[str, Any]:
+        """What `fit` ran, for the results: algorithm, loss, schedule, lr, steps, rows seen, start point."""
+        return {"algorithm": "none", "steps": 0, "rows_seen": 0, "start": "the base model"}
 
 
 METHODS: dict[str, type[Method]] = {}
@@ -162,12 +177,13 @@ def complete_with_hf(
     """Greedy completions with a plain (or PEFT) Hugging Face model's own `generate`."""
     texts, n_new, start = [], 0, time.perf_counter()
     for batch in tqdm(_batches(prompts, batch_size), desc=f"generate ({len(prompts)})", leave=False):
-        enc = _encode_prompts(tok, batch, task.system)
+        enc = _encode_prompts(tok, batch, task.system).to(model.device)
         out = model.generate(
             **enc, max_new_tokens=task.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
         )
         new = out[:, enc["input_ids"].shape[1] :]
-        keep = torch.cumsum(torch.isin(new, torch.tensor([tok.eos_token_id, tok.pad_token_id])), 1) == 0
+        stop = torch.tensor([tok.eos_token_id, tok.pad_token_id], device=new.device)
+        keep = torch.cumsum(torch.isin(new, stop), 1) == 0
         texts += tok.batch_decode(new.masked_fill(~keep, tok.pad_token_id), skip_special_tokens=True)
         n_new += int(keep.sum()) + int((~keep).any(1).sum())  # count the EOS that ended a row
     return Completions(texts, time.perf_counter() - start, n_new)
@@ -176,7 +192,8 @@ def complete_with_hf(
 def write_rows(
     path: Path, task: Task, examples: list[Example], extra: list[dict[str, Any]] | None = None
 ) -> Path:
-    """Training rows as JSONL: the prompt, the SFT target, the gold answer, the task's columns and `extra`."""
+    """Training rows as JSONL: the prompt, the gold answer (`answer`), the task's columns, the SFT target
+    (`target`) and `extra`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for i, ex in enumerate(examples):
@@ -236,6 +253,14 @@ class RetrievalFewShot(Vanilla):
     def complete(self, prompts: list[str]) -> Completions:
         return super().complete([self.with_examples(p) for p in prompts])
 
+    def training(self) -> dict[str, Any]:
+        return {
+            "algorithm": "retrieval of solved examples (no gradient steps)",
+            "steps": 0,
+            "rows_seen": len(self.ctx.train),
+            "start": "the base model",
+        }
+
 
 def weaver_trainable_params(ctx: Context) -> int:
     """The trainable-parameter count of a MemGen weaver for this model and config (the LoRA budget)."""
@@ -257,39 +282,102 @@ def budget_matched_lora(ctx: Context) -> LoraConfig:
     return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets)
 
 
+def recipe_dict(ctx: Context, rows: Path, name: str) -> dict[str, Any]:
+    """The recipe config every trained method of the harness shares (before its own sections): the budget
+    on top of `TrainConfig`'s defaults, rows at `rows` with the gold answer in `answer` (for rewards) and
+    the SFT target in `target`, a run folder `workdir/<name>`, and no resume (every arm starts fresh)."""
+    return {
+        "model": ctx.model,
+        "seed": ctx.seed,
+        "output_dir": str(ctx.workdir / name),
+        "memgen": ctx.memgen.to_dict(),
+        "data": {
+            "path": str(rows),
+            "answer_column": "answer",
+            "target_column": "target",
+            "system": ctx.task.system,
+        },
+        "train": {
+            "steps": ctx.budget.steps,
+            "batch_size": ctx.budget.batch_size,
+            "lr": ctx.budget.lr,
+            "resume": False,
+        },
+    }
+
+
+def grpo_recipe(ctx: Context, rows: Path, name: str) -> Any:
+    """The weaver-GRPO config of the harness (`training.config.GRPOConfig`), whose `train` and `grpo`
+    sections the TRL arm copies too: the task's reward, `budget.num_generations` completions per prompt."""
+    from latentmem.training.config import GRPOConfig
+
+    cfg = recipe_dict(ctx, rows, name)
+    cfg["grpo"] = {
+        "num_generations": ctx.budget.num_generations,
+        "max_new_tokens": ctx.task.max_new_tokens,
+        "reward": "latentmem.eval.methods:task_reward",
+        "reward_args": {"task": ctx.task_name, "task_args": json.dumps(ctx.task_args, sort_keys=True)},
+    }
+    return GRPOConfig.from_dict(cfg)
+
+
+def recipe_training(
+    cfg: Any, run_dir: Path, *, algorithm: str, loss_type: str, start: str, rows_per_step: int
+) -> dict[str, Any]:
+    """A `Method.training` record of a `training.loop.Trainer` run: the settings from its config, the steps
+    from its metrics (what ran, not what was asked)."""
+    t = cfg.train
+    logged = [m["step"] for m in RunDir(run_dir).metrics() if "step" in m]
+    steps = max(logged, default=0)
+    return {
+        "algorithm": algorithm,
+        "loss_type": loss_type,
+        "schedule": t.schedule,
+        "lr": t.lr,
+        "warmup_steps": t.warmup_steps,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "steps": steps,
+        "rows_per_step": rows_per_step,
+        "rows_seen": steps * rows_per_step,
+        "start": start,
+        "run": str(run_dir),
+    }
+
+
+def _grpo_training(s: Any) -> dict[str, Any]:
+    """The sampling and objective settings a GRPO arm records beside `recipe_training`'s."""
+    return {
+        "completions_per_prompt": s.num_generations,
+        "temperature": s.temperature,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+        "beta": s.beta,
+        "epsilon": s.epsilon,
+        "updates_per_batch": 1,
+    }
+
+
+SFT_LOSS = "token-mean NLL of the target (over the step's answer tokens)"
+
+
 @register_method("lora-sft")
 class LoRASFT(Method):
-    """LoRA on the reasoner's own projections, its rank chosen so that its parameters match the weaver's."""
+    """LoRA on the reasoner's own projections, its rank chosen so that its parameters match the weaver's,
+    trained by the same `Trainer`, config and rows as memgen-sft (`training.lora`)."""
 
     def fit(self) -> None:
-        from latentmem.training.config import DataConfig
-        from latentmem.training.data import collate, encode
+        from latentmem.training.config import SFTConfig
+        from latentmem.training.lora import train_lora_sft
 
         ctx = self.ctx
-        seed_everything(ctx.seed)
-        model, self.tok = load_model(ctx.model, seed=ctx.seed)
-        self.model = get_peft_model(model, budget_matched_lora(ctx))
-        rows = [{"prompt": ex.prompt, "answer": ctx.task.target(ex)} for ex in ctx.train]
-        items = encode(rows, self.tok, DataConfig(path=None, system=ctx.task.system))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=ctx.budget.lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / ctx.budget.steps))
-        )
-        g = torch.Generator().manual_seed(ctx.seed)
+        rows = write_rows(ctx.workdir / "train.jsonl", ctx.task, ctx.train)
+        self.recipe = SFTConfig.from_dict(recipe_dict(ctx, rows, self.name))
+        lora = budget_matched_lora(ctx)
         start = time.perf_counter()
-        self.model.train()
-        for _ in tqdm(range(ctx.budget.steps), desc="lora-sft"):
-            idx = torch.randint(len(items), (ctx.budget.batch_size,), generator=g).tolist()
-            ids, mask, labels = collate([items[i] for i in idx], self.tok.pad_token_id)
-            loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-        self.model.eval()
+        self.run_dir, trained = train_lora_sft(self.recipe, lora)
         self.train_seconds = time.perf_counter() - start
+        self.model, self.tok = trained.peft.eval(), trained.tokenizer
 
     def complete(self, prompts: list[str]) -> Completions:
         return complete_with_hf(self.model, self.tok, prompts, self.ctx.task, self.ctx.eval_batch_size)
@@ -297,6 +385,16 @@ class LoRASFT(Method):
     @property
     def trainable_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def training(self) -> dict[str, Any]:
+        return recipe_training(
+            self.recipe,
+            self.run_dir,
+            algorithm="SFT (latentmem Trainer)",
+            loss_type=SFT_LOSS,
+            start="fresh LoRA (B = 0: the base model)",
+            rows_per_step=self.recipe.train.batch_size,
+        )
 
 
 class _MemGenMethod(Method):
@@ -314,31 +412,19 @@ class _MemGenMethod(Method):
         rows = write_rows(
             self.ctx.workdir / "train.jsonl", self.ctx.task, self.ctx.train, self.extra_columns()
         )
+        self.recipe = self.recipe_config(rows)
         start = time.perf_counter()
-        run_dir = self.train(self.recipe_config(rows))
+        self.run_dir = self.train(self.recipe)
         self.train_seconds = time.perf_counter() - start
         base, tok = load_model(self.ctx.model, seed=self.ctx.seed)
-        self.mm = LatentMemoryModel.from_pretrained(run_dir / "model", base, tok).eval()
+        self.mm = LatentMemoryModel.from_pretrained(self.run_dir / "model", base, tok).eval()
 
     def extra_columns(self) -> list[dict[str, Any]] | None:
         """Extra training columns per example (None: the task's own columns only)."""
         return None
 
     def _common(self, rows: Path) -> dict[str, Any]:
-        ctx = self.ctx
-        return {
-            "model": ctx.model,
-            "seed": ctx.seed,
-            "output_dir": str(ctx.workdir / self.name),
-            "memgen": ctx.memgen.to_dict(),
-            "data": {"path": str(rows), "answer_column": "target", "system": ctx.task.system},
-            "train": {
-                "steps": ctx.budget.steps,
-                "batch_size": ctx.budget.batch_size,
-                "lr": ctx.budget.lr,
-                "resume": False,
-            },
-        }
+        return recipe_dict(self.ctx, rows, self.name)
 
     def complete(self, prompts: list[str]) -> Completions:
         return complete_with_memgen(self.mm, prompts, self.ctx.task, self.ctx.eval_batch_size)
@@ -346,6 +432,16 @@ class _MemGenMethod(Method):
     @property
     def trainable_params(self) -> int:
         return self.mm.num_trainable()
+
+    def training(self) -> dict[str, Any]:
+        return recipe_training(
+            self.recipe,
+            self.run_dir,
+            algorithm="SFT (latentmem Trainer)",
+            loss_type=SFT_LOSS,
+            start="fresh weaver, reasoner frozen",
+            rows_per_step=self.recipe.train.batch_size,
+        )
 
 
 @register_method("memgen-sft")
@@ -369,29 +465,34 @@ def _cached_task(name: str, args_json: str) -> Task:
 def task_reward(
     prompts: list[str], completions: list[str], *, task: str, task_args: str = "{}", **columns: Any
 ) -> list[float]:
-    """A task's reward as a `module:function` reward for the RL recipes (task built once per process)."""
-    return _cached_task(task, task_args).reward(prompts, completions, **columns)
+    """A task's reward as a `module:function` reward for the RL recipes (task built once per process). The
+    rows' own `prompt` column (the user turn) stands in for the rendered prompt, since a task scores
+    against its examples as it made them."""
+    return _cached_task(task, task_args).reward(columns.pop("prompt", prompts), completions, **columns)
 
 
 @register_method("memgen-grpo")
 class MemGenGRPO(_MemGenMethod):
     def recipe_config(self, rows: Path):
-        from latentmem.training.config import GRPOConfig
-
-        ctx = self.ctx
-        cfg = self._common(rows)
-        cfg["grpo"] = {
-            "num_generations": ctx.budget.num_generations,
-            "max_new_tokens": ctx.task.max_new_tokens,
-            "reward": "latentmem.eval.methods:task_reward",
-            "reward_args": {"task": ctx.task_name, "task_args": json.dumps(ctx.task_args, sort_keys=True)},
-        }
-        return GRPOConfig.from_dict(cfg)
+        return grpo_recipe(self.ctx, rows, self.name)
 
     def train(self, cfg) -> Path:
         from latentmem.training.grpo import train_grpo
 
         return train_grpo(cfg)
+
+    def training(self) -> dict[str, Any]:
+        return {
+            **recipe_training(
+                self.recipe,
+                self.run_dir,
+                algorithm="GRPO (latentmem Trainer)",
+                loss_type="grpo",
+                start="fresh weaver, reasoner frozen",
+                rows_per_step=self.recipe.train.batch_size // self.recipe.grpo.num_generations,
+            ),
+            **_grpo_training(self.recipe.grpo),
+        }
 
 
 @register_method("memgen-rag")
@@ -431,13 +532,18 @@ class MemGenRAG(MemGenSFT):
 @register_method("grpo")
 class LoRAGRPO(LoRASFT):
     """The RL baseline: TRL's GRPOTrainer (the reference GRPO implementation) trains the budget-matched
-    LoRA on the task's reward; `budget.batch_size` completions per step, `budget.num_generations` per prompt."""
+    LoRA on the task's reward, configured from memgen-grpo's own config (`grpo_recipe`) so that the two
+    arms run the same algorithm; `budget.batch_size` completions per step, `budget.num_generations` per
+    prompt."""
 
     def fit(self) -> None:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
 
         ctx, task = self.ctx, self.ctx.task
+        rows_path = write_rows(ctx.workdir / "train.jsonl", task, ctx.train)
+        self.recipe = grpo_recipe(ctx, rows_path, "trl")
+        t, s = self.recipe.train, self.recipe.grpo
         seed_everything(ctx.seed)
         model, self.tok = load_model(ctx.model, seed=ctx.seed)
         system = [{"role": "system", "content": task.system}] if task.system else []
@@ -454,18 +560,36 @@ class LoRAGRPO(LoRASFT):
             columns = {k: v for k, v in kwargs.items() if k in dataset_columns}
             return task.reward([str(p) for p in prompts], texts, **columns)
 
+        # every TRL default that differs from ours is set to ours (TRL 1.16: loss_type "dapo", a linear
+        # schedule, bf16 and gradient checkpointing on, dropout on); the rest already agree
         args = GRPOConfig(
-            output_dir=str(ctx.workdir / "trl"),
+            output_dir=self.recipe.output_dir,
             use_cpu=not torch.cuda.is_available(),
-            per_device_train_batch_size=ctx.budget.batch_size,
-            num_generations=ctx.budget.num_generations,
-            max_completion_length=task.max_new_tokens,
-            max_steps=ctx.budget.steps,
-            learning_rate=ctx.budget.lr,
-            beta=0.0,
+            per_device_train_batch_size=t.batch_size // t.grad_accum,
+            gradient_accumulation_steps=t.grad_accum,
+            num_generations=s.num_generations,
+            max_completion_length=s.max_new_tokens,
+            max_steps=t.steps,
+            learning_rate=t.lr,
+            lr_scheduler_type=t.schedule,
+            warmup_steps=t.warmup_steps,
+            weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm,
+            bf16=t.bf16,
+            gradient_checkpointing=False,
+            disable_dropout=True,  # ours trains in eval mode
+            loss_type="grpo",  # token mean per completion, mean over completions: `training.grpo.grpo_loss`
+            scale_rewards="group",  # (r - group mean) / (group std + 1e-4): `rollout.group_advantages`
+            mask_truncated_completions=False,
+            num_iterations=1,
+            beta=s.beta,
+            epsilon=s.epsilon,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
             seed=ctx.seed,
             report_to=[],
-            logging_steps=max(1, ctx.budget.steps // 10),
+            logging_steps=max(1, t.steps // 10),
             save_strategy="no",
         )
         trainer = GRPOTrainer(
@@ -480,3 +604,34 @@ class LoRAGRPO(LoRASFT):
         trainer.train()
         self.train_seconds = time.perf_counter() - start
         self.model = trainer.model.eval()
+        self.args, self.steps = args, trainer.state.global_step
+
+    def training(self) -> dict[str, Any]:
+        a, G = self.args, self.args.num_generations
+        rows_per_step = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size // G
+        return {
+            "algorithm": f"GRPO (TRL {_version('trl')} GRPOTrainer)",
+            "loss_type": a.loss_type,
+            "schedule": str(getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type)),
+            "lr": a.learning_rate,
+            "warmup_steps": a.warmup_steps,
+            "weight_decay": a.weight_decay,
+            "max_grad_norm": a.max_grad_norm,
+            "steps": self.steps,
+            "rows_per_step": rows_per_step,
+            "rows_seen": self.steps * rows_per_step,
+            "start": "fresh LoRA (B = 0: the base model)",
+            "completions_per_prompt": G,
+            "temperature": a.temperature,
+            "top_k": a.top_k,
+            "top_p": a.top_p,
+            "beta": a.beta,
+            "epsilon": a.epsilon,
+            "updates_per_batch": a.num_iterations,
+        }
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)

@@ -20,7 +20,7 @@ import torch
 from latentmem.config import Config, require
 from latentmem.decoding import KVDecoder
 from latentmem.memgen.insertion import InsertionPlan, pad_rows
-from latentmem.sampling import SamplingConfig, select_next
+from latentmem.sampling import SamplingConfig, draw, process_logits
 
 
 @dataclass
@@ -38,8 +38,11 @@ class GenerationConfig(Config):
 
 @dataclass
 class GenerationResult:
-    """sequences (B, N): generated tokens, pad after EOS. logprobs (B, N): log p(token) under the model's
-    unprocessed distribution (0 after EOS). lengths (B,): tokens up to and including EOS.
+    """sequences (B, N): generated tokens, pad after EOS. lengths (B,): tokens up to and including EOS.
+    logprobs (B, N) float32: each token's log-probability under the distribution it was selected from,
+    log_softmax(process_logits(z)) with z the reasoner's logits at that step (after any latents) and the
+    processors of `config.sampling`: sampled, repetition penalty then temperature, top-k, top-p, min-p;
+    greedy, the repetition penalty only, so by default the model's own log softmax(z). 0 after EOS.
     insertions: per row, the generated-token indices after which inference latents were inserted.
     plan: the same insertion points as indices into cat([input_ids, sequences], 1), with the trigger's
     candidates and decisions, ready for `LatentMemoryModel.forward(..., plan=...)`.
@@ -106,6 +109,7 @@ def generate(
     mc = model.config
     trigger_sample = cfg.sampling.do_sample if cfg.trigger_sample is None else cfg.trigger_sample
     B, T = input_ids.shape
+    model.check_generation_window(T, B, cfg.max_new_tokens, 0 if memory is None else memory.vectors.shape[1])
     device = model.device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     eos = _eos_ids(model)
@@ -125,6 +129,9 @@ def generate(
             logits = reasoner.extend(latents).logits[:, -1]
 
     tokens, logprobs = [], []
+    # what the repetition penalty reads: the prompt (its padding masked out), then the tokens generated so far
+    history = torch.cat([input_ids, input_ids.new_full((B, cfg.max_new_tokens), pad)], 1)
+    history_mask = torch.cat([attention_mask, attention_mask.new_ones(B, cfg.max_new_tokens)], 1)
     # per step (B,) tensors of the trigger's candidates; kept as tensors so a step never leaves torch
     steps_at: list[int] = []
     steps_cand, steps_count, steps_decide, steps_prob = [], [], [], []
@@ -133,9 +140,11 @@ def generate(
     n_inserted = torch.zeros(B, dtype=torch.long, device=device)
     n_delims = torch.zeros(B, dtype=torch.long, device=device)
     for step in range(cfg.max_new_tokens):
-        tok = select_next(logits, cfg.sampling, generator).masked_fill(finished, pad)
-        lp = logits.log_softmax(-1).gather(1, tok[:, None]).squeeze(1).masked_fill(finished, 0.0)
+        z = process_logits(logits, cfg.sampling, history[:, : T + step], history_mask[:, : T + step])
+        tok = draw(z, cfg.sampling, generator).masked_fill(finished, pad)  # drawn from softmax(z) (B, V)
+        lp = z.log_softmax(-1).gather(1, tok[:, None]).squeeze(1).masked_fill(finished, 0.0)
         tokens.append(tok)
+        history[:, T + step] = tok
         logprobs.append(lp)
         if cfg.stop_on_eos:
             done_now = torch.isin(tok, eos) & ~finished

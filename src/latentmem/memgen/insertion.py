@@ -181,13 +181,17 @@ class Blocks:
 
 
 def weaver_layout(
-    attention_mask: torch.Tensor, blocks: Blocks
+    attention_mask: torch.Tensor, blocks: Blocks, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The weaver's one-pass layout: T token slots, then every block's query slots.
 
-    Returns (mask (B, 1, Lw, Lw) bool, position_ids (B, Lw), block_of_slot (Lw,) with -1 for tokens).
+    Returns (mask (B, 1, Lw, Lw) additive in `dtype`: 0 where a slot attends, the dtype's minimum where it
+    does not; position_ids (B, Lw); block_of_slot (Lw,) with -1 for tokens).
     A token slot sees valid tokens at or before it; query k of block j sees valid tokens up to the block's
     anchor and queries 0..k of block j; every slot sees itself (padding never yields an all-masked row).
+    The mask is additive because transformers hands a 4-D mask to the attention unchanged: SDPA reads a
+    bool mask as "attend", but eager attention adds the mask to the scores, so a bool mask would mask
+    nothing there; both add a float mask. `dtype` is the weaver's: SDPA wants the mask in the query dtype.
     """
     B, T = attention_mask.shape
     device = attention_mask.device
@@ -216,13 +220,14 @@ def weaver_layout(
     sees_queries = is_query[:, None] & same_block & (k_of_slot[None, :] <= k_of_slot[:, None])  # (Lw, Lw)
     mask = torch.cat([sees_tokens, sees_queries[None, :, T:].expand(B, Lw, Lw - T)], dim=2)
     mask |= torch.eye(Lw, dtype=torch.bool, device=device)[None]
+    additive = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
     tok_pos = (tok_valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
     positions = torch.zeros(B, Lw, dtype=torch.long, device=device)
     positions[:, :T] = tok_pos
     if J:
         anchor_pos = tok_pos.gather(1, anchor.clamp(min=0))  # (B, J)
         positions[:, T:] = anchor_pos[:, block_of_slot[T:]] + 1 + k_of_slot[T:]
-    return mask[:, None], positions, block_of_slot
+    return additive[:, None], positions, block_of_slot
 
 
 def reasoner_layout(

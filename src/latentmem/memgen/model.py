@@ -23,7 +23,8 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import get_layer_types_and_kwargs
 
 from latentmem.errors import LatentMemError, ModelLoadError
 from latentmem.memgen.config import DEFAULT_LORA_TARGETS, MemGenConfig
@@ -41,6 +42,19 @@ from latentmem.models import load_model
 CONFIG_FILE = "memgen_config.json"
 WEIGHTS_FILE = "memgen.safetensors"
 ADAPTER = "weaver"
+# Attention implementations that honour the weaver's 4-D block mask (transformers passes a 4-D mask through
+# unchanged; these two add it to the scores). flash attention reads only 2-D padding masks; flex attention
+# compiles its kernels (it does not run on this project's CPU test machines), so it stays unchecked and refused.
+MASKED_ATTENTION = ("sdpa", "eager")
+
+
+def attention_window(config: PretrainedConfig) -> int | None:
+    """The smallest sliding (or chunked) attention window among a model's layers, in slots; None when every
+    layer attends to the whole context. Read with the rule `DynamicCache` uses to give a layer a sliding
+    cache (`layer_types`, else `sliding_window` / `attention_chunk_size`; Qwen2 sets `layer_types` from
+    `use_sliding_window`), so it names exactly the layers whose attention and cache slide."""
+    _, per_layer = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
+    return min((kw["sliding_window"] for kw in per_layer if kw.get("sliding_window")), default=None)
 
 
 @dataclass
@@ -114,6 +128,7 @@ class LatentMemoryModel(nn.Module):
             base = weaver_base if weaver_base is not None else load_model(cfg.weaver_model)[0]
             for p in base.parameters():
                 p.requires_grad_(False)
+        self._check_attention(base)
         targets = self._lora_targets(base, cfg)
         lora = LoraConfig(
             r=cfg.lora_r,
@@ -126,6 +141,8 @@ class LatentMemoryModel(nn.Module):
         self.weaver_lm = get_peft_model(base, lora, adapter_name=ADAPTER)
         self._lora_layers = [m for m in self.weaver_lm.modules() if isinstance(m, BaseTunerLayer)]
         self.reasoner = reasoner
+        self.reasoner_window = attention_window(reasoner.config)
+        self.weaver_window = attention_window(base.config)
         d_r = reasoner.config.get_text_config().hidden_size
         d_w = base.config.get_text_config().hidden_size
         emb_std = float(reasoner.get_input_embeddings().weight.float().std())
@@ -143,6 +160,17 @@ class LatentMemoryModel(nn.Module):
         self.to(reasoner.device)
 
     # ---- construction helpers -------------------------------------------------------------------
+    @staticmethod
+    def _check_attention(base: PreTrainedModel) -> None:
+        impls = {base.config._attn_implementation, base.config.get_text_config()._attn_implementation}
+        bad = sorted(str(i) for i in impls if i not in MASKED_ATTENTION)
+        if bad:
+            raise LatentMemError(
+                f"attn_implementation: the weaver ({base.config.model_type}) runs with {bad[0]!r}, which cannot "
+                "apply the 4-D block mask that keeps each insertion point's latents from reading later tokens; "
+                'load the model with attn_implementation="sdpa" or "eager" (Gemma2 needs "eager")'
+            )
+
     @staticmethod
     def _lora_targets(base: PreTrainedModel, cfg: MemGenConfig) -> tuple[str, ...]:
         names = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
@@ -236,7 +264,7 @@ class LatentMemoryModel(nn.Module):
         """Every block's latents in one weaver pass: weaver inputs `w_in` (B, Tw, D_w), `w_mask` (B, Tw),
         block anchors indexing Tw -> latents (B, sum(sizes), D_r)."""
         B, Tw, _ = w_in.shape
-        mask, positions, _ = weaver_layout(w_mask, blocks)
+        mask, positions, _ = weaver_layout(w_mask, blocks, self.weaver_lm.get_base_model().dtype)
         queries = self.queries_for(blocks.sizes, self.config.prompt_latents > 0)
         x = torch.cat([w_in, queries.to(w_in.dtype)[None].expand(B, -1, -1)], dim=1)
         out = self.weaver_lm(
@@ -256,6 +284,48 @@ class LatentMemoryModel(nn.Module):
             input_ids.device
         )
 
+    def check_window(self, window: int | None, slots: int, what: str) -> None:
+        """Refuse a sequence of `slots` slots that does not fit inside a sliding attention `window`.
+
+        MemGen is exact only inside the window, where sliding attention equals full attention: beyond it,
+        a window counts slots, and generation's slots (dead latent slots of rows that did not insert,
+        interleaved) are not training's (filler at the end), the weaver's block mask has no window at all,
+        and the weaver's cache could not drop its query slots (`DynamicCache.crop` fails past the window).
+        The sequence must stay strictly shorter than the window, which also keeps that crop possible.
+        """
+        if window is not None and slots >= window:
+            raise LatentMemError(
+                f"{what} takes up to {slots} slots (prompt with its padding, latents and new tokens), which "
+                f"does not fit in the model's sliding attention window of {window} slots; MemGen is exact "
+                "only within the window. Shorten the prompts, lower max_new_tokens, or use fewer latents or "
+                "max_inference_insertions"
+            )
+
+    def check_generation_window(
+        self, prompt_slots: int, batch: int, max_new_tokens: int, memories: int
+    ) -> None:
+        """Refuse, before any work, a generation that could pass a sliding attention window.
+
+        `prompt_slots`: the padded prompt length T; `memories`: retrieved memories M the weaver reads.
+        Upper bounds of what generation builds: the reasoner's cache gets T + K_p + N slots for the prompt,
+        its latents and the new tokens, plus K_i slots for every row at each step where any row inserts
+        (at most N - 1 steps, and at most B * max_inference_insertions); the weaver holds M + T + N - 1
+        tokens plus one block's queries before dropping them.
+        """
+        cfg, N = self.config, max_new_tokens
+        K_i = cfg.inference_latents if cfg.inserts_during_decoding else 0
+        steps = min(N - 1, batch * cfg.max_inference_insertions)
+        self.check_window(
+            self.reasoner_window,
+            prompt_slots + cfg.prompt_latents + N + K_i * steps,
+            "generation: the reasoner's sequence",
+        )
+        self.check_window(
+            self.weaver_window,
+            memories + prompt_slots + N - 1 + max(cfg.prompt_latents, K_i),
+            "generation: the weaver's view",
+        )
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -263,11 +333,15 @@ class LatentMemoryModel(nn.Module):
         labels: torch.Tensor,
         plan: InsertionPlan | None = None,
         memory: RetrievedMemory | None = None,
+        *,
+        temperature: float = 1.0,
     ) -> MemGenOutput:
         """Two passes, batched: one weaver pass writes every insertion point's latents, one reasoner pass
         reads the sequence with all latents spliced in. `input_ids`, `attention_mask`, `labels`: (B, T);
         labels are -100 outside the answer. `plan` defaults to the trigger policy's deterministic plan.
-        `memory`: retrieved memory vectors the weaver reads before the context (M = W([H; E]))."""
+        `memory`: retrieved memory vectors the weaver reads before the context (M = W([H; E])).
+        `temperature`: token log-probs (and loss) are under softmax(logits / temperature), the distribution
+        a rollout sampled at that temperature drew from (GRPO)."""
         if not (input_ids.shape == attention_mask.shape == labels.shape):
             raise ValueError(
                 f"input_ids, attention_mask, labels must share a shape; got {input_ids.shape}, {attention_mask.shape}, {labels.shape}"
@@ -279,33 +353,43 @@ class LatentMemoryModel(nn.Module):
         token_embeds = embed(input_ids)  # (B, T, D_r), frozen
         token_dest, latent_dest, valid = reasoner_layout(attention_mask, blocks)
         L = valid.shape[1]
+        self.check_window(self.reasoner_window, L, "training forward: the reasoner's sequence")
         x = embed(torch.full((B, L), self.tokenizer.pad_token_id, device=input_ids.device))
         x = x.scatter(1, token_dest[..., None].expand_as(token_embeds), token_embeds)
-        if blocks.sizes:
+        if bool(blocks.valid.any()):
             # no query sees a token after the last anchor, so the weaver reads only up to it
             t_w = int(blocks.anchor.max()) + 1
             w_in, w_mask = self.weaver_inputs(token_embeds[:, :t_w], attention_mask[:, :t_w], memory)
+            # generation's weaver holds the tokens up to an anchor plus that block's queries at once
+            self.check_window(
+                self.weaver_window, w_in.shape[1] + max(blocks.sizes), "training forward: the weaver's view"
+            )
             w_blocks = blocks.shifted(w_in.shape[1] - t_w)  # retrieved memories come first
             latents = self.weave_all(w_in, w_mask, w_blocks)  # (B, S, D_r)
             ok = latent_dest >= 0
             rows = torch.arange(B, device=x.device)[:, None].expand_as(latent_dest)
             x = x.index_put((rows[ok], latent_dest[ok]), latents[ok])
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        # token i is predicted at the slot just before it: token i-1, or the last latent spliced after it
+        target = (labels != -100) & attention_mask.bool()
+        target[:, 0] = False
+        rows, cols = target.nonzero(as_tuple=True)
+        # The model's own head makes the logits (Gemma2 softcapping, Granite scaling, ...), exactly as in
+        # generation, but only at the predicting slots: their union over the batch, (S,) ascending.
+        keep, slot = (token_dest[rows, cols] - 1).unique(return_inverse=True)
         with self.reasoner_mode() as reasoner:
             out = reasoner(
                 inputs_embeds=x,
                 attention_mask=valid.long(),
                 position_ids=positions,
                 output_hidden_states=True,
-                logits_to_keep=1,
+                logits_to_keep=keep,
             )
         hidden = out.hidden_states[-1]  # (B, L, D_r)
-        # token i is predicted at the slot just before it: token i-1, or the last latent spliced after it
-        target = (labels != -100) & attention_mask.bool()
-        target[:, 0] = False
-        rows, cols = target.nonzero(as_tuple=True)
-        h = hidden[rows, token_dest[rows, cols] - 1]  # (N, D_r)
-        logits = self.reasoner.get_output_embeddings()(h).float()  # (N, V)
+        # (B, S, V) -> (N, V): each target's own distribution
+        logits = out.logits[rows, slot].float() / temperature
+        # free the (B, S, V) logits before the (N, V) log-softmax when nothing keeps them for backward
+        del out
         logp = logits.log_softmax(-1).gather(1, input_ids[target][:, None]).squeeze(1)
         token_logprobs = torch.zeros(B, T, device=x.device).masked_scatter(target, logp)
         is_greedy = torch.zeros(B, T, dtype=torch.bool, device=x.device)

@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from latentmem.chat import render_chat
+from latentmem.config import require
 from latentmem.decoding import KVDecoder
 from latentmem.recall.bank import MemoryBank
 from latentmem.recall.errors import NoBankError
@@ -60,7 +61,8 @@ class RecallGenerator:
         model, tokenizer: a causal LM with the recall tokens attached (`RecallMemory.attach` / `load`).
         memory: its `RecallMemory`.
         bank: the memories to recall from; `None` makes a `<recall>` an error (`NoBankError`).
-        sampling: token selection; memory_sampling: memory selection (default: greedy).
+        sampling: token selection; memory_sampling: memory selection (default: greedy; no
+            `repetition_penalty`, which needs a token history that memory logits do not have).
         recall: "model" lets the model emit `<recall>`; "never" masks it out of the token logits.
         full_max, candidates: see `MemoryHead.score_bank`.
     """
@@ -81,6 +83,12 @@ class RecallGenerator:
         self.model, self.tokenizer, self.memory, self.bank = model, tokenizer, memory, bank
         self.sampling = sampling or SamplingConfig()
         self.memory_sampling = memory_sampling or SamplingConfig()
+        require(
+            self.memory_sampling.repetition_penalty == 1.0,
+            "memory_sampling.repetition_penalty",
+            f"must be 1.0, got {self.memory_sampling.repetition_penalty}: the penalty reads a token history, "
+            "and memory logits have none",
+        )
         self.recall, self.full_max, self.candidates = recall, full_max, candidates
         if bank is not None:
             bank.require_dim(memory.memory_dim, "the memory head's query")
@@ -108,13 +116,19 @@ class RecallGenerator:
         last = enc.input_ids[:, -1]  # left padding: the last column holds every row's last prompt token
         done = torch.zeros(B, dtype=torch.bool, device=device)
         generated: list[torch.Tensor] = []
+        # what the repetition penalty reads: the prompt (its padding masked out), then the tokens fed so far
+        T = enc.input_ids.shape[1]
+        history = torch.cat([enc.input_ids, enc.input_ids.new_full((B, max_new_tokens), pad)], 1)
+        history_mask = torch.cat([enc.attention_mask, enc.attention_mask.new_ones(B, max_new_tokens)], 1)
         recalls: list[list[RecallEvent]] = [[] for _ in range(B)]
         for step in range(max_new_tokens):
             logits = out.logits[:, -1]
             if self.recall == "never":
                 logits = logits.clone()
                 logits[:, tok.recall_id] = float("-inf")
-            nxt = select_next(logits, self.sampling, generator)
+            nxt = select_next(
+                logits, self.sampling, generator, history[:, : T + step], history_mask[:, : T + step]
+            )
             emb = dec.embed(nxt[:, None])  # (B, 1, D)
             recalling = (last == tok.recall_id) & ~done
             if recalling.any():
@@ -129,6 +143,7 @@ class RecallGenerator:
                     recalls[r].append(RecallEvent(step, mid, lg, self.bank.text(mid)))
             nxt = nxt.masked_fill(done, pad)
             generated.append(nxt)
+            history[:, T + step] = nxt
             done = done | (nxt == eos)
             if done.all():
                 break

@@ -21,6 +21,11 @@ class DataConfig(Config):
 
     Built-in tasks (see `latentmem.training.data.synthetic_rows`): `arithmetic` ("What is 3 + 4?" -> "7"),
     `echo` ("Repeat: red blue" -> "red blue"). Rows keep every column; reward functions receive them.
+
+    Two answer columns, for two uses: `answer_column` holds the gold answer that reward functions receive
+    (also as `answer`), `target_column` the text SFT trains on. They differ when the target is a worked
+    solution ("47 + 38 = 85.\n#### 85") and the gold answer what a completion is scored against ("85"); a
+    JSONL with only an answer column leaves `target_column` null, and SFT trains on the answer.
     """
 
     path: str | None = None
@@ -29,15 +34,28 @@ class DataConfig(Config):
     train_size: int = 512  # synthetic tasks only
     eval_size: int = 64  # synthetic tasks only; a JSONL without eval_path uses none
     prompt_column: str = "prompt"
-    answer_column: str = "answer"
+    answer_column: str = "answer"  # the gold answer, for rewards
+    target_column: str | None = None  # the SFT target; null = answer_column
     system: str | None = None  # optional system turn of the chat template
     # a column of retrieved-memory vectors per row (a list of equal-length lists), read by a weaver built
     # with memgen.memory_dim (M = W([H; E])); null = no retrieved memories
     memory_column: str | None = None
 
+    @property
+    def sft_column(self) -> str:
+        """The column SFT trains on: `target_column`, else `answer_column`."""
+        return self.target_column or self.answer_column
+
     def validate(self) -> None:
         require(self.train_size >= 1, "data.train_size", f"must be >= 1, got {self.train_size}")
         require(self.eval_size >= 0, "data.eval_size", f"must be >= 0, got {self.eval_size}")
+        require(bool(self.prompt_column), "data.prompt_column", "name the column that holds the prompt")
+        require(bool(self.answer_column), "data.answer_column", "name the column that holds the gold answer")
+        require(
+            self.target_column is None or bool(self.target_column),
+            "data.target_column",
+            "name the column that holds the SFT target, or leave it null to train on data.answer_column",
+        )
 
 
 @dataclass
@@ -142,17 +160,31 @@ class GRPOSettings(RolloutConfig):
         super().validate()
         require(0 < self.epsilon < 1, "grpo.epsilon", f"must be in (0, 1), got {self.epsilon}")
         require(self.beta >= 0, "grpo.beta", f"must be >= 0, got {self.beta}")
+        # the learner scores softmax(z / temperature) exactly; truncation it cannot replay safely
+        # (`latentmem.training.grpo` says why), so it is refused rather than silently mis-scored
+        for name, off in (("top_k", 0), ("top_p", 1.0)):
+            require(
+                getattr(self, name) == off,
+                f"grpo.{name}",
+                f"must be {off} (off) for GRPO, got {getattr(self, name)}: the importance ratio scores "
+                "softmax(logits / temperature), so rollouts must be drawn from exactly that",
+            )
 
 
 @dataclass
 class TriggerRLSettings(RolloutConfig):
-    """Reward-adaptive penalty of the paper: R(tau) - penalty * sum_j max(0, d_j - p_bar).
+    """Reward-adaptive penalty of the paper, per rollout: `penalty` * max(0, n_ins - p_bar * n_cand), i.e.
+    lambda per insertion beyond the rate p_bar times the rollout's candidate delimiters (the paper's
+    lambda * sum_j max(0, d_j - p_bar) with the hinge on the rollout's rate; `training.trigger_rl` says why).
+    It is subtracted from the group-normalised task reward in its own units: lambda is the price of one
+    excess insertion in task-reward group stds.
 
-    p_bar is an exponential moving average (`p_bar_momentum`) of the invocation rate (insertions /
-    candidate delimiters) of the high-reward rollouts of each batch: those whose reward is >= the batch's
-    `high_reward_quantile` quantile AND strictly above the batch minimum (so a batch where every reward is
-    equal has no high-reward rollouts, and p_bar keeps its previous value). `p_bar_init` is its value before
-    any evidence (0 = every insertion is penalised until high-reward rollouts show otherwise).
+    p_bar is an exponential moving average (`p_bar_momentum`) of the mean invocation rate (insertions /
+    candidates) of the high-reward rollouts of each batch: those whose reward is >= the
+    `high_reward_quantile` quantile of all the batch's rewards AND strictly above the batch minimum, among
+    them those with a candidate (a batch of equal rewards, or whose high-reward rollouts have no candidate,
+    keeps the previous p_bar). `p_bar_init` is its value before any evidence (0 = every insertion is
+    penalised until high-reward rollouts show otherwise; 1 = none is).
     """
 
     penalty: float = 0.1  # lambda

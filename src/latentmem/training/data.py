@@ -1,11 +1,12 @@
 """Prompt/answer rows for the training recipes: loading (JSONL or synthetic), column checks, encoding.
 
-A row is a dict with at least a prompt and an answer column (names from `DataConfig`); every other column
-travels along to the reward functions. `check_columns` runs before any model is loaded, so a dataset
+A row is a dict with at least a prompt and an answer column, and the SFT target column when it is another
+(names from `DataConfig`); every other column travels along to the reward functions, and the gold answer
+column also as `answer` (`reward_columns`). `check_columns` runs before any model is loaded, so a dataset
 without the needed columns fails in a second with the file, the row and the missing name.
 
-Encoding: the prompt is rendered with the tokenizer's chat template (generation prompt appended); the answer
-is followed by EOS. `collate` left-pads (the layout generation expects) and puts -100 on every label outside
+Encoding: the prompt is rendered with the tokenizer's chat template (generation prompt appended); the SFT
+target (`DataConfig.sft_column`) is followed by EOS. `collate` left-pads (the layout generation expects) and puts -100 on every label outside
 the answer.
 """
 
@@ -79,13 +80,35 @@ def check_columns(rows: Sequence[Row], columns: Sequence[str], source: str) -> N
         if missing:
             raise ConfigError(
                 f"{source}: row {i} lacks column(s) {missing} (it has {sorted(row)}); add them, or point "
-                "data.prompt_column / data.answer_column at the columns that hold the prompt and answer"
+                "data.prompt_column / data.answer_column / data.target_column at the columns that hold the "
+                "prompt, the gold answer and the SFT target"
             )
 
 
+def _check_answer_alias(rows: Sequence[Row], cfg: DataConfig, source: str) -> None:
+    """Rewards receive the gold answer as `answer`: rows whose answer column has another name must not carry
+    an `answer` column of their own, or one of the two would silently shadow the other."""
+    if cfg.answer_column != "answer" and any("answer" in r for r in rows):
+        raise ConfigError(
+            f"{source}: rows carry an 'answer' column besides data.answer_column={cfg.answer_column!r}; "
+            "reward functions receive the gold answer as `answer`, so the two would collide. Point "
+            "data.answer_column at 'answer' (and data.target_column at the SFT target), or rename the column"
+        )
+
+
+def reward_columns(rows: Sequence[Row], cfg: DataConfig) -> dict[str, list[Any]]:
+    """Every column of `rows` as one list per column (the keywords a reward function receives), with the
+    gold answer column also under `answer`; the row's columns are never overwritten."""
+    _check_answer_alias(rows, cfg, "reward columns")
+    columns = {k: [r.get(k) for r in rows] for k in rows[0]}
+    columns.setdefault("answer", [r[cfg.answer_column] for r in rows])
+    return columns
+
+
 def load_rows(cfg: DataConfig, seed: int, extra_columns: Sequence[str] = ()) -> tuple[list[Row], list[Row]]:
-    """(train rows, eval rows), every row checked for the prompt, answer and `extra_columns` columns."""
-    columns = [cfg.prompt_column, cfg.answer_column, *extra_columns]
+    """(train rows, eval rows), every row checked for the prompt, answer, SFT target and `extra_columns`
+    columns, and for an `answer` column that the gold answer column would collide with in rewards."""
+    columns = list(dict.fromkeys([cfg.prompt_column, cfg.answer_column, cfg.sft_column, *extra_columns]))
     columns += [cfg.memory_column] if cfg.memory_column else []
     if cfg.path is None:
         # the eval rows come from a different seed, so they are (mostly) unseen prompts
@@ -97,13 +120,16 @@ def load_rows(cfg: DataConfig, seed: int, extra_columns: Sequence[str] = ()) -> 
         evals = read_jsonl(cfg.eval_path) if cfg.eval_path else []
         source = f"data.path={cfg.path}"
     check_columns(train, columns, source)
-    check_columns(evals, columns, f"data.eval_path={cfg.eval_path}" if cfg.eval_path else source)
+    eval_source = f"data.eval_path={cfg.eval_path}" if cfg.eval_path else source
+    check_columns(evals, columns, eval_source)
+    _check_answer_alias(train, cfg, source)
+    _check_answer_alias(evals, cfg, eval_source)
     return train, evals
 
 
 @dataclass
 class Encoded:
-    """One row as token ids: `prompt_ids` (chat-templated prompt) and `answer_ids` (answer + EOS)."""
+    """One row as token ids: `prompt_ids` (chat-templated prompt) and `answer_ids` (SFT target + EOS)."""
 
     prompt_ids: list[int]
     answer_ids: list[int]
@@ -115,7 +141,7 @@ def encode(rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase, cfg: DataCon
         return []
     prompts = [render_chat(tokenizer, str(r[cfg.prompt_column]), system=cfg.system) for r in rows]
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    a_ids = tokenizer([str(r[cfg.answer_column]) for r in rows], add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer([str(r[cfg.sft_column]) for r in rows], add_special_tokens=False)["input_ids"]
     memories = [r[cfg.memory_column] for r in rows] if cfg.memory_column else [None] * len(rows)
     return [
         Encoded(p, [*a, tokenizer.eos_token_id], m) for p, a, m in zip(p_ids, a_ids, memories, strict=True)

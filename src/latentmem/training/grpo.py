@@ -12,6 +12,12 @@ KL_it = exp(ref - logp) - (ref - logp) - 1 (the k3 estimator), ref = the base re
 same tokens *without any latents* (`reasoner_mode` on the plain token sequence). One update per rollout
 batch, as TRL's default (`num_iterations=1`): the clip then guards against numerical drift between
 rollout and learner (e.g. under bf16), and the objective stays the paper's.
+
+Every log-prob is of the distribution the rollout drew from, softmax(z / T) at `grpo.temperature` T:
+the rollout records it (`GenerationResult.logprobs`) and the learner and the reference divide their logits
+by T, as TRL does. Top-k / top-p truncation is refused (`GRPOSettings`): replaying it in the learner would
+give a token that drift pushes just outside the kept set log-prob -inf (ratio 0, KL inf), and scoring
+without it, as TRL does, would make the ratio not 1 where the rollout truncated.
 """
 
 from __future__ import annotations
@@ -30,15 +36,37 @@ from latentmem.training.rollout import Rollouts, Sampler, group_advantages
 
 @torch.no_grad()
 def base_logprobs(
-    model: LatentMemoryModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: LatentMemoryModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """(B, T) log p_base(input_ids[:, t] | input_ids[:, :t]) under the frozen reasoner with no latents and
-    the weaver's LoRA off; column 0 is 0."""
+    the weaver's LoRA off, of softmax(logits / temperature); column 0 is 0."""
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     with model.reasoner_mode() as reasoner:
         logits = reasoner(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
-    logp = logits[:, :-1].float().log_softmax(-1).gather(2, input_ids[:, 1:, None]).squeeze(2)
+    logits = logits[:, :-1].float() / temperature
+    logp = logits.log_softmax(-1).gather(2, input_ids[:, 1:, None]).squeeze(2)
     return torch.cat([torch.zeros_like(logp[:, :1]), logp], 1)
+
+
+def learner_logprobs(
+    model: LatentMemoryModel, ro: Rollouts, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training forward's log-probs (B, N) of the completion tokens of `ro`, replaying its insertion
+    plan, under softmax(logits / temperature) (the rollout's sampling distribution at that temperature);
+    and the (B, N) bool mask of the tokens that count (up to and including EOS)."""
+    T = ro.prompt_len
+    out = model(
+        ro.input_ids,
+        ro.attention_mask,
+        ro.labels,
+        plan=ro.result.plan,
+        memory=ro.memory,
+        temperature=temperature,
+    )
+    return out.token_logprobs[:, T:], ro.result.completion_mask() & out.target_mask[:, T:]
 
 
 def grpo_loss(
@@ -47,19 +75,17 @@ def grpo_loss(
     """The GRPO loss of rollouts `ro` divided by `n_global` (completions in the whole step), and additive
     metrics. Gradients flow into the weaver only (the reasoner is frozen)."""
     T = ro.prompt_len
-    out = model(ro.input_ids, ro.attention_mask, ro.labels, plan=ro.result.plan, memory=ro.memory)
-    mask = ro.result.completion_mask() & out.target_mask[:, T:]  # (B, N) tokens up to and including EOS
-    logp = out.token_logprobs[:, T:]
+    logp, mask = learner_logprobs(model, ro, s.temperature)  # (B, N) each
     ratio = torch.exp(logp - ro.result.logprobs)
     adv = group_advantages(ro.rewards, s.num_generations)[:, None]  # (B, 1)
     clipped = ratio.clamp(1 - s.epsilon, 1 + s.epsilon)
     per_token = -torch.minimum(ratio * adv, clipped * adv)
     metrics: Metrics = {}
     if s.beta > 0:
-        delta = base_logprobs(model, ro.input_ids, ro.attention_mask)[:, T:] - logp
+        delta = base_logprobs(model, ro.input_ids, ro.attention_mask, s.temperature)[:, T:] - logp
         kl = torch.exp(delta) - delta - 1
         per_token = per_token + s.beta * kl
-        metrics["kl"] = float(((kl * mask).sum(1) / mask.sum(1)).sum()) / n_global
+        metrics["kl"] = float(((kl.detach() * mask).sum(1) / mask.sum(1)).sum()) / n_global
     per_seq = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1)
     loss = per_seq.sum() / n_global
     metrics.update(
@@ -77,11 +103,12 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     reward_fn = resolve_reward(s.reward, s.reward_args)
     train_rows, eval_rows = load_rows(cfg.data, cfg.seed)
     G = s.num_generations
-    dist, run, model = launch(cfg, cfg.train.batch_size // G)
+    job = launch(cfg, cfg.train.batch_size // G)
+    dist, run, model = job.dist, job.run, job.model
     tok = model.tokenizer
     train = Sampler(model, encode(train_rows, tok, cfg.data), train_rows, s, reward_fn, cfg.data)
     evals = Sampler(model, encode(eval_rows, tok, cfg.data), eval_rows, s, reward_fn, cfg.data)
-    trainer = Trainer(cfg, model, run, dist, n_rows=len(train_rows), rows_per_step=cfg.train.batch_size // G)
+    trainer = Trainer(job, n_rows=len(train_rows))
 
     def micro_step(ctx: StepContext) -> Metrics:
         ro = train(ctx.indices, ctx.generator(dist.device))

@@ -15,23 +15,29 @@ state and its gradient sum stay as described.
 Resume. Each step's data comes from a permutation seeded by (seed, epoch), and sampling generators are
 seeded per step, so a checkpoint needs only the trainable weights, optimizer, scheduler, RNG states, the
 step and the recipe's own state to continue exactly as an uninterrupted run would.
+
+What trains. `Trainer` takes any `Trainable`: the `LatentMemoryModel` of the MemGen recipes, or the
+`lora.LoRAModel` adapter of the LoRA-SFT baseline, so that baseline and weaver share this whole loop and
+differ only in the model.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather, reduce
 from safetensors.torch import load_file
+from torch import nn
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import PreTrainedModel, get_scheduler
 
 from latentmem.errors import ConfigError, ModelLoadError
 from latentmem.memgen import LatentMemoryModel
@@ -63,6 +69,28 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class Trainable(Protocol):
+    """What `Trainer` trains: a torch module with a small trainable part that it hands out, saves and
+    restores itself, around a frozen Hugging Face model (`reasoner`) whose decoder layers an FSDP launch
+    shards (`sharding.shard_frozen`; `shared` False means a separate `weaver_lm` is sharded too)."""
+
+    reasoner: PreTrainedModel
+    shared: bool
+
+    @property
+    def device(self) -> torch.device: ...
+    def trainable_parameters(self) -> list[nn.Parameter]: ...
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]: ...
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+    def save_pretrained(self, directory: str | Path) -> None: ...
+    def eval(self) -> Any: ...
+    def modules(self) -> Iterator[nn.Module]: ...
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+
+M = TypeVar("M", bound=Trainable)
+
+
 class Distributed:
     """This process's place in the job (one process when not launched by `accelerate launch`)."""
 
@@ -74,7 +102,7 @@ class Distributed:
         # loads, so that unsupported settings fail early
         self.fsdp = fsdp_settings() if fsdp_requested() else None
 
-    def prepare(self, model: LatentMemoryModel) -> int:
+    def prepare(self, model: Trainable) -> int:
         """Shard `model`'s frozen layers when launched with FSDP (after the recipe chose what trains);
         return the number of sharded weight tensors (0 without FSDP)."""
         return shard_frozen(model, self.world, self.fsdp) if self.fsdp is not None else 0
@@ -145,7 +173,7 @@ def init_weights(model: LatentMemoryModel, directory: str | Path) -> None:
 
 def check_layout(cfg: RecipeConfig, rows_per_step: int, dist: Distributed) -> None:
     """The config fits the process layout: the step's rows split evenly over processes and accumulation
-    steps, and FSDP gets the prompt insertion it relies on. Recipes call this before loading the model
+    steps, and FSDP gets the prompt insertion it relies on. `launch` calls this before loading the model
     (the process count is known only at run time)."""
     chunks = dist.world * cfg.train.grad_accum
     if rows_per_step % chunks:
@@ -161,13 +189,30 @@ def check_layout(cfg: RecipeConfig, rows_per_step: int, dist: Distributed) -> No
         )
 
 
-def launch(cfg: RecipeConfig, rows_per_step: int) -> tuple[Distributed, RunDir, LatentMemoryModel]:
+@dataclass
+class Job(Generic[M]):
+    """A started recipe, what `Trainer` takes whole: the config, this process's place in the job, the run
+    folder, the model and the rows (prompts, for the RL recipes) of one optimiser step, a number whose fit
+    to the process layout `launch` has checked."""
+
+    cfg: RecipeConfig
+    dist: Distributed
+    run: RunDir
+    model: M
+    rows_per_step: int
+
+
+def launch(
+    cfg: RecipeConfig,
+    rows_per_step: int,
+    build: Callable[[RecipeConfig, torch.device], M] = build_model,
+) -> Job[M]:
     """How every recipe starts: join the process group, check the layout (before any model loads), write
-    the run folder, build the model."""
+    the run folder, build the model with `build(cfg, device)` (default: a `LatentMemoryModel`)."""
     dist = Distributed()
     check_layout(cfg, rows_per_step, dist)
     run = start_run(cfg, dist)
-    return dist, run, build_model(cfg, dist.device)
+    return Job(cfg, dist, run, build(cfg, dist.device), rows_per_step)
 
 
 @dataclass
@@ -191,32 +236,22 @@ Evaluate = Callable[[list[int]], Metrics]  # this process's eval rows -> additiv
 
 
 class Trainer:
-    """Runs `steps` optimiser steps of `micro_step` over `n_rows` rows, `rows_per_step` rows per step."""
+    """Runs `train.steps` optimiser steps of `micro_step` over `n_rows` rows, `job.rows_per_step` rows per
+    step, training `job.model`."""
 
-    def __init__(
-        self,
-        cfg: RecipeConfig,
-        model: LatentMemoryModel,
-        run: RunDir,
-        dist: Distributed,
-        *,
-        n_rows: int,
-        rows_per_step: int,
-        extra_state: Stateful | None = None,
-    ) -> None:
-        self.cfg, self.model, self.run, self.dist = cfg, model, run, dist
-        self.n_rows, self.rows_per_step, self.extra_state = n_rows, rows_per_step, extra_state
-        check_layout(cfg, rows_per_step, dist)
-        self.params = model.trainable_parameters()
-        self.sharded_tensors = dist.prepare(model)
-        self.param_mb = local_param_bytes(model) / 2**20  # this process's share of the weights
-        t = cfg.train
+    def __init__(self, job: Job[Any], *, n_rows: int, extra_state: Stateful | None = None) -> None:
+        self.cfg, self.model, self.run, self.dist = job.cfg, job.model, job.run, job.dist
+        self.n_rows, self.rows_per_step, self.extra_state = n_rows, job.rows_per_step, extra_state
+        self.params = self.model.trainable_parameters()
+        self.sharded_tensors = self.dist.prepare(self.model)
+        self.param_mb = local_param_bytes(self.model) / 2**20  # this process's share of the weights
+        t = self.cfg.train
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = get_scheduler(
             t.schedule, self.optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps
         )
         self.step = 0
-        self.ckpt_root = run.path / "checkpoints"
+        self.ckpt_root = self.run.path / "checkpoints"
 
     # ---- data order ----------------------------------------------------------------------------
     def step_rows(self, step: int) -> list[int]:
@@ -344,6 +379,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             log = {"step": self.step, **self._reduce(sums), "grad_norm": float(grad_norm)}
+            # which rows, in which order: two runs (e.g. two arms of `latentmem compare`) saw the same data
+            # exactly when their digests agree step by step
+            log["rows_digest"] = zlib.crc32(json.dumps(rows).encode())
             if derive is not None:
                 log.update(derive(log))
             log["lr"] = self.scheduler.get_last_lr()[0]

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
+from latentmem.errors import ConfigError
 from latentmem.memgen import GenerationConfig, GenerationResult, LatentMemoryModel, RetrievedMemory
 from latentmem.sampling import SamplingConfig
 from latentmem.training.config import DataConfig, RolloutConfig
-from latentmem.training.data import IGNORE, Encoded, Row, collate, collate_memory
+from latentmem.training.data import IGNORE, Encoded, Row, collate, collate_memory, reward_columns
 from latentmem.training.rewards import RewardFn
 from latentmem.training.sharding import gathered
 
@@ -24,7 +25,8 @@ class Rollouts:
 
     input_ids, attention_mask, labels (B, T + N): prompt + completion; labels are the completion tokens up
     to and including EOS, -100 elsewhere (so nothing after EOS is ever trained).
-    result: the `GenerationResult` (logprobs (B, N) under the sampling-time weights, plan, trigger_probs).
+    result: the `GenerationResult`: logprobs (B, N), under the sampling-time weights, of the processed
+    distribution each token was drawn from (softmax(z / temperature) for GRPO); plan; trigger_probs.
     rewards (B,): float32. completions: decoded texts.
     """
 
@@ -58,6 +60,7 @@ def as_training_batch(
 
 
 def generation_config(s: RolloutConfig, *, sample: bool = True) -> GenerationConfig:
+    """The rollouts' generation settings: `s`'s processors when `sample`, else greedy (evaluation)."""
     sampling = SamplingConfig(do_sample=sample, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
     return GenerationConfig(max_new_tokens=s.max_new_tokens, sampling=sampling)
 
@@ -70,13 +73,13 @@ def score(
     data: DataConfig,
     insertions: Sequence[int],
 ) -> torch.Tensor:
-    """(B,) rewards: `reward_fn(prompts, completions, **columns, answer=..., insertions=...)`."""
-    columns = {k: [r.get(k) for r in rows] for k in rows[0]}
-    columns["answer"] = [r[data.answer_column] for r in rows]
+    """(B,) rewards: `reward_fn(prompts, completions, **columns, insertions=...)`, the columns those of
+    `rows` with the gold answer (`data.answer_column`) also as `answer` (`data.reward_columns`)."""
+    columns = reward_columns(rows, data)
     rewards = reward_fn(list(prompts), list(completions), **columns, insertions=list(insertions))
     if len(rewards) != len(completions):
-        raise ValueError(
-            f"reward function returned {len(rewards)} rewards for {len(completions)} completions"
+        raise ConfigError(
+            f"reward: the reward function returned {len(rewards)} rewards for {len(completions)} completions"
         )
     return torch.tensor([float(r) for r in rewards], dtype=torch.float32)
 

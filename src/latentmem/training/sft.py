@@ -37,10 +37,11 @@ def summed_nll(
 def train_sft(cfg: SFTConfig) -> Path:
     """Run weaver SFT per `cfg`; return the run folder (metrics.jsonl, checkpoints/, model/)."""
     train_rows, eval_rows = load_rows(cfg.data, cfg.seed)  # column errors before the model loads
-    dist, run, model = launch(cfg, cfg.train.batch_size)
+    job = launch(cfg, cfg.train.batch_size)
+    dist, run, model = job.dist, job.run, job.model
     tok = model.tokenizer
     train, evals = encode(train_rows, tok, cfg.data), encode(eval_rows, tok, cfg.data)
-    trainer = Trainer(cfg, model, run, dist, n_rows=len(train), rows_per_step=cfg.train.batch_size)
+    trainer = Trainer(job, n_rows=len(train))
 
     def micro_step(ctx: StepContext) -> Metrics:
         n_global = sum(answer_tokens(train[i]) for i in ctx.step_indices)

@@ -1,14 +1,29 @@
 """Trigger RL with the paper's reward-adaptive penalty. `latentmem train trigger --config FILE`.
 
 The policy: at each candidate delimiter the learned trigger inserts with probability p_j
-(d_j ~ Bernoulli(p_j)); only the trigger head learns. Each rollout's shaped reward is
+(d_j ~ Bernoulli(p_j)); only the trigger head learns. The paper's objective (MemGen, trigger training) is
 
-    R'(tau) = R(tau) - lambda * sum_j max(0, d_j - p_bar)
+    max E[ R(tau) - lambda * sum_j max(0, d_j - p_bar) ],
 
-where p_bar is the invocation rate of high-reward rollouts (`AdaptivePenalty` documents the exact rule).
-With d_j in {0, 1}, the penalty is lambda * (1 - p_bar) per insertion: insertions cost little when the
-rollouts that earn reward insert often, and a lot when they do not. Advantages are group-relative over the
-G rollouts of a prompt; the loss is REINFORCE over the decisions,
+p_bar being the invocation rate of high-reward rollouts (`AdaptivePenalty` documents the exact rule). Taken
+literally with binary d_j, max(0, d_j - p_bar) = (1 - p_bar) * d_j: every insertion costs lambda(1 - p_bar),
+so p_bar only rescales a per-insertion cost and spares nothing. The paper's intent is that invoking as often
+as high-reward rollouts do is free and only invocation beyond that is penalised, so the hinge is applied to
+the rollout's invocation rate r = n_ins / n_cand (its mean d_j) instead of to each d_j:
+
+    P(tau) = lambda * sum_j max(0, r - p_bar) = lambda * n_cand * max(0, r - p_bar)
+           = lambda * max(0, n_ins - p_bar * n_cand),
+
+i.e. lambda per insertion beyond p_bar times the rollout's candidates (0 without candidates). The
+advantage of rollout i in its group g of G rollouts of one prompt is
+
+    A_i = (R_i - mean_g R) / (std_g R + eps) - (P_i - mean_g P):
+
+the task reward is normalised by its group's statistics as in GRPO, and the penalty is subtracted in its
+own units (its group mean is a baseline, which lowers the variance, not a rescaling). Normalising the
+shaped reward R - P as a whole would make lambda and p_bar irrelevant in every group whose task rewards
+are equal (then A = -(P - mean P) / std P whatever lambda is). So lambda is the price of one excess
+insertion in units of the task reward's group std. The loss is REINFORCE over the decisions,
 
     L = -1/N_global * sum_i A_i * sum_j log P(d_ij | p_ij),
 
@@ -34,13 +49,14 @@ from latentmem.training.rollout import Rollouts, Sampler, group_advantages
 
 
 class AdaptivePenalty:
-    """p_bar and the penalty lambda * sum_j max(0, d_j - p_bar).
+    """p_bar and the per-rollout penalty lambda * max(0, n_ins - p_bar * n_cand) (module docstring).
 
-    High-reward rollouts of a batch: reward >= the batch's `high_reward_quantile` quantile (linear
-    interpolation, `torch.quantile`) and reward > the batch minimum, among rollouts with at least one
-    candidate delimiter (the others have no invocation rate). Their mean invocation rate (insertions /
-    candidates, per rollout) moves p_bar by an exponential moving average with `p_bar_momentum`; a batch
-    without high-reward rollouts (e.g. all rewards equal) leaves p_bar unchanged.
+    High-reward rollouts of a batch: reward >= the `high_reward_quantile` quantile of ALL the batch's
+    rewards (linear interpolation, `torch.quantile`) and reward > the batch minimum (so a batch of equal
+    rewards has none). Rollouts without a candidate delimiter count toward which rewards are high, but have
+    no invocation rate, so they do not enter its mean. The mean invocation rate (insertions / candidates,
+    per rollout) of the high-reward rollouts that have candidates moves p_bar by an exponential moving
+    average with `p_bar_momentum`; a batch where no high-reward rollout has a candidate leaves p_bar as is.
     """
 
     def __init__(self, s: TriggerRLSettings) -> None:
@@ -49,25 +65,31 @@ class AdaptivePenalty:
 
     def update(self, rewards: torch.Tensor, rates: torch.Tensor) -> None:
         """`rewards` (B,), `rates` (B,) invocation rates (nan where a rollout had no candidate)."""
-        has = ~rates.isnan()
-        if not bool(has.any()):
-            return
-        r = rewards[has]
-        high = (r >= torch.quantile(r, self.s.high_reward_quantile)) & (r > r.min())
+        high = (rewards >= torch.quantile(rewards, self.s.high_reward_quantile)) & (rewards > rewards.min())
+        high &= ~rates.isnan()
         if bool(high.any()):
             m = self.s.p_bar_momentum
-            self.p_bar = m * self.p_bar + (1 - m) * float(rates[has][high].mean())
+            self.p_bar = m * self.p_bar + (1 - m) * float(rates[high].mean())
 
-    def __call__(self, decisions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, C) bool decisions and candidate mask -> (B,) penalty."""
-        over = (decisions.float() - self.p_bar).clamp(min=0) * valid
-        return self.s.penalty * over.sum(1)
+    def __call__(self, insertions: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """(B,) insertions and candidate delimiters of each rollout -> (B,) penalty: lambda per insertion
+        beyond p_bar times the candidates, so a rollout at or below the rate p_bar pays nothing."""
+        excess = (insertions.float() - self.p_bar * candidates.float()).clamp(min=0)
+        return self.s.penalty * excess
 
     def state_dict(self) -> dict[str, Any]:
         return {"p_bar": self.p_bar}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.p_bar = float(state["p_bar"])
+
+
+def shaped_advantages(rewards: torch.Tensor, penalties: torch.Tensor, group: int) -> torch.Tensor:
+    """(B,) task rewards and penalties -> (B,) advantages: the task reward normalised by its group's mean
+    and std (`group_advantages`), minus the penalty less its group mean, NOT divided by a std, so that
+    lambda and p_bar keep their meaning where the group's task rewards are equal."""
+    p = penalties.view(-1, group)
+    return group_advantages(rewards, group) - (p - p.mean(1, keepdim=True)).flatten()
 
 
 def invocation_rates(ro: Rollouts) -> torch.Tensor:
@@ -98,35 +120,29 @@ def train_trigger(cfg: TriggerRLConfig) -> Path:
     reward_fn = resolve_reward(s.reward, s.reward_args)
     train_rows, _ = load_rows(cfg.data, cfg.seed)
     G = s.num_generations
-    dist, run, model = launch(cfg, cfg.train.batch_size // G)
+    job = launch(cfg, cfg.train.batch_size // G)
+    dist, run, model = job.dist, job.run, job.model
     for p in model.parameters():  # only the trigger head learns
         p.requires_grad_(False)
     for p in model.trigger.parameters():
         p.requires_grad_(True)
     train = Sampler(model, encode(train_rows, model.tokenizer, cfg.data), train_rows, s, reward_fn, cfg.data)
     penalty = AdaptivePenalty(s)
-    trainer = Trainer(
-        cfg,
-        model,
-        run,
-        dist,
-        n_rows=len(train_rows),
-        rows_per_step=cfg.train.batch_size // G,
-        extra_state=penalty,
-    )
+    trainer = Trainer(job, n_rows=len(train_rows), extra_state=penalty)
 
     def micro_step(ctx: StepContext) -> Metrics:
         ro = train(ctx.indices, ctx.generator(dist.device))
         rates = invocation_rates(ro)
         # p_bar comes from the whole micro-batch over all processes, so every process shapes alike
         penalty.update(dist.gather(ro.rewards), dist.gather(rates.to(ro.rewards.device)))
-        plan = ro.result.plan
-        shaped = ro.rewards - penalty(plan.decisions, plan.candidates >= 0)
+        candidates = (ro.result.plan.candidates >= 0).sum(1)
+        pen = penalty(ro.insertions(), candidates)
         n_global = len(ctx.step_indices) * G
-        loss = trigger_loss(model, ro, group_advantages(shaped, G), n_global)
+        loss = trigger_loss(model, ro, shaped_advantages(ro.rewards, pen, G), n_global)
         if loss.requires_grad:
             loss.backward()
-        n_cand = float((plan.candidates >= 0).sum())
+        shaped = ro.rewards - pen
+        n_cand = float(candidates.sum())
         return {
             "loss": loss.item(),
             "reward": float(ro.rewards.sum()) / n_global,
