@@ -2,17 +2,27 @@
 
 Facts are made of invented names, so no pretrained model knows them: answering right needs memory. Each
 fact has a memory text ("The capital of Vorlani is Quessot."), a question, a paraphrased question (for a
-held-out recall@1) and a short answer.
+held-out recall@1) and a short answer. The general task (real capitals, small sums) is split once by
+`split_general`: the first half is the step-2 training pool, the second half the held-out retention probe.
 
-Step 2 samples (`MixedRecallData.epoch`), resampled every epoch under a token limit, in three kinds:
+Step 2 samples (`MixedRecallData.epoch`), resampled every epoch under a token limit, in three kinds drawn
+by the `mix` weights:
 
-- `memory_front`: a random context, then `<recall><|memory_pad|>` + memory text + `</recall>`;
+- `memory_front`: neutral filler text (`filler_context`: statements, never a question of the general
+  task), then `<recall><|memory_pad|>` + memory text + `</recall>`: decoding a memory in a noisy context.
+  The memory is random, so only the memory text and `</recall>` are supervised: labelling `<recall>`
+  here would teach recalling after any context, and no head loss applies (the context asks for nothing);
 - `memory_full`: a fact question, then the reply `<recall><|memory_pad|>` + memory text + `</recall>` +
-  the answer: recall in the middle of a real answer, which then goes on;
-- `sft_only`: a plain general-task conversation (keeps ordinary ability).
+  the answer: recall in the middle of a real answer, which then goes on. The only kind where `<recall>`
+  is supervised and where the memory head learns (`Sample.trains_head`), since only here the memory is
+  the one the context asks for;
+- `sft_only`: the negatives: a general question of the training pool answered directly (the base
+  model's own reply, no recall token in it), so the model learns when not to recall and keeps its
+  ordinary ability. Its first reply token is labelled, at the very position where `memory_full` labels
+  `<recall>`.
 
-Labels: every reply token is supervised, `<recall>` included; `<|memory_pad|>` is -100 (its input is the
-injected memory, not a token to predict); prompts are -100.
+Labels: prompts are -100; `<|memory_pad|>` is -100 (its input is the injected memory, not a token to
+predict); every other reply token is supervised, except `<recall>` in `memory_front`.
 """
 
 from __future__ import annotations
@@ -25,14 +35,28 @@ from transformers import PreTrainedTokenizerBase
 
 from latentmem.chat import render_chat
 from latentmem.recall.errors import RecallError
-from latentmem.recall.tokens import MEMORY_PAD, RECALL, RECALL_END, RecallTokens
+from latentmem.recall.tokens import MEMORY_PAD, RECALL, RECALL_END, RECALL_TOKENS, RecallTokens
 
 IGNORE = -100
 KINDS = ("memory_front", "memory_full", "sft_only")
+# the kinds whose memory is the one their context asks for: the memory head learns only from these
+HEAD_KINDS = frozenset({"memory_full"})
 
 _SYLLABLES = "ka lo mi ra ve zu tor quen bri sal dor fen gil hax jun mor nep pil rus tav wex yal zor".split()
 _COLOURS = "red blue green yellow purple orange white black silver golden".split()
 _OBJECTS = "lantern compass kettle telescope loom clock bridge sail drum ladder".split()
+_PLACES = "harbour market garden library workshop courtyard orchard station".split()
+
+# memory_front filler: plain statements over the word lists above, so that a context never looks like a
+# question (of the general task or about a fact) that should or should not be answered with a recall
+_FILLER = (
+    "The {colour} {object} stood in the {place}.",
+    "Someone left a {object} near the {place}.",
+    "It rained all morning over the {place}.",
+    "A {colour} light shone on the {object}.",
+    "The {place} was quiet after noon.",
+    "Two travellers talked about a {object} in the {place}.",
+)
 
 # (memory text, question, paraphrase, answer) templates over a subject S and a value A
 _TEMPLATES = (
@@ -125,6 +149,21 @@ def general_task(n: int, seed: int = 0) -> list[QA]:
     return pool[:n]
 
 
+def split_general(general: Sequence[QA]) -> tuple[list[QA], list[QA]]:
+    """(training pool, held-out retention probe): the two halves of the general task, never mixed."""
+    half = len(general) // 2
+    return list(general[:half]), list(general[half:])
+
+
+def filler_context(rng: random.Random) -> str:
+    """One to three neutral statements drawn with `rng`: the random context of a `memory_front` sample."""
+    words = {"colour": _COLOURS, "object": _OBJECTS, "place": _PLACES}
+    return " ".join(
+        rng.choice(_FILLER).format(**{k: rng.choice(v) for k, v in words.items()})
+        for _ in range(rng.randint(1, 3))
+    )
+
+
 @dataclass
 class Sample:
     """One tokenised training sequence: ids (T,), labels (T,), the memory index at its pad or -1, kind."""
@@ -133,6 +172,11 @@ class Sample:
     labels: list[int]
     memory: int
     kind: str
+
+    @property
+    def trains_head(self) -> bool:
+        """Whether the memory head learns at this sample's `<recall>` (see `HEAD_KINDS`)."""
+        return self.kind in HEAD_KINDS
 
 
 def recall_reply(fact: Fact) -> str:
@@ -147,11 +191,15 @@ def encode_sample(
     reply: str,
     memory: int,
     kind: str,
+    *,
+    label_recall: bool = True,
 ) -> Sample:
-    """Tokenise chat prompt + reply (+ EOS); labels on the reply only, the memory pad never labelled."""
+    """Tokenise chat prompt + reply (+ EOS); labels on the reply only, the memory pad never labelled,
+    `<recall>` labelled only when `label_recall`."""
     prompt_ids = tokenizer(render_chat(tokenizer, prompt), add_special_tokens=False).input_ids
     reply_ids = [*tokenizer(reply, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
-    labels = [IGNORE] * len(prompt_ids) + [IGNORE if t == tokens.pad_id else t for t in reply_ids]
+    unlabelled = {tokens.pad_id} if label_recall else {tokens.pad_id, tokens.recall_id}
+    labels = [IGNORE] * len(prompt_ids) + [IGNORE if t in unlabelled else t for t in reply_ids]
     ids = prompt_ids + reply_ids
     if (memory >= 0) != (tokens.pad_id in ids) or ids.count(tokens.pad_id) > 1:
         raise RecallError(
@@ -165,8 +213,10 @@ class MixedRecallData:
 
     Args:
         facts: the memories (index i <-> bank vector i).
-        general: the sft_only pool; `replies[i]` is the reply used for `general[i]` (e.g. the base
-            model's own answer, so sft_only teaches the model to stay itself).
+        general: the sft_only pool (the training half of `split_general`, never the retention probe);
+            `replies[i]` is the reply used for `general[i]` (e.g. the base model's own answer, so sft_only
+            teaches the model to stay itself). A reply holding a recall token is a `RecallError`: it
+            would teach recalling on the very questions that must be answered directly.
         mix: relative weights of memory_front, memory_full, sft_only.
     """
 
@@ -184,6 +234,14 @@ class MixedRecallData:
         seed: int = 0,
     ) -> None:
         self.tokenizer, self.tokens = tokenizer, tokens
+        if len(general) != len(replies):
+            raise RecallError(f"{len(general)} general questions but {len(replies)} replies; pass one each")
+        marked = [r for r in replies if any(t in r for t in RECALL_TOKENS)]
+        if marked:
+            raise RecallError(
+                f"sft_only replies must not hold {', '.join(RECALL_TOKENS)} (they are the questions that "
+                f"must not recall); strip them from {marked[0]!r}"
+            )
         self.facts, self.general, self.replies = list(facts), list(general), list(replies)
         self.samples_per_epoch, self.max_tokens = samples_per_epoch, max_tokens
         self.mix, self.seed = list(mix), seed
@@ -198,10 +256,12 @@ class MixedRecallData:
         fact = self.facts[m]
         if kind == "memory_full":
             return encode_sample(self.tokenizer, self.tokens, fact.question, recall_reply(fact), m, kind)
-        # memory_front: an unrelated context (a general question), then the bare recall
-        context = self.general[rng.randrange(len(self.general))].question
+        # memory_front: filler that asks for nothing, then a random memory: learn to decode it, not to
+        # call for it (see the module docstring)
         reply = f"{RECALL}{MEMORY_PAD}{fact.text}{RECALL_END}"
-        return encode_sample(self.tokenizer, self.tokens, context, reply, m, kind)
+        return encode_sample(
+            self.tokenizer, self.tokens, filler_context(rng), reply, m, kind, label_recall=False
+        )
 
     def epoch(self, epoch: int) -> list[Sample]:
         """This epoch's samples: kinds drawn by `mix`, over-long candidates skipped and redrawn."""

@@ -26,7 +26,7 @@ from latentmem.config import Config, require
 from latentmem.decoding import positions_from_valid
 from latentmem.models import load_model
 from latentmem.recall.bank import MemoryBank
-from latentmem.recall.data import QA, Fact, encode_sample, general_task, make_facts
+from latentmem.recall.data import QA, Fact, encode_sample, general_task, make_facts, split_general
 from latentmem.recall.generate import RecallGenerator
 from latentmem.recall.memory import RecallMemory
 from latentmem.recall.tokens import add_recall_tokens
@@ -139,7 +139,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     rc = cfg.recall
     seed_everything(rc.seed)
     facts = make_facts(rc.num_facts, seed=rc.seed)
-    held_out = general_task(rc.num_general, seed=rc.seed)[rc.num_general // 2 :]  # never trained on
+    held_out = split_general(general_task(rc.num_general, seed=rc.seed))[1]  # never trained on
     questions, paraphrases = [f.question for f in facts], [f.paraphrase for f in facts]
     answers = [f.answer for f in facts]
     results: dict[str, dict[str, float]] = {}

@@ -5,8 +5,14 @@ Step 1 (`train_step1`): make the hidden state at `<recall>` a query that finds t
 own entry) or the seed's `mse` (regress the head's output onto the fact's vector; no negatives, no scale).
 
 Step 2 (`train_step2`): teach decoding from an injected memory on the per-epoch resampled mixture of
-`MixedRecallData`, with the head's InfoNCE kept on at the `<recall>` positions so that the query stays
-aligned while LoRA (if any) moves the hidden states.
+`MixedRecallData`, with the head's InfoNCE kept on at the `<recall>` of `memory_full` rows (the only ones
+whose memory is the one the context asks for: `Sample.trains_head`) so that the query stays aligned while
+LoRA (if any) moves the hidden states. `memory_front` memories are random, and an InfoNCE there would pull
+the query towards noise.
+
+Besides recall@1, the metrics report how often the greedy first reply token is `<recall>`
+(`first_token_recall_rate`) on the held-out general questions, before and after training, and on the fact
+questions: step 2 must teach recalling on facts without teaching recalling on everything.
 
 Trainable: the recall tokens' embedding rows, the memory head, the projector and an optional LoRA. Every
 other weight of the reasoner is frozen. `latentmem train recall --config FILE` runs `run`.
@@ -31,7 +37,15 @@ from latentmem.config import Config, require
 from latentmem.decoding import positions_from_valid
 from latentmem.models import load_model
 from latentmem.recall.bank import MemoryBank
-from latentmem.recall.data import IGNORE, Fact, MixedRecallData, Sample, general_task, make_facts
+from latentmem.recall.data import (
+    IGNORE,
+    Fact,
+    MixedRecallData,
+    Sample,
+    general_task,
+    make_facts,
+    split_general,
+)
 from latentmem.recall.generate import RecallGenerator
 from latentmem.recall.inject import inject
 from latentmem.recall.memory import ADAPTER, RecallMemory
@@ -60,6 +74,15 @@ class Step1Config(Config):
 
 @dataclass
 class Step2Config(Config):
+    """Step 2: `epochs` x `samples_per_epoch` samples, redrawn every epoch, none longer than `max_tokens`.
+
+    `mix` weighs the three kinds of `latentmem.recall.data`: memory_front (decode a random memory after
+    filler; `<recall>` unlabelled), memory_full (recall on a fact question, then answer) and sft_only (the
+    negatives: general questions answered directly). sft_only must weigh > 0 whenever memory_full does:
+    it is the only kind that teaches when not to recall. The head's InfoNCE, scaled by
+    `head_loss_weight`, applies to memory_full rows only.
+    """
+
     epochs: int = 2
     samples_per_epoch: int = 64
     batch_size: int = 8
@@ -78,6 +101,12 @@ class Step2Config(Config):
             len(self.mix) == 3 and min(self.mix) >= 0 and sum(self.mix) > 0,
             "step2.mix",
             f"needs three non-negative weights (memory_front, memory_full, sft_only), got {self.mix}",
+        )
+        require(
+            self.mix[2] > 0 or self.mix[1] == 0,
+            "step2.mix",
+            f"sft_only (the third weight) must be > 0 when memory_full is: without these negatives step 2 "
+            f"teaches recalling on every question; got {self.mix}",
         )
         require(self.head_loss_weight >= 0, "step2.head_loss_weight", "must be >= 0")
 
@@ -100,7 +129,7 @@ class RecallTrainConfig(Config):
     output_dir: str = "runs/recall"
     encoder: Literal["hidden", "minilm"] = "hidden"
     num_facts: int = 16
-    num_general: int = 32  # general-task questions: half for sft_only replies, half held out for retention
+    num_general: int = 32  # general-task questions: half for sft_only, half held out (`split_general`)
     reply_tokens: int = 24  # length of the base model's own replies used as sft_only targets
     eval_max_new_tokens: int = 48
     step1: Step1Config = field(default_factory=Step1Config)
@@ -153,6 +182,30 @@ def recall_at_1(
         hidden = recall_hidden(model, tokenizer, questions[s : s + batch_size])
         best = memory.head.logits(hidden, vectors).argmax(-1).cpu()
         hits += int((best == torch.arange(s, s + len(best))).sum())
+    return hits / len(questions)
+
+
+@torch.no_grad()
+def first_token_recall_rate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    recall_id: int,
+    questions: Sequence[str],
+    batch_size: int = 32,
+) -> float:
+    """Fraction of `questions` whose greedy first reply token is `<recall>` (`recall_id`): how often the
+    model opens its reply with a recall when it may (`RecallGenerator(..., recall="model")`)."""
+    hits = 0
+    for s in range(0, len(questions), batch_size):
+        prompts = [render_chat(tokenizer, q) for q in questions[s : s + batch_size]]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        logits = model(
+            input_ids=enc.input_ids,
+            attention_mask=enc.attention_mask,
+            position_ids=positions_from_valid(enc.attention_mask.bool()),
+            logits_to_keep=1,
+        ).logits[:, -1]
+        hits += int((logits.argmax(-1) == recall_id).sum())
     return hits / len(questions)
 
 
@@ -236,9 +289,10 @@ def train_step1(
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, T) right-padded
-    labels: torch.Tensor  # (B, T), IGNORE on prompts, pads and <|memory_pad|>
+    labels: torch.Tensor  # (B, T), IGNORE on prompts, pads, <|memory_pad|> and memory_front's <recall>
     attention_mask: torch.Tensor  # (B, T)
     memories: torch.Tensor  # (B,) memory index at the row's pad, -1 for none
+    head_rows: torch.Tensor  # (B,) bool, the rows whose <recall> trains the memory head (Sample.trains_head)
 
 
 def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
@@ -249,7 +303,13 @@ def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
     for i, s in enumerate(samples):
         n = len(s.input_ids)
         ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(s.input_ids), torch.tensor(s.labels), 1
-    return Batch(ids, labels, mask, torch.tensor([s.memory for s in samples]))
+    return Batch(
+        ids,
+        labels,
+        mask,
+        torch.tensor([s.memory for s in samples]),
+        torch.tensor([s.trains_head for s in samples], dtype=torch.bool),
+    )
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -260,7 +320,8 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def step2_losses(
     model: nn.Module, memory: RecallMemory, batch: Batch, vectors: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token loss, head loss) of one batch, with each row's memory injected at its `<|memory_pad|>`.
+    """(token loss, head loss) of one batch, with each row's memory injected at its `<|memory_pad|>`;
+    the head loss covers `batch.head_rows` only (zero when the batch has none).
 
     The forward is the training twin of `RecallGenerator`: the same `inject`, the same position ids
     (`positions_from_valid`) and the same last-layer hidden state at `<recall>` for the head.
@@ -280,8 +341,10 @@ def step2_losses(
         output_hidden_states=True,
     )
     token_loss = next_token_loss(out.logits, batch.labels.to(device))
-    # the head reads the hidden state at the <recall> right before each memory pad
+    # the head reads the hidden state at the <recall> right before each memory pad, on head rows only
     rows, cols = slots.nonzero(as_tuple=True)
+    keep = batch.head_rows.to(device)[rows]
+    rows, cols = rows[keep], cols[keep]
     hidden = out.hidden_states[-1][rows, cols - 1]
     head_loss = (
         F.cross_entropy(memory.head.logits(hidden, vectors), with_memory[rows])
@@ -336,8 +399,7 @@ def train_recall(cfg: RecallTrainConfig, run: RunDir | None = None) -> TrainedRe
     seed_everything(cfg.seed)
     model, tokenizer = load_model(cfg.model, seed=cfg.seed)
     facts = make_facts(cfg.num_facts, seed=cfg.seed)
-    general = general_task(cfg.num_general, seed=cfg.seed)
-    sft_pool = general[: len(general) // 2]
+    sft_pool, held_out = split_general(general_task(cfg.num_general, seed=cfg.seed))
     encoder = encoder_for(cfg, model, tokenizer)
     bank = MemoryBank(encoder.dim)
     write_memories(bank, encoder, [f.text for f in facts], [{"answer": f.answer} for f in facts])
@@ -355,8 +417,12 @@ def train_recall(cfg: RecallTrainConfig, run: RunDir | None = None) -> TrainedRe
     memory.train()
     questions = [f.question for f in facts]
     paraphrases = [f.paraphrase for f in facts]
+    general_questions = [q.question for q in held_out]
     metrics = {
         "recall_at_1_before": recall_at_1(peft_model, tokenizer, memory, vectors, questions),
+        "general_recall_rate_before": first_token_recall_rate(
+            peft_model, tokenizer, memory.tokens.recall_id, general_questions
+        ),
     }
     t0 = time.perf_counter()
     s1 = train_step1(
@@ -386,6 +452,10 @@ def train_recall(cfg: RecallTrainConfig, run: RunDir | None = None) -> TrainedRe
         step2_loss_last=s2[-1] if s2 else float("nan"),
         recall_at_1=recall_at_1(peft_model, tokenizer, memory, vectors, questions),
         recall_at_1_paraphrase=recall_at_1(peft_model, tokenizer, memory, vectors, paraphrases),
+        general_recall_rate=first_token_recall_rate(
+            peft_model, tokenizer, memory.tokens.recall_id, general_questions
+        ),
+        fact_recall_rate=first_token_recall_rate(peft_model, tokenizer, memory.tokens.recall_id, questions),
     )
     rows.remove()
     memory.eval()
