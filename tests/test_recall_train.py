@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from latentmem.config import ConfigError
+from latentmem.decoding import IGNORE
 from latentmem.models import load_model
 from latentmem.recall import MemoryBank, RecallGenerator, RecallMemory
-from latentmem.recall.data import IGNORE, MixedRecallData, general_task, make_facts, split_general
+from latentmem.recall.data import MixedRecallData, general_task, make_facts, split_general
 from latentmem.recall.errors import RecallError
 from latentmem.recall.train import (
     RecallTrainConfig,

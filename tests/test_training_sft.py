@@ -9,11 +9,12 @@ import torch
 import latentmem.training.loop as loop
 import latentmem.training.sft as sft
 from latentmem.cli import main
+from latentmem.decoding import IGNORE
 from latentmem.errors import ConfigError
 from latentmem.models import load_model
 from latentmem.training import GRPOConfig, SFTConfig, TriggerRLConfig
 from latentmem.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from latentmem.training.data import IGNORE, Encoded, collate
+from latentmem.training.data import Encoded, collate
 
 TINY = {
     "model": "tiny-qwen2",

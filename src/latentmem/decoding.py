@@ -8,14 +8,41 @@ position ids do not advance. Nothing already cached is recomputed.
 
 Position ids are the count of valid positions before a slot, per row, so left padding, inserted latents
 and invalid slots all get the positions a straight unpadded sequence would have.
+
+This module is also the one home of the batch-layout rules every other module uses: `IGNORE` (the label
+no loss scores), `pad_rows` (ragged rows as one tensor, right- or left-padded), `left_padded` (token rows
+as a left-padded batch and its mask: the layout generation continues from) and `positions_from_valid`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+
+IGNORE = -100  # the label of a position no loss scores (the ignore_index of torch's cross-entropy)
+
+
+def pad_rows(
+    rows: Sequence[Sequence[int | float]],
+    fill: int | float,
+    dtype: torch.dtype = torch.long,
+    *,
+    left: bool = False,
+) -> torch.Tensor:
+    """Ragged rows as one (len(rows), max length) tensor, padded with `fill` on the right (or the left)."""
+    width = max((len(r) for r in rows), default=0)
+    pad = [[fill] * (width - len(r)) for r in rows]
+    out = [p + list(r) if left else list(r) + p for r, p in zip(rows, pad, strict=True)]
+    return torch.tensor(out, dtype=dtype).reshape(len(rows), width)
+
+
+def left_padded(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as a left-padded batch: (input_ids (B, T), attention_mask (B, T)), both long. Every row's
+    last token sits in the last column, where generation continues."""
+    return pad_rows(seqs, pad_id, left=True), pad_rows([[1] * len(s) for s in seqs], 0, left=True)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from latentmem.decoding import IGNORE, left_padded, pad_rows
 from latentmem.errors import LatentMemError, ModelLoadError
 from latentmem.memgen import GenerationConfig, LatentMemoryModel, MemGenConfig, TriggerConfig
 from latentmem.models import load_model
@@ -160,14 +161,11 @@ class LatentMemLM(TemplateLM):
                     seq = (context + continuation)[-self.max_length :]
                     seqs.append(seq)
                     n_scored.append(min(len(continuation), len(seq) - 1))  # the first token has no prediction
-                width = max(map(len, seqs))
-                ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-                labels = torch.full_like(ids, -100)
-                mask = torch.zeros_like(ids)
-                for row, (seq, n) in enumerate(zip(seqs, n_scored, strict=True)):  # left padding
-                    ids[row, width - len(seq) :] = torch.tensor(seq)
-                    mask[row, width - len(seq) :] = 1
-                    labels[row, width - n :] = ids[row, width - n :]
+                ids, mask = left_padded(seqs, pad)
+                scored = [
+                    [IGNORE] * (len(s) - n) + s[len(s) - n :] for s, n in zip(seqs, n_scored, strict=True)
+                ]
+                labels = pad_rows(scored, IGNORE, left=True)
                 device = self.model.device
                 out = self.model(ids.to(device), mask.to(device), labels.to(device))
                 logprob = out.token_logprobs.sum(-1).tolist()
@@ -270,12 +268,7 @@ class LatentMemLM(TemplateLM):
         self, contexts: list[list[int]], config: GenerationConfig, generator: torch.Generator
     ) -> list[str]:
         """Decoded completions (special tokens dropped) of left-padded `contexts`."""
-        width = max(map(len, contexts))
-        ids = torch.full((len(contexts), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, ctx in enumerate(contexts):
-            ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
-            mask[row, width - len(ctx) :] = 1
+        ids, mask = left_padded(contexts, self.tokenizer.pad_token_id)
         result = self.model.generate(ids, mask, config, generator=generator)
         return [
             self.tokenizer.decode(result.sequences[row, : int(result.lengths[row])], skip_special_tokens=True)

@@ -16,10 +16,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from latentmem.chat import render_chat
-from latentmem.decoding import KVDecoder
+from latentmem.decoding import IGNORE, KVDecoder, left_padded, pad_rows, positions_from_valid
 from latentmem.memgen.config import MemGenConfig, TriggerConfig
 from latentmem.memgen.generate import GenerationConfig
 from latentmem.memgen.model import LatentMemoryModel
+from latentmem.memgen.trigger import rule_decides
 from latentmem.models import load_model
 from latentmem.seeding import seed_everything
 
@@ -64,14 +65,14 @@ def reprefill_generate(mm: LatentMemoryModel, input_ids, attention_mask, max_new
     def weave(queries):
         x = torch.cat([mm.proj_in(tok_embeds), queries[None].expand(B, -1, -1).to(tok_embeds.dtype)], 1)
         mask = torch.cat([tok_mask, torch.ones(B, len(queries), dtype=torch.bool)], 1)
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        pos = positions_from_valid(mask)
         out = mm.weaver_lm(
             inputs_embeds=x, attention_mask=mask.long(), position_ids=pos, output_hidden_states=True
         )
         return mm.to_latents(out.hidden_states[-1][:, -len(queries) :])
 
     def reason(x, mask):
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        pos = positions_from_valid(mask)
         with mm.reasoner_mode() as r:
             # as in the reference: a plain forward, logits for every position, the last one used
             return r(inputs_embeds=x, attention_mask=mask.long(), position_ids=pos).logits[:, -1]
@@ -100,7 +101,7 @@ def reprefill_generate(mm: LatentMemoryModel, input_ids, attention_mask, max_new
             break
         is_delim = mm.is_delimiter[tok]
         n_delims += is_delim
-        ins = is_delim & (inserted < cfg.max_inference_insertions) & (n_delims % cfg.trigger.every_n == 0)
+        ins = is_delim & (inserted < cfg.max_inference_insertions) & rule_decides(cfg.trigger, n_delims)
         if bool(ins.any()):
             lat = weave(mm.inference_queries)
             K = lat.shape[1]
@@ -183,15 +184,8 @@ def _train_batch(tok, batch: int, answer_words: int):
     ]
     p = [tok(x, add_special_tokens=False)["input_ids"] for x in prompts]
     a = [tok(x, add_special_tokens=False)["input_ids"] for x in answers]
-    T = max(len(x) + len(y) for x, y in zip(p, a, strict=True))
-    ids = torch.full((batch, T), tok.pad_token_id)
-    mask = torch.zeros(batch, T, dtype=torch.long)
-    labels = torch.full((batch, T), -100)
-    for i, (x, y) in enumerate(zip(p, a, strict=True)):
-        n = len(x) + len(y)
-        ids[i, T - n :] = torch.tensor(x + y)
-        mask[i, T - n :] = 1
-        labels[i, T - len(y) :] = torch.tensor(y)
+    ids, mask = left_padded([x + y for x, y in zip(p, a, strict=True)], tok.pad_token_id)
+    labels = pad_rows([[IGNORE] * len(x) + y for x, y in zip(p, a, strict=True)], IGNORE, left=True)
     return ids, mask, labels
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from latentmem.config import Config, require
-from latentmem.decoding import KVDecoder
-from latentmem.memgen.insertion import InsertionPlan, pad_rows
+from latentmem.decoding import KVDecoder, pad_rows
+from latentmem.memgen.insertion import InsertionPlan
 from latentmem.sampling import SamplingConfig, draw, process_logits
 
 

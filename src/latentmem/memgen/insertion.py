@@ -21,7 +21,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from latentmem.decoding import IGNORE, pad_rows, positions_from_valid
+from latentmem.errors import ConfigError
 from latentmem.memgen.config import MemGenConfig
+from latentmem.memgen.trigger import rule_decides
 
 
 def delimiter_table(
@@ -68,31 +71,25 @@ class InsertionPlan:
         )
 
 
-def pad_rows(rows: list[list[int]], fill: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """Ragged rows as one (len(rows), max length) tensor, right-padded with `fill`."""
-    width = max((len(r) for r in rows), default=0)
-    return torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=dtype).reshape(len(rows), width)
-
-
 def scan_candidates(
     input_ids: torch.Tensor, labels: torch.Tensor, is_delimiter: torch.Tensor, cfg: MemGenConfig
 ) -> tuple[torch.Tensor, list[list[int]], list[list[int]]]:
     """Prompt ends and candidate delimiters (with their delimiter counts) of a labelled batch.
 
-    The answer region is where `labels != -100`. Mirrors generation: a delimiter answer token is a candidate
+    The answer region is where `labels != IGNORE` (-100). Mirrors generation: a delimiter answer token is a candidate
     when another answer token follows it; the insertion budget is applied by `plan_insertions`.
     """
     ids, labs, delim = input_ids.tolist(), labels.tolist(), is_delimiter.tolist()
     prompt_end, candidates, counts = [], [], []
     for row_ids, row_labels in zip(ids, labs, strict=True):
-        answer = [i for i, lab in enumerate(row_labels) if lab != -100]
+        answer = [i for i, lab in enumerate(row_labels) if lab != IGNORE]
         prompt_end.append(answer[0] - 1 if answer and cfg.prompt_latents > 0 else -1)
         cands, cnts, seen = [], [], 0
         if cfg.inserts_during_decoding:
             for i in answer:
                 if delim[row_ids[i]]:
                     seen += 1
-                    if i + 1 < len(row_labels) and row_labels[i + 1] != -100:
+                    if i + 1 < len(row_labels) and row_labels[i + 1] != IGNORE:
                         cands.append(i)
                         cnts.append(seen)
         candidates.append(cands)
@@ -113,8 +110,8 @@ def plan_insertions(
     generation."""
     prompt_end, candidates, counts = scan_candidates(input_ids, labels, is_delimiter.cpu(), cfg)
     if decisions is None and cfg.trigger.policy == "learned":
-        raise ValueError(
-            "a learned trigger decides at run time: pass the decisions recorded by generate() "
+        raise ConfigError(
+            "trigger.policy: a learned trigger decides at run time: pass the decisions recorded by generate() "
             "(GenerationResult.plan), or use policy always / every_n / never for training forward"
         )
     kept_c, kept_n, kept_d = [], [], []
@@ -125,12 +122,8 @@ def plan_insertions(
                 break
             if decisions is not None:
                 d = bool(decisions[b][j]) if j < len(decisions[b]) else False
-            elif cfg.trigger.policy == "always":
-                d = True
-            elif cfg.trigger.policy == "every_n":
-                d = n % cfg.trigger.every_n == 0
             else:
-                d = False
+                d = bool(rule_decides(cfg.trigger, torch.tensor(n)))
             rc.append(c)
             rn.append(n)
             rd.append(d)
@@ -221,7 +214,7 @@ def weaver_layout(
     mask = torch.cat([sees_tokens, sees_queries[None, :, T:].expand(B, Lw, Lw - T)], dim=2)
     mask |= torch.eye(Lw, dtype=torch.bool, device=device)[None]
     additive = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
-    tok_pos = (tok_valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    tok_pos = positions_from_valid(tok_valid)  # (B, T)
     positions = torch.zeros(B, Lw, dtype=torch.long, device=device)
     positions[:, :T] = tok_pos
     if J:

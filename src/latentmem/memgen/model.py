@@ -26,6 +26,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import get_layer_types_and_kwargs
 
+from latentmem.decoding import IGNORE, positions_from_valid
 from latentmem.errors import LatentMemError, ModelLoadError
 from latentmem.memgen.config import DEFAULT_LORA_TARGETS, MemGenConfig
 from latentmem.memgen.insertion import (
@@ -369,9 +370,9 @@ class LatentMemoryModel(nn.Module):
             ok = latent_dest >= 0
             rows = torch.arange(B, device=x.device)[:, None].expand_as(latent_dest)
             x = x.index_put((rows[ok], latent_dest[ok]), latents[ok])
-        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        positions = positions_from_valid(valid)
         # token i is predicted at the slot just before it: token i-1, or the last latent spliced after it
-        target = (labels != -100) & attention_mask.bool()
+        target = (labels != IGNORE) & attention_mask.bool()
         target[:, 0] = False
         rows, cols = target.nonzero(as_tuple=True)
         # The model's own head makes the logits (Gemma2 softcapping, Granite scaling, ...), exactly as in

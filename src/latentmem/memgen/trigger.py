@@ -10,7 +10,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from latentmem.errors import ConfigError
 from latentmem.memgen.config import TriggerConfig
+
+
+def rule_decides(cfg: TriggerConfig, delimiter_count: torch.Tensor) -> torch.Tensor:
+    """The decisions of a deterministic policy (always, never, every_n) at delimiters with 1-based counts
+    `delimiter_count` (N,) -> (N,) bool. The one statement of these rules: training's insertion plan,
+    generation's trigger and the benchmarks all ask here."""
+    if cfg.policy == "always":
+        return torch.ones_like(delimiter_count, dtype=torch.bool)
+    if cfg.policy == "every_n":
+        return delimiter_count % cfg.every_n == 0
+    if cfg.policy == "never":
+        return torch.zeros_like(delimiter_count, dtype=torch.bool)
+    raise ConfigError(
+        f"trigger.policy: {cfg.policy!r} is not a deterministic rule; a learned trigger decides"
+    )
 
 
 class Trigger(nn.Module):
@@ -33,11 +49,7 @@ class Trigger(nn.Module):
         the 1-based index of each delimiter among its row's delimiters. Returns (N,) float32."""
         if self.head is not None:
             return torch.sigmoid(self.head(hidden.float()).squeeze(-1))
-        if self.cfg.policy == "always":
-            return torch.ones(hidden.shape[0], device=hidden.device)
-        if self.cfg.policy == "never":
-            return torch.zeros(hidden.shape[0], device=hidden.device)
-        return (delimiter_count % self.cfg.every_n == 0).float()
+        return rule_decides(self.cfg, delimiter_count.to(hidden.device)).float()
 
     def decide(
         self,

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from latentmem.chat import render_chat
+from latentmem.decoding import IGNORE
 from latentmem.recall.errors import RecallError
 from latentmem.recall.tokens import MEMORY_PAD, RECALL, RECALL_END, RECALL_TOKENS, RecallTokens
 
-IGNORE = -100
 KINDS = ("memory_front", "memory_full", "sft_only")
 # the kinds whose memory is the one their context asks for: the memory head learns only from these
 HEAD_KINDS = frozenset({"memory_full"})

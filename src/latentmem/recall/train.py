@@ -34,11 +34,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from latentmem.chat import render_chat
 from latentmem.config import Config, require
-from latentmem.decoding import positions_from_valid
+from latentmem.decoding import IGNORE, positions_from_valid
 from latentmem.models import load_model
 from latentmem.recall.bank import MemoryBank
 from latentmem.recall.data import (
-    IGNORE,
     Fact,
     MixedRecallData,
     Sample,

@@ -19,12 +19,12 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from latentmem.decoding import positions_from_valid
+from latentmem.decoding import IGNORE, positions_from_valid
 from latentmem.errors import ConfigError, ModelLoadError
 from latentmem.models import load_model
 from latentmem.seeding import seed_everything
 from latentmem.training.config import RecipeConfig, SFTConfig
-from latentmem.training.data import IGNORE, Encoded, collate, encode, load_rows
+from latentmem.training.data import Encoded, collate, encode, load_rows
 from latentmem.training.loop import Metrics, StepContext, Trainer, launch
 from latentmem.training.sft import answer_tokens
 

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
+from latentmem.decoding import IGNORE
 from latentmem.errors import ConfigError
 from latentmem.memgen import GenerationConfig, GenerationResult, LatentMemoryModel, RetrievedMemory
 from latentmem.sampling import SamplingConfig
 from latentmem.training.config import DataConfig, RolloutConfig
-from latentmem.training.data import IGNORE, Encoded, Row, collate, collate_memory, reward_columns
+from latentmem.training.data import Encoded, Row, collate, collate_memory, reward_columns
 from latentmem.training.rewards import RewardFn
 from latentmem.training.sharding import gathered
 
