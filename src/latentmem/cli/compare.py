@@ -10,42 +10,96 @@ from latentmem.config import apply_overrides
 from latentmem.eval.compare import CompareConfig, results_table, run_compare
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, e.g. 0,1,2; got {text!r}"
+        ) from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    d = CompareConfig()
     p = subparsers.add_parser("compare", help="train and evaluate methods on a task; write one results table")
     p.add_argument("--config", help="a YAML CompareConfig (flags below override it)")
-    p.add_argument("--task", help="task name (see latentmem.eval.tasks)")
+    p.add_argument("--task", help=f"task name (see latentmem.eval.tasks; default {d.task})")
     p.add_argument(
         "--task-arg",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="task argument, e.g. path=data.jsonl",
+        help="task argument, e.g. path=data.jsonl (repeatable; default none)",
     )
-    p.add_argument("--model", help="model name or local HF dir")
-    p.add_argument("--methods", help="comma-separated, e.g. vanilla,lora-sft,memgen-sft")
+    p.add_argument("--model", help=f"model name or local HF dir (default {d.model})")
     p.add_argument(
-        "--train-budget", type=int, metavar="STEPS", help="optimiser steps for every trained method"
+        "--methods",
+        type=_names,
+        help=f"comma-separated, e.g. vanilla,lora-sft (default {','.join(d.methods)})",
     )
-    p.add_argument("--n-train", type=int)
-    p.add_argument("--n-test", type=int)
-    p.add_argument("--out", help="output folder (results.json, results.md, results.png)")
-    p.epilog = "Config overrides follow anywhere: budget.lr=1e-3 --memgen.prompt_latents=4"
+    p.add_argument(
+        "--train-budget",
+        type=int,
+        metavar="STEPS",
+        help=f"optimiser steps for every trained method (default {d.budget.steps})",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_ints,
+        help="comma-separated training seeds; every method trains and is evaluated once per seed, on the "
+        f"same test items (default {','.join(map(str, d.seeds))})",
+    )
+    p.add_argument(
+        "--steps",
+        type=_ints,
+        metavar="N,N,...",
+        help="also train each trained method for each of these step counts and plot accuracy against "
+        "them to steps.png (default none)",
+    )
+    p.add_argument(
+        "--retention-tasks",
+        type=_names,
+        metavar="TASK,TASK,...",
+        help="after training, also evaluate every method on these tasks; needs vanilla (default none)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help="validation split held out of the train split, as a share of --n-train, the same for every "
+        f"seed (default {d.val_fraction})",
+    )
+    p.add_argument("--n-train", type=int, help=f"training examples per seed, 0 = all (default {d.n_train})")
+    p.add_argument("--n-test", type=int, help=f"held-out examples, 0 = all (default {d.n_test})")
+    p.add_argument(
+        "--out", help=f"output folder: results.json, results.md, results.png, steps.png (default {d.out})"
+    )
+    p.epilog = "Config overrides follow anywhere: budget.lr=1e-3 --memgen.prompt_latents=4 split_seed=1"
     p.set_defaults(func=run, overrides=[])
 
 
-def run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace) -> CompareConfig:
+    """The config of `--config`, with the flags and then the `key=value` overrides on top."""
     import yaml
 
     data = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
     flags = {
         "task": args.task, "model": args.model, "out": args.out, "n_train": args.n_train, "n_test": args.n_test,
-        "methods": args.methods.split(",") if args.methods else None,
+        "methods": args.methods, "seeds": args.seeds, "steps": args.steps,
+        "retention_tasks": args.retention_tasks, "val_fraction": args.val_fraction,
     }  # fmt: skip
     data.update({k: v for k, v in flags.items() if v is not None})
     if args.task_arg:
         data["task_args"] = {**data.get("task_args", {}), **dict(kv.split("=", 1) for kv in args.task_arg)}
     overrides = list(args.overrides) + ([f"budget.steps={args.train_budget}"] if args.train_budget else [])
-    cfg = CompareConfig.from_dict(apply_overrides(data, overrides))
+    return CompareConfig.from_dict(apply_overrides(data, overrides))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
     results = run_compare(cfg)
     print(results_table(results))
     print(json.dumps({k: v["accuracy"] for k, v in results["methods"].items()}))

@@ -1,23 +1,62 @@
 """`latentmem compare`: train what needs training, evaluate every method on the same held-out split, and
 write `results.json`, `results.md` and `results.png` into the output folder (a run folder: it also keeps
-the resolved config, seed, git hash and package versions)."""
+the resolved config, seed, git hash and package versions). Beside its scores, each method records what
+its training ran (`Method.training`: algorithm, loss type, schedule, lr, steps, rows seen, start point),
+so that a reader can check that the arms got the same budget and algorithm.
+
+Splits and seeds. The test split (`task.split("test")` under `split_seed`) is the same items for every
+seed, so that methods and seeds pair item by item. The validation split (`val_fraction`) is carved from
+the train split under `split_seed` too, so it is the same items for every seed, and it is disjoint from
+the training rows and from the test split; methods get it as `Context.val`. For each seed in `seeds`,
+every method is built afresh and trained with that seed, on that seed's sample of the remaining train
+split (shuffled under the seed, cut to `n_train`); with no validation split this is exactly
+`task.split("train", n_train, seed)`.
+
+Statistics (`latentmem.eval.stats`). Each method's accuracy is the mean over seeds and items, with a 95%
+interval (Wilson for one seed of 0/1 scores, else a bootstrap over seeds and items) and a paired test
+against `vanilla` and against `lora-sft` where they run (McNemar's exact test for one seed of 0/1 scores,
+else a sign-flip permutation test over items of the seed-averaged scores).
+
+Accuracy against training steps (`steps`). Each trained method is also trained and evaluated, per seed,
+under each listed step count: separate runs, each a complete run of its budget (its LR schedule ends at
+that step, as the main runs' do), which works alike for every method, TRL's GRPO included; a count equal
+to `budget.steps` reuses the main runs. Untrained methods are drawn flat in `steps.png`.
+
+Retention (`retention_tasks`). After training on the main task, each seed's method, as deployed (its LoRA
+or weaver active, its retrieval store holding the main task's examples), also answers each retention
+task's test split (in that task's own format); the table shows its accuracy there and its drop against
+`vanilla`'s, which must therefore run.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from latentmem.config import Config, require
-from latentmem.eval.methods import METHODS, Budget, Context, check_methods
-from latentmem.eval.task import get_task
+from latentmem.eval import stats
+from latentmem.eval.methods import METHODS, Budget, Completions, Context, Method, check_methods, write_rows
+from latentmem.eval.task import Example, Task, TaskError, get_task
 from latentmem.memgen import MemGenConfig
 from latentmem.runs import RunDir
 from latentmem.seeding import seed_everything
+
+BASELINES = ("vanilla", "lora-sft")  # every method gets a p-value against each of these that runs
+
+STATS_NOTE = (
+    "95% CI: Wilson score interval for one seed of 0/1 scores, else a percentile bootstrap resampling "
+    "seeds and items (10,000 resamples). p: McNemar's exact test for one seed of 0/1 scores, else a "
+    "two-sided sign-flip permutation test over items of the seed-averaged scores."
+)
 
 
 @dataclass
@@ -27,9 +66,14 @@ class CompareConfig(Config):
     model: str = "smollm2-135m-instruct"
     methods: list[str] = field(default_factory=lambda: ["vanilla", "memgen-sft"])
     out: str = "runs/compare"
-    seed: int = 0
-    n_train: int = 256  # training examples (0 = all)
-    n_test: int = 100  # held-out examples (0 = all)
+    seeds: list[int] = field(default_factory=lambda: [0])  # one training run of every method per seed
+    split_seed: int = 0  # draws the test and validation splits: the same items for every seed
+    n_train: int = 256  # training examples per seed (0 = all)
+    n_test: int = 100  # held-out examples (0 = all); also per retention task
+    val_fraction: float = 0.0  # validation split, as a share of n_train (of the train split when 0)
+    steps: list[int] = field(default_factory=list)  # step counts of the accuracy-vs-steps curve
+    retention_tasks: list[str] = field(default_factory=list)  # evaluated after training on `task`
+    retention_task_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per retention task
     eval_batch_size: int = 16
     retrieval_k: int = 3
     budget: Budget = field(default_factory=Budget)
@@ -38,73 +82,337 @@ class CompareConfig(Config):
     def validate(self) -> None:
         require(len(self.methods) > 0, "methods", "name at least one method, e.g. vanilla,memgen-sft")
         check_methods(self.methods)
+        require(len(set(self.methods)) == len(self.methods), "methods", f"listed twice in {self.methods}")
+        require(len(self.seeds) > 0, "seeds", "name at least one seed, e.g. [0] or 0,1,2")
+        require(all(s >= 0 for s in self.seeds), "seeds", f"must be >= 0, got {self.seeds}")
+        require(len(set(self.seeds)) == len(self.seeds), "seeds", f"listed twice in {self.seeds}")
+        require(self.split_seed >= 0, "split_seed", f"must be >= 0, got {self.split_seed}")
         require(
             self.n_train >= 0 and self.n_test >= 0, "n_train", "n_train and n_test must be >= 0 (0 = all)"
         )
+        require(0 <= self.val_fraction < 1, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        require(all(s >= 1 for s in self.steps), "steps", f"step counts must be >= 1, got {self.steps}")
+        require(len(set(self.steps)) == len(self.steps), "steps", f"listed twice in {self.steps}")
+        require(
+            not self.retention_tasks or "vanilla" in self.methods,
+            "retention_tasks",
+            "the drop on a retention task is measured against vanilla: add vanilla to methods",
+        )
+        require(
+            self.task not in self.retention_tasks,
+            "retention_tasks",
+            f"{self.task!r} is the main task; retention tasks are the other ones",
+        )
+        unknown = set(self.retention_task_args) - set(self.retention_tasks)
+        require(not unknown, "retention_task_args", f"{sorted(unknown)} are not among {self.retention_tasks}")
         require(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+
+
+@dataclass
+class Splits:
+    """The examples of one comparison: the test and validation splits (the same for every seed) and the
+    pool each seed's training rows are drawn from (the train split without the validation split)."""
+
+    test: list[Example]
+    val: list[Example]
+    pool: list[Example]
+    n_train: int  # training rows per seed
+
+    @classmethod
+    def make(cls, task: Task, cfg: CompareConfig, needs_train: bool) -> Splits:
+        test = task.split("test", cfg.n_test or None, seed=cfg.split_seed)
+        if not needs_train and cfg.val_fraction == 0:  # test-only benchmarks have no train split
+            return cls(test, [], [], 0)
+        examples = task.load("train")
+        if not examples:
+            raise TaskError(f"{task.name}: the train split is empty")
+        n_val = math.ceil(cfg.val_fraction * (cfg.n_train or len(examples)))
+        if n_val >= len(examples):
+            raise TaskError(
+                f"{task.name}: val_fraction {cfg.val_fraction} holds out {n_val} of the train split's "
+                f"{len(examples)} examples, leaving none to train on; lower val_fraction"
+            )
+        held = set(random.Random(cfg.split_seed).sample(range(len(examples)), n_val))
+        # the pool keeps the split's own order, so that with no validation split a seed's sample is
+        # exactly `task.split("train", n_train, seed)`, as before seeds and validation existed
+        pool = [ex for i, ex in enumerate(examples) if i not in held]
+        val = [examples[i] for i in sorted(held)]
+        return cls(test, val, pool, min(cfg.n_train or len(pool), len(pool)))
+
+    def train(self, seed: int) -> list[Example]:
+        """Seed `seed`'s training rows: the pool shuffled under `seed`, cut to `n_train`."""
+        rows = list(self.pool)
+        random.Random(seed).shuffle(rows)
+        return rows[: self.n_train]
 
 
 def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     """Run the comparison; returns (and writes) the results."""
     task = get_task(cfg.task, **cfg.task_args)  # task errors before any model loads
-    test = task.split("test", cfg.n_test or None, seed=cfg.seed)
-    needs_train = any(m != "vanilla" for m in cfg.methods)
-    train = task.split("train", cfg.n_train or None, seed=cfg.seed) if needs_train else []
-    run = RunDir.create(cfg.out, cfg, cfg.seed)
-    prompts = [ex.prompt for ex in test]
+    retention = {n: get_task(n, **cfg.retention_task_args.get(n, {})) for n in cfg.retention_tasks}
+    retention_tests = {
+        n: t.split("test", cfg.n_test or None, seed=cfg.split_seed) for n, t in retention.items()
+    }
+    splits = Splits.make(task, cfg, needs_train=any(m != "vanilla" for m in cfg.methods))
+    out = Path(cfg.out)
+    run = RunDir.create(out, cfg, cfg.seeds[0])  # config.yaml holds every seed
+    if splits.val:
+        write_rows(out / "val.jsonl", task, splits.val)
     results: dict[str, Any] = {
         "task": cfg.task,
         "model": cfg.model,
-        "n_test": len(test),
-        "n_train": len(train),
+        "n_test": len(splits.test),
+        "n_train": splits.n_train,
+        "n_val": len(splits.val),
+        "seeds": list(cfg.seeds),
+        "split_seed": cfg.split_seed,
+        "steps": sorted(cfg.steps),
+        "retention_tasks": {n: len(t) for n, t in retention_tests.items()},
+        "stats": STATS_NOTE,
         "methods": {},
     }
+    scores: dict[str, np.ndarray] = {}  # method -> (seeds, test items)
+    retained: dict[str, dict[str, np.ndarray]] = {}  # method -> retention task -> (seeds, items)
     for name in tqdm(cfg.methods, desc="methods"):
-        seed_everything(cfg.seed)
-        workdir = Path(cfg.out) / name
-        ctx = Context(
-            model=cfg.model, task=task, task_name=cfg.task, task_args=cfg.task_args, train=train,
-            budget=cfg.budget, memgen=cfg.memgen, workdir=workdir, seed=cfg.seed,
-            retrieval_k=cfg.retrieval_k, eval_batch_size=cfg.eval_batch_size,
-        )  # fmt: skip
-        method = METHODS[name](ctx)
-        method.fit()
-        out = method.complete(prompts)
-        scores = [task.score(ex, c) for ex, c in zip(test, out.texts, strict=True)]
-        workdir.mkdir(parents=True, exist_ok=True)
-        with (workdir / "completions.jsonl").open("w") as f:
-            for ex, c, s in zip(test, out.texts, scores, strict=True):
-                f.write(
-                    json.dumps({"prompt": ex.prompt, "answer": ex.answer, "completion": c, "score": s}) + "\n"
+        per_seed, main, kept = [], [], {n: [] for n in retention}
+        for i, seed in enumerate(cfg.seeds):
+            workdir = out / name / f"seed-{seed}"
+            method = _fitted(name, cfg, task, splits, seed, cfg.budget, workdir)
+            done, item_scores = _evaluate(method, task, splits.test)
+            _write_completions(out / name / "completions.jsonl", splits.test, done, item_scores, seed, i > 0)
+            main.append(item_scores)
+            for n, rtask in retention.items():
+                rdone, rscores = _evaluate(method, rtask, retention_tests[n])
+                _write_completions(
+                    out / name / f"completions-{n}.jsonl", retention_tests[n], rdone, rscores, seed, i > 0
                 )
+                kept[n].append(rscores)
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "accuracy": sum(item_scores) / len(item_scores),
+                    "n_train": len(method.ctx.train),
+                    "trainable_params": method.trainable_params,
+                    "train_seconds": round(method.train_seconds, 2),
+                    "seconds_per_sample": round(done.seconds / len(item_scores), 4),
+                    "tokens_per_second": round(done.new_tokens / max(done.seconds, 1e-9), 2),
+                    "training": method.training(),
+                }
+            )
+            run.log(method=name, **per_seed[-1])
+            del method  # free its model before the next seed's loads
+        scores[name] = np.array(main)
+        retained[name] = {n: np.array(s) for n, s in kept.items()}
+        first = per_seed[0]
         results["methods"][name] = {
-            "accuracy": sum(scores) / len(scores),
-            "n": len(scores),
-            "trainable_params": method.trainable_params,
-            "train_seconds": round(method.train_seconds, 2),
-            "seconds_per_sample": round(out.seconds / len(scores), 4),
-            "tokens_per_second": round(out.new_tokens / max(out.seconds, 1e-9), 2),
+            "accuracy": float(scores[name].mean()),
+            "n": len(splits.test),
+            "n_seeds": len(cfg.seeds),
+            "trainable_params": first["trainable_params"],
+            "train_seconds": round(float(np.mean([s["train_seconds"] for s in per_seed])), 2),
+            "seconds_per_sample": round(float(np.mean([s["seconds_per_sample"] for s in per_seed])), 4),
+            "tokens_per_second": round(float(np.mean([s["tokens_per_second"] for s in per_seed])), 2),
+            "training": first["training"],
+            "seeds": per_seed,
         }
-        run.log(method=name, **results["methods"][name])
-        _write(Path(cfg.out), results)
+        if cfg.steps and first["training"]["steps"] > 0:
+            results["methods"][name]["steps"] = _steps_curve(name, cfg, task, splits, scores[name])
+        _add_stats(results["methods"], scores, retained)
+        _write(out, results)
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _write(Path(cfg.out), results)
+    _write(out, results)
     return results
 
 
+def _fitted(
+    name: str, cfg: CompareConfig, task: Task, splits: Splits, seed: int, budget: Budget, workdir: Path
+) -> Method:
+    """A fresh `name`, trained (if it trains) under `budget` with seed `seed` on that seed's rows."""
+    seed_everything(seed)
+    ctx = Context(
+        model=cfg.model, task=task, task_name=cfg.task, task_args=cfg.task_args, train=splits.train(seed),
+        val=splits.val, budget=budget, memgen=cfg.memgen, workdir=workdir, seed=seed,
+        retrieval_k=cfg.retrieval_k, eval_batch_size=cfg.eval_batch_size,
+    )  # fmt: skip
+    method = METHODS[name](ctx)
+    method.fit()
+    return method
+
+
+def _evaluate(method: Method, task: Task, examples: list[Example]) -> tuple[Completions, list[float]]:
+    """`method`'s completions of `examples` of `task` (the main task or a retention task) and their
+    scores. Methods format prompts from `ctx.task` (system prompt, answer length), so for the call it is
+    `task`; what the method learnt or retrieves stays that of the main task, as deployed."""
+    deployed = method.ctx
+    method.ctx = dataclasses.replace(deployed, task=task)
+    try:
+        done = method.complete([ex.prompt for ex in examples])
+    finally:
+        method.ctx = deployed
+    return done, [task.score(ex, c) for ex, c in zip(examples, done.texts, strict=True)]
+
+
+def _write_completions(
+    path: Path, examples: list[Example], done: Completions, scores: list[float], seed: int, append: bool
+) -> None:
+    """One JSON line per test item of one seed: which item, the prompt, gold answer, completion, score."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a" if append else "w") as f:
+        for item, (ex, c, s) in enumerate(zip(examples, done.texts, scores, strict=True)):
+            row = {"seed": seed, "item": item, "prompt": ex.prompt, "answer": ex.answer, "completion": c}
+            f.write(json.dumps({**row, "score": s}) + "\n")
+
+
+def _steps_curve(
+    name: str, cfg: CompareConfig, task: Task, splits: Splits, main: np.ndarray
+) -> list[dict[str, Any]]:
+    """Accuracy of `name` trained for each of `cfg.steps` (one run per seed and count, into
+    `<method>/seed-<s>/steps-<n>/`); the count `budget.steps` is the main runs' `main` scores."""
+    points = []
+    for n_steps in sorted(cfg.steps):
+        if n_steps == cfg.budget.steps:
+            m = main
+        else:
+            rows = []
+            for seed in cfg.seeds:
+                workdir = Path(cfg.out) / name / f"seed-{seed}" / f"steps-{n_steps}"
+                budget = dataclasses.replace(cfg.budget, steps=n_steps)
+                method = _fitted(name, cfg, task, splits, seed, budget, workdir)
+                done, item_scores = _evaluate(method, task, splits.test)
+                _write_completions(workdir / "completions.jsonl", splits.test, done, item_scores, seed, False)
+                rows.append(item_scores)
+                del method
+            m = np.array(rows)
+        ci = stats.accuracy_ci(m)
+        points.append(
+            {
+                "steps": n_steps,
+                "accuracy": float(m.mean()),
+                "ci95": [ci.low, ci.high],
+                "seeds": [float(row.mean()) for row in m],
+            }
+        )
+    return points
+
+
+def _add_stats(
+    methods: dict[str, Any], scores: dict[str, np.ndarray], retained: dict[str, dict[str, np.ndarray]]
+) -> None:
+    """(Re)compute every finished method's interval, p-values and retention rows; run after each method
+    so that a baseline evaluated later still enters the earlier methods' rows."""
+    for name, m in scores.items():
+        r = methods[name]
+        ci = stats.accuracy_ci(m)
+        r["ci95"], r["ci_method"] = [ci.low, ci.high], ci.method
+        tests = {b: stats.paired_test(m, scores[b]) for b in BASELINES if b in scores and b != name}
+        r["p_value"] = {b: t.p for b, t in tests.items()}
+        r["p_test"] = {b: t.method for b, t in tests.items()}
+        if not retained[name]:
+            continue
+        r["retention"] = {}
+        for task_name, rm in retained[name].items():
+            rci = stats.accuracy_ci(rm)
+            entry: dict[str, Any] = {"accuracy": float(rm.mean()), "ci95": [rci.low, rci.high]}
+            if "vanilla" in retained:
+                base = retained["vanilla"][task_name]
+                entry["drop_vs_vanilla"] = float(base.mean() - rm.mean())  # > 0: worse than before training
+                if name != "vanilla":
+                    entry["p_value"] = {"vanilla": stats.paired_test(rm, base).p}
+            r["retention"][task_name] = entry
+
+
+def _acc(r: dict[str, Any]) -> str:
+    low, high = r["ci95"]
+    return f"{r['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _p(r: dict[str, Any], baseline: str) -> str:
+    p = r.get("p_value", {}).get(baseline)
+    if p is None:
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def results_table(results: dict[str, Any]) -> str:
-    """A markdown table of the results."""
+    """Markdown tables of the results: accuracy with its interval and p-values, per seed, against training
+    steps, on the retention tasks, and each method's training."""
+    methods = results["methods"]
+    seeds = results["seeds"]
     lines = [
         f"Task `{results['task']}`, model `{results['model']}`, {results['n_test']} held-out examples, "
-        f"{results['n_train']} training examples.",
+        f"{results['n_train']} training examples per seed, {results['n_val']} validation examples, "
+        f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}.",
         "",
-        "| method | accuracy | n | trainable params | train s | s / sample | tokens / s |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for name, r in results["methods"].items():
+    baselines = [b for b in BASELINES if b in methods]
+    head = "| method | accuracy [95% CI] | " + "".join(f"p vs {b} | " for b in baselines)
+    lines += [
+        head + "n | trainable params | train s | s / sample | tokens / s |",
+        "|" + "---|" * (2 + len(baselines) + 5),
+    ]
+    for name, r in methods.items():
         lines.append(
-            f"| {name} | {r['accuracy']:.3f} | {r['n']} | {r['trainable_params']:,} | {r['train_seconds']:.1f} "
+            f"| {name} | {_acc(r)} | " + "".join(f"{_p(r, b)} | " for b in baselines)
+            + f"{r['n']} | {r['trainable_params']:,} | {r['train_seconds']:.1f} "
             f"| {r['seconds_per_sample']:.3f} | {r['tokens_per_second']:.1f} |"
+        )  # fmt: skip
+    lines += ["", STATS_NOTE]
+    if len(seeds) > 1:
+        lines += [
+            "",
+            "Accuracy per seed (the same test items; each seed its own training sample and run).",
+            "",
+            "| method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+            "|---|" + "---|" * len(seeds),
+        ]
+        for name, r in methods.items():
+            lines.append(f"| {name} | " + " | ".join(f"{s['accuracy']:.3f}" for s in r["seeds"]) + " |")
+    if results["steps"]:
+        lines += [
+            "",
+            "Accuracy against training steps (a full run of each budget per seed; untrained methods are "
+            "the same at every count).",
+            "",
+            "| method | " + " | ".join(f"{s} steps" for s in results["steps"]) + " |",
+            "|---|" + "---|" * len(results["steps"]),
+        ]
+        for name, r in methods.items():
+            cells = (
+                [_acc(p) for p in r["steps"]]
+                if "steps" in r
+                else [f"{r['accuracy']:.3f}"] * len(results["steps"])
+            )
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if results["retention_tasks"]:
+        tasks = list(results["retention_tasks"])
+        lines += [
+            "",
+            "Retention: each method as trained on the main task, on other tasks' test splits (drop: "
+            "vanilla's accuracy minus the method's; p against vanilla).",
+            "",
+            "| method | " + " | ".join(f"{t} accuracy [95% CI] | {t} drop | {t} p" for t in tasks) + " |",
+            "|---|" + "---|---|---|" * len(tasks),
+        ]
+        for name, r in methods.items():
+            cells = []
+            for t in tasks:
+                e = r["retention"][t]
+                drop = e.get("drop_vs_vanilla")
+                cells += [_acc(e), "–" if drop is None else f"{drop:+.3f}", _p(e, "vanilla")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Training. Every trained method starts from scratch; `rows seen` counts training rows (prompts, for "
+        "GRPO) over all steps.",
+        "",
+        "| method | algorithm | loss type | schedule | lr | steps | rows seen | start |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in methods.items():
+        t = r["training"]
+        lines.append(
+            f"| {name} | {t['algorithm']} | {t.get('loss_type', '-')} | {t.get('schedule', '-')} "
+            f"| {t.get('lr', '-')} | {t['steps']} | {t['rows_seen']} | {t['start']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -114,22 +422,64 @@ def _write(out: Path, results: dict[str, Any]) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_table(results))
     _plot(out / "results.png", results)
+    if results["steps"]:
+        _plot_steps(out / "steps.png", results)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a server
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _plot(path: Path, results: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = list(results["methods"])
-    acc = [results["methods"][n]["accuracy"] for n in names]
+    rs = [results["methods"][n] for n in names]
+    acc = [r["accuracy"] for r in rs]
+    # matplotlib rejects negative error bars; a percentile bootstrap may end a hair inside the mean
+    err = [
+        [max(0.0, a - r["ci95"][0]) for a, r in zip(acc, rs, strict=True)],
+        [max(0.0, r["ci95"][1] - a) for a, r in zip(acc, rs, strict=True)],
+    ]
     fig, ax = plt.subplots(figsize=(1.2 + 1.3 * len(names), 3.2))
-    bars = ax.bar(names, acc, color="#4c72b0")
-    ax.bar_label(bars, labels=[f"{a:.2f}" for a in acc])
+    bars = ax.bar(names, acc, yerr=err, capsize=4, color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{a:.2f}" for a in acc], label_type="center", color="white")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.set_title(
+        f"{results['task']} · {results['model']} · n={results['n_test']} · seeds={len(results['seeds'])}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_steps(path: Path, results: dict[str, Any]) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, r in results["methods"].items():
+        if "steps" in r:
+            xs = [p["steps"] for p in r["steps"]]
+            line = ax.plot(xs, [p["accuracy"] for p in r["steps"]], marker="o", label=name)[0]
+            low, high = zip(*(p["ci95"] for p in r["steps"]), strict=True)
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
+        else:
+            ax.axhline(r["accuracy"], linestyle="--", linewidth=1, color="grey")
+            ax.annotate(name, (results["steps"][0], r["accuracy"]), fontsize=7, va="bottom")
+    if len(results["steps"]) > 1:
+        ax.set_xscale("log")
+    ax.set_xticks(results["steps"], [str(s) for s in results["steps"]])
+    ax.minorticks_off()
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{results['task']} · {results['model']} · n={results['n_test']}")
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.set_title(f"{results['task']} · {results['model']}")
+    if any("steps" in r for r in results["methods"].values()):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
