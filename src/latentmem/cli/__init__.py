@@ -7,6 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from latentmem import __version__
 from latentmem.errors import LatentMemError
 
 # One module per subcommand; `register(subparsers)` adds it. Listed in the order `--help` shows them.
@@ -18,6 +19,7 @@ COMMAND_MODULES = (
     "latentmem.cli.bench",
     "latentmem.cli.memory",
     "latentmem.cli.compare",
+    "latentmem.cli.serve",
 )
 
 
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="latentmem",
         description="Memory for language models and agents: latent (MemGen), recall, retrieval, conversation.",
     )
+    parser.add_argument("--version", action="version", version=f"latentmem {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

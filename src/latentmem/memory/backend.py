@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from latentmem.memory.base import FilterValue, MemoryRecord, Scope
+from latentmem.memory.base import FilterValue, MemoryRecord, MemoryVersion, Scope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,19 @@ class VectorBackend(abc.ABC):
         """Record the embedder of a new store (called once, before the first write)."""
 
     @abc.abstractmethod
+    def read_setting(self, key: str) -> str | None:
+        """The value a client of the store recorded under `key` with `write_setting`; None when unset."""
+
+    @abc.abstractmethod
+    def write_setting(self, key: str, value: str) -> None:
+        """Record `value` under `key` beside the records, inside `transaction()`.
+
+        For clients that keep rows in a scope and a little state of their own with them (a recall bank's
+        next id and index kind); atomic with the transaction's row writes where the backend has
+        transactions. Client keys live apart from the store's own settings (embedder, dimension).
+        """
+
+    @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         """Everything inside is one atomic write that no other writer interleaves with."""
 
@@ -90,15 +103,21 @@ class VectorBackend(abc.ABC):
         vector: np.ndarray,
         at: float,
     ) -> None:
-        """Overwrite a record's text, key, metadata and vector; `updated_at` becomes `at`."""
+        """Overwrite a record's text, key, metadata and vector; `updated_at` becomes `at`. The state it
+        replaces is kept as the record's next `MemoryVersion`, in the same write."""
 
     @abc.abstractmethod
     def remove(self, ids: Sequence[int]) -> None:
-        """Delete records by id (ids that do not exist are ignored)."""
+        """Delete records by id, their earlier versions with them (ids that do not exist are ignored)."""
 
     @abc.abstractmethod
-    def select(self, where: Where, limit: int | None) -> list[MemoryRecord]:
-        """The records `where` sees, oldest first, at most `limit`."""
+    def versions(self, memory_id: int) -> list[MemoryVersion]:
+        """The earlier versions of a record, oldest first (empty when it was never updated)."""
+
+    @abc.abstractmethod
+    def select(self, where: Where, limit: int | None, after: int | None = None) -> list[MemoryRecord]:
+        """The records `where` sees, oldest first, at most `limit`; with `after`, only ids above it (ids
+        increase with insertion, so paging by the last id seen is stable under concurrent writes)."""
 
     @abc.abstractmethod
     def count(self, where: Where | None = None) -> int:

@@ -139,6 +139,22 @@ class MemoryRecord:
 
 
 @dataclasses.dataclass
+class MemoryVersion:
+    """An earlier state of a record, kept when `update` replaced it (a delete forgets them with it).
+
+    `updated_at` is when this version was written (its record's `created_at` for the first one),
+    `replaced_at` when an update superseded it.
+    """
+
+    memory_id: int
+    version: int  # 0 = the text as first added, then 1, 2, ... in update order
+    text: str
+    metadata: dict[str, Any]
+    updated_at: float
+    replaced_at: float
+
+
+@dataclasses.dataclass
 class AddResult:
     """What `add` did: stored a new record, or found an exact / near duplicate and returned it."""
 

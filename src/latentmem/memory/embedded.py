@@ -2,8 +2,10 @@
 
 Layout of a store directory::
 
-    memory.sqlite          records (text, scope, metadata, timestamps, vector), the change log, meta
-                           (including the store's random id)
+    memory.sqlite          records (text, scope, metadata, timestamps, vector), their earlier versions,
+                           the change log, meta
+                           (including the store's random id and the settings of clients such as a recall
+                           bank, `write_setting`)
     index-<SEQ>.npz        a snapshot of the vector index as of write number SEQ, tagged with the store id
                            (a cache)
     write.lock             the inter-process write lock (fcntl)
@@ -49,13 +51,14 @@ from typing import Any
 import numpy as np
 
 from latentmem.memory.backend import NewRow, VectorBackend, Where
-from latentmem.memory.base import MemoryRecord, MemoryStoreError, Scope
+from latentmem.memory.base import MemoryRecord, MemoryStoreError, MemoryVersion, Scope
 from latentmem.memory.config import VectorMemoryConfig
 from latentmem.vector_index import VectorIndex, VectorIndexError
 
 DB_NAME = "memory.sqlite"
 LOCK_NAME = "write.lock"
 _SNAPSHOT_GLOB = "index-*.npz"
+_SETTING_PREFIX = "setting:"  # clients' keys in `meta`, apart from the store's own (seq, dim, embedder...)
 _CHUNK = 10_000  # ids per `IN (...)` query, well under SQLite's parameter limit
 _COLUMNS = "id, user, agent, session, text, metadata, created_at, updated_at, vector"
 
@@ -72,6 +75,11 @@ CREATE INDEX IF NOT EXISTS memories_agent ON memories (agent, session);
 CREATE INDEX IF NOT EXISTS memories_session ON memories (session);
 CREATE TABLE IF NOT EXISTS changes (seq INTEGER NOT NULL, memory_id INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS changes_seq ON changes (seq);
+CREATE TABLE IF NOT EXISTS memory_versions (
+    memory_id INTEGER NOT NULL, text TEXT NOT NULL, metadata TEXT NOT NULL,
+    updated_at REAL NOT NULL, replaced_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS memory_versions_id ON memory_versions (memory_id);
 """
 
 
@@ -180,6 +188,13 @@ class EmbeddedBackend(VectorBackend):
             if self._meta("embedder") is None:  # first come, first served: never overwrite
                 self._set_meta("embedder", spec)
                 self._set_meta("dim", dim)
+
+    def read_setting(self, key: str) -> str | None:
+        return self._meta(_SETTING_PREFIX + key)
+
+    def write_setting(self, key: str, value: str) -> None:
+        self._in_transaction()  # in the same SQLite transaction as the rows it describes
+        self._set_meta(_SETTING_PREFIX + key, value)
 
     # ---- locking and transactions ------------------------------------------------------------------
     @contextlib.contextmanager
@@ -435,6 +450,12 @@ class EmbeddedBackend(VectorBackend):
         at: float,
     ) -> None:
         self._in_transaction()[memory_id] = vector
+        # The state being replaced becomes a version, in the same transaction as the update.
+        self._conn.execute(
+            "INSERT INTO memory_versions (memory_id, text, metadata, updated_at, replaced_at) "
+            "SELECT id, text, metadata, updated_at, ? FROM memories WHERE id = ?",
+            (at, memory_id),
+        )
         self._conn.execute(
             "UPDATE memories SET text = ?, text_key = ?, metadata = ?, vector = ?, updated_at = ? WHERE id = ?",
             (text, text_key, json.dumps(metadata), _blob(vector), at, memory_id),
@@ -443,7 +464,20 @@ class EmbeddedBackend(VectorBackend):
     def remove(self, ids: Sequence[int]) -> None:
         self._in_transaction().update(dict.fromkeys(ids))
         for chunk in _chunks(list(ids)):
-            self._conn.execute(f"DELETE FROM memories WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            marks = ",".join("?" * len(chunk))
+            self._conn.execute(f"DELETE FROM memories WHERE id IN ({marks})", chunk)
+            self._conn.execute(f"DELETE FROM memory_versions WHERE memory_id IN ({marks})", chunk)
+
+    def versions(self, memory_id: int) -> list[MemoryVersion]:
+        rows = self._conn.execute(
+            "SELECT text, metadata, updated_at, replaced_at FROM memory_versions WHERE memory_id = ? "
+            "ORDER BY rowid",
+            (memory_id,),
+        )
+        return [
+            MemoryVersion(memory_id, n, text, json.loads(meta), updated, replaced)
+            for n, (text, meta, updated, replaced) in enumerate(rows)
+        ]
 
     def find_text_keys(self, scope: Scope, text_keys: Sequence[str]) -> dict[str, int]:
         where = Where(scope, exact_scope=True)
@@ -480,8 +514,10 @@ class EmbeddedBackend(VectorBackend):
                 out[row[0]] = self._record(row)
         return out
 
-    def select(self, where: Where, limit: int | None) -> list[MemoryRecord]:
+    def select(self, where: Where, limit: int | None, after: int | None = None) -> list[MemoryRecord]:
         sql, params = _where_sql(where)
+        if after is not None:
+            sql, params = f"{sql} AND id > ?", [*params, after]
         query = f"SELECT {_COLUMNS} FROM memories WHERE {sql} ORDER BY id"
         if limit is not None:
             query, params = query + " LIMIT ?", [*params, limit]

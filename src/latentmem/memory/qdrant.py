@@ -1,8 +1,10 @@
 """The Qdrant backend, for deployments beyond one machine (`pip install 'latentmem[rag]'`).
 
-One collection holds one store: cosine distance, the embedder's spec in the collection's metadata, and per
+One collection holds one store: cosine distance, the embedder's spec (and clients' `write_setting` values)
+in the collection's metadata, and per
 point the payload `user`, `agent`, `session` (unset fields as ""), `text`, `text_key`, `metadata`,
-`created_at`, `updated_at`. Qdrant has no auto-increment, so point ids are made increasing like SQLite's:
+`created_at`, `updated_at` and `versions` (the states `replace` superseded, oldest first, kept in the
+point so that a delete forgets them with it). Qdrant has no auto-increment, so point ids are made increasing like SQLite's:
 the microsecond clock shifted left 12 bits, plus random low bits (two processes writing in the same
 microsecond still differ) and a per-process counter (a batch gets consecutive ids).
 
@@ -25,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from latentmem.memory.backend import NewRow, VectorBackend, Where
-from latentmem.memory.base import MemoryRecord, MemoryStoreError, Scope
+from latentmem.memory.base import MemoryRecord, MemoryStoreError, MemoryVersion, Scope
 
 _PAGE = 1024
+_SETTING_PREFIX = "setting:"  # clients' keys in the collection metadata, apart from "embedder"
 
 
 def _models():
@@ -91,6 +94,20 @@ class QdrantBackend(VectorBackend):
                 vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
                 metadata={"embedder": spec},
             )
+
+    def read_setting(self, key: str) -> str | None:
+        if not self.client.collection_exists(self.collection):
+            return None
+        metadata = self.client.get_collection(self.collection).config.metadata or {}
+        return metadata.get(_SETTING_PREFIX + key)
+
+    def write_setting(self, key: str, value: str) -> None:
+        if not self.client.collection_exists(self.collection):
+            raise MemoryStoreError(
+                f"Qdrant collection {self.collection!r} does not exist yet; set the embedder before writing"
+            )
+        # Collection metadata merges key by key, so clients' settings and the embedder spec coexist.
+        self.client.update_collection(self.collection, metadata={_SETTING_PREFIX + key: value})
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -174,9 +191,26 @@ class QdrantBackend(VectorBackend):
         at: float,
     ) -> None:
         models = _models()
+        (point,) = self.client.retrieve(self.collection, ids=[memory_id], with_payload=True)
+        old = point.payload
+        versions = [
+            *old.get("versions", []),
+            {
+                "text": old["text"],
+                "metadata": old["metadata"],
+                "updated_at": old["updated_at"],
+                "replaced_at": at,
+            },
+        ]
         self.client.set_payload(
             self.collection,
-            payload={"text": text, "text_key": text_key, "metadata": metadata, "updated_at": at},
+            payload={
+                "text": text,
+                "text_key": text_key,
+                "metadata": metadata,
+                "updated_at": at,
+                "versions": versions,
+            },
             points=[memory_id],
             wait=True,
         )
@@ -205,9 +239,19 @@ class QdrantBackend(VectorBackend):
         points = self.client.retrieve(self.collection, ids=list(ids), with_payload=True, with_vectors=True)
         return {int(p.id): self._record(p) for p in points}
 
-    def select(self, where: Where, limit: int | None) -> list[MemoryRecord]:
+    def versions(self, memory_id: int) -> list[MemoryVersion]:
+        points = self.client.retrieve(self.collection, ids=[memory_id], with_payload=True)
+        stored = points[0].payload.get("versions", []) if points else []
+        return [
+            MemoryVersion(memory_id, n, v["text"], v["metadata"], v["updated_at"], v["replaced_at"])
+            for n, v in enumerate(stored)
+        ]
+
+    def select(self, where: Where, limit: int | None, after: int | None = None) -> list[MemoryRecord]:
         records = [self._record(p) for p in self._scroll(self._filter(where), with_vectors=True)]
         records.sort(key=lambda r: r.id)  # ids increase with insertion time
+        if after is not None:
+            records = [r for r in records if r.id > after]
         return records if limit is None else records[:limit]
 
     def count(self, where: Where | None = None) -> int:

@@ -35,6 +35,7 @@ from latentmem.memory.base import (
     MemoryNotFoundError,
     MemoryRecord,
     MemoryStoreError,
+    MemoryVersion,
     ScopeLike,
     SearchHit,
     as_query_batch,
@@ -295,6 +296,21 @@ class VectorMemory(Memory):
             self.get(memory_id, scope)
             self.backend.remove([memory_id])
 
+    def delete_all(
+        self,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+    ) -> int:
+        """Remove every record the scope sees (as `list` would return them), atomically; returns how many."""
+        where = Where(resolve_scope(scope, user, agent, session))
+        with self.backend.transaction():
+            ids = [r.id for r in self.backend.select(where, None)]
+            self.backend.remove(ids)
+        return len(ids)
+
     # ---- reads -------------------------------------------------------------------------------------
     def get(
         self,
@@ -369,11 +385,29 @@ class VectorMemory(Memory):
         session: str | None = None,
         filters: Mapping[str, FilterValue] | None = None,
         limit: int | None = None,
+        after: int | None = None,
     ) -> list[MemoryRecord]:
+        """The records in the scope, oldest first, at most `limit`; `after`: only ids above it (a page
+        after the last id of the previous one)."""
         if limit is not None:
             check_k(limit)
+        if after is not None and (not isinstance(after, int) or isinstance(after, bool)):
+            raise MemoryInputError(f"after must be a memory id (int), got {after!r}")
         where = Where(resolve_scope(scope, user, agent, session), check_filters(filters))
-        return self.backend.select(where, limit)
+        return self.backend.select(where, limit, after)
+
+    def history(
+        self,
+        memory_id: int,
+        scope: ScopeLike | None = None,
+        *,
+        user: str | None = None,
+        agent: str | None = None,
+        session: str | None = None,
+    ) -> list[MemoryVersion]:
+        """The earlier versions of a record of the scope, oldest first (its current state is `get`)."""
+        self.get(memory_id, scope, user=user, agent=agent, session=session)
+        return self.backend.versions(memory_id)
 
     def count(
         self,

@@ -1,8 +1,10 @@
 """Autoregressive recall memory: a `<recall>` token, a memory head, injected memory vectors (DESIGN.md §2)."""
 
-from latentmem.recall.bank import Memory, MemoryBank
+from latentmem.recall.bank import BANK_SCOPE, BankEntry, MemoryBank
 from latentmem.recall.errors import (
     BankDimensionError,
+    BankEntryNotFoundError,
+    BankInputError,
     BankStorageError,
     EmptyBankError,
     NoBankError,
@@ -17,14 +19,17 @@ from latentmem.recall.tokens import MEMORY_PAD, RECALL, RECALL_END, RecallTokens
 from latentmem.recall.writer import HiddenStateEncoder, SentenceEncoder, write_memories
 
 __all__ = [
+    "BANK_SCOPE",
     "MEMORY_PAD",
     "RECALL",
     "RECALL_END",
     "BankDimensionError",
+    "BankEntry",
+    "BankEntryNotFoundError",
+    "BankInputError",
     "BankStorageError",
     "EmptyBankError",
     "HiddenStateEncoder",
-    "Memory",
     "MemoryBank",
     "MemoryHead",
     "MemoryProjector",

@@ -21,8 +21,19 @@ class BankDimensionError(RecallError, ValueError):
     """A vector or bank does not have the dimension the memory head / projector expects."""
 
 
+class BankInputError(RecallError, ValueError):
+    """A bad argument to a memory bank: mismatched lengths, reused or negative ids, non-JSON metadata."""
+
+
+class BankEntryNotFoundError(RecallError, KeyError):
+    """No entry of the memory bank has this id."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else ""
+
+
 class BankStorageError(RecallError):
-    """A memory bank directory is missing, incomplete or inconsistent."""
+    """A memory bank's store is missing, holds no bank, or holds one that does not fit (embedder, entries)."""
 
 
 class RecallTokenError(RecallError):

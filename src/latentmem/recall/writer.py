@@ -1,4 +1,4 @@
-"""Writing memories: text -> unit vector -> bank entry, usable for retrieval at once (no retraining).
+"""Writing memories: text -> unit vector -> `BankEntry`, usable for retrieval at once (no retraining).
 
 Two encoders:
 

@@ -1,0 +1,5 @@
+"""`latentmem serve`: memory for agents over HTTP (`pip install 'latentmem[serve]'`).
+
+OpenAI's chat API with memory as an extension (`chat_api`), mem0's memory API (`memory_api`), API keys
+bound to tenants (`keys`, `auth`), all over a `GenerationBackend` (`backend`) the app calls to generate.
+"""

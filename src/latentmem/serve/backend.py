@@ -1,0 +1,350 @@
+"""What the server asks of whatever generates text, and the in-process implementation over our models.
+
+The HTTP layer never touches a model: it renders and tokenizes the prompt, then calls
+`GenerationBackend.stream(request)` and reads `Tokens` events until `Finished`. Everything else (stop
+sequences, the response shapes, memory) stays above this line, so a backend that decodes many requests
+together (continuous batching), or one that forwards to other machines, replaces `InProcessBackend`
+without touching the routes.
+
+`InProcessBackend` serves three kinds of model on this process, one request at a time on one worker
+thread (so the models never run concurrently and need no locks):
+
+- `reasoner`: the plain model, decoded token by token on `KVDecoder` (each token streams as it comes);
+- `memgen`: a trained MemGen weaver over its own copy of the reasoner, decoded by MemGen's `generate`
+  (latent insertion; its tokens arrive when the reply is complete);
+- `recall`: a model with recall memory and its bank, decoded by `RecallGenerator`.
+
+All three pick tokens with the shared `SamplingConfig` processors, so a `temperature` or `top_p` means
+the same on each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from latentmem.decoding import KVDecoder
+from latentmem.errors import ConfigError
+from latentmem.memgen.generate import GenerationConfig
+from latentmem.memgen.model import LatentMemoryModel, RetrievedMemory
+from latentmem.models import load_model, max_positions
+from latentmem.sampling import SamplingConfig, select_next
+from latentmem.serve.errors import NotFoundError
+
+ModelKind = Literal["reasoner", "memgen", "recall"]
+FinishReason = Literal["stop", "length"]
+# A model without a position limit in its config still needs one to refuse prompts that cannot fit.
+DEFAULT_CONTEXT = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedModel:
+    """A model the backend serves, as the HTTP layer sees it.
+
+    `extra_slots`: the most positions generation adds beside the prompt and the new tokens (MemGen's
+    latents), which the context must hold too. `memory_dim`: the dimension of memory vectors the model
+    reads (a memgen-rag weaver), or None: retrieved memories then go into the prompt as text.
+    """
+
+    name: str
+    kind: ModelKind
+    tokenizer: PreTrainedTokenizerBase
+    context_length: int
+    extra_slots: int = 0
+    memory_dim: int | None = None
+    created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+
+
+@dataclasses.dataclass
+class GenerationRequest:
+    """One completion to generate. `prompt` is the rendered text of `prompt_ids`.
+
+    `memory_vectors` (M, memory_dim): retrieved memories for a model that reads vectors. `cancel`: set
+    by the caller to stop early (a stop sequence was found, the client left); a backend checks it between
+    tokens where it can.
+    """
+
+    model: str
+    prompt: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    seed: int | None = None
+    memory_vectors: np.ndarray | None = None
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentInsertion:
+    after_token: int  # index of the generated token the latents follow; -1: after the prompt
+    latents: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RecallEvent:
+    at_token: int  # index of the generated token whose slot carried the recalled memory
+    bank_id: int
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+    """New completion tokens, in order (EOS included when the model emits it)."""
+
+    ids: list[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """The last event of a stream: why generation ended, and what memory did on the way."""
+
+    reason: FinishReason
+    insertions: tuple[LatentInsertion, ...] = ()
+    recalls: tuple[RecallEvent, ...] = ()
+
+
+GenerationEvent = Tokens | Finished
+
+
+class GenerationBackend(Protocol):
+    """What the server calls to generate; see the module docstring."""
+
+    def models(self) -> list[ServedModel]:
+        """Every model served, in a stable order."""
+        ...
+
+    def get(self, name: str) -> ServedModel:
+        """The served model `name`; `NotFoundError` (404) when there is none."""
+        ...
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """`Tokens` events as they are generated, then one `Finished`. Stopping the iteration early
+        (closing it) cancels the request."""
+        ...
+
+    def close(self) -> None:
+        """Stop accepting work and release the models."""
+        ...
+
+
+# ---- the in-process backend ------------------------------------------------------------------------
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = model.generation_config.eos_token_id
+    ids |= set(configured if isinstance(configured, list) else [configured])
+    return frozenset(i for i in ids if i is not None)
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    return None if seed is None else torch.Generator(device).manual_seed(seed)
+
+
+Emit = Callable[[GenerationEvent], None]
+
+
+class _Runner(Protocol):
+    info: ServedModel
+
+    def run(self, request: GenerationRequest, emit: Emit) -> Finished: ...
+
+
+class _ReasonerRunner:
+    """The plain model: one row on `KVDecoder`, a token per step, each emitted at once."""
+
+    def __init__(self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.eos = _eos_ids(model, tokenizer)
+        self.info = ServedModel(name, "reasoner", tokenizer, max_positions(model) or DEFAULT_CONTEXT)
+
+    @torch.no_grad()
+    def run(self, request: GenerationRequest, emit: Emit) -> Finished:
+        device = self.model.device
+        history = torch.tensor([request.prompt_ids], device=device)
+        generator = _generator(request.seed, device)
+        decoder = KVDecoder(self.model)
+        out = decoder.prefill(decoder.embed(history), torch.ones_like(history))
+        for step in range(request.max_new_tokens):
+            token = select_next(out.logits[:, -1], request.sampling, generator, history)
+            emit(Tokens([int(token)]))
+            if int(token) in self.eos or request.cancel.is_set():
+                return Finished("stop")
+            if step + 1 < request.max_new_tokens:
+                history = torch.cat([history, token[:, None]], 1)
+                out = decoder.extend(decoder.embed(token[:, None]))
+        return Finished("length")
+
+
+class _MemGenRunner:
+    """A MemGen weaver: MemGen's own decoder, with retrieved memory vectors when the weaver reads them."""
+
+    def __init__(self, name: str, model: LatentMemoryModel) -> None:
+        self.model = model
+        cfg = model.config
+        self.eos = _eos_ids(model.reasoner, model.tokenizer)
+        self.inference_latents = cfg.inference_latents if cfg.inserts_during_decoding else 0
+        self.info = ServedModel(
+            name,
+            "memgen",
+            model.tokenizer,
+            max_positions(model.reasoner) or DEFAULT_CONTEXT,
+            extra_slots=cfg.prompt_latents + self.inference_latents * cfg.max_inference_insertions,
+            memory_dim=cfg.memory_dim,
+        )
+
+    def run(self, request: GenerationRequest, emit: Emit) -> Finished:
+        device = self.model.device
+        ids = torch.tensor([request.prompt_ids], device=device)
+        memory = None
+        if request.memory_vectors is not None and len(request.memory_vectors):
+            memory = RetrievedMemory.stack([request.memory_vectors], self.model.config.memory_dim)
+        config = GenerationConfig(max_new_tokens=request.max_new_tokens, sampling=request.sampling)
+        result = self.model.generate(
+            ids, torch.ones_like(ids), config, generator=_generator(request.seed, device), memory=memory
+        )
+        tokens = result.sequences[0, : int(result.lengths[0])].tolist()
+        emit(Tokens(tokens))
+        prompt_latents = self.model.config.prompt_latents
+        insertions = [LatentInsertion(-1, prompt_latents)] if prompt_latents else []
+        insertions += [LatentInsertion(i, self.inference_latents) for i in result.insertions[0]]
+        reason: FinishReason = "stop" if tokens and tokens[-1] in self.eos else "length"
+        return Finished(reason, insertions=tuple(insertions))
+
+
+class _RecallRunner:
+    """Recall memory: `RecallGenerator` over the model's bank."""
+
+    def __init__(self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, memory, bank):
+        self.model, self.tokenizer, self.memory, self.bank = model, tokenizer, memory, bank
+        self.eos = _eos_ids(model, tokenizer)
+        self.info = ServedModel(name, "recall", tokenizer, max_positions(model) or DEFAULT_CONTEXT)
+
+    def run(self, request: GenerationRequest, emit: Emit) -> Finished:
+        from latentmem.recall.generate import RecallGenerator
+
+        generator = RecallGenerator(
+            self.model, self.tokenizer, self.memory, self.bank, sampling=request.sampling
+        )
+        out = generator.generate(
+            [request.prompt],
+            max_new_tokens=request.max_new_tokens,
+            generator=_generator(request.seed, self.model.device),
+        )
+        tokens = out.token_ids[0]
+        emit(Tokens(tokens))
+        recalls = tuple(RecallEvent(e.step, e.memory_id, e.text) for e in out.recalls[0])
+        reason: FinishReason = "stop" if tokens and tokens[-1] in self.eos else "length"
+        return Finished(reason, recalls=recalls)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+class InProcessBackend:
+    """Models on this process, one request at a time (see the module docstring). Build with `load`."""
+
+    def __init__(self, runners: Mapping[str, _Runner]) -> None:
+        self._runners = dict(runners)
+        # One worker: requests queue here in arrival order and the models never run concurrently.
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="latentmem-generate")
+
+    @classmethod
+    def load(
+        cls,
+        reasoner: str,
+        *,
+        name: str | None = None,
+        memgen: Mapping[str, str | Path] | None = None,
+        recall: Mapping[str, str | Path] | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        seed: int = 0,
+    ) -> InProcessBackend:
+        """Serve `reasoner` (a `load_model` name or directory) as `name` (default: `reasoner`), each saved
+        MemGen weaver of `memgen` (name -> directory) and each recall memory run folder of `recall`
+        (name -> directory with `recall.safetensors` and `bank/`), every one on its own copy of the
+        reasoner (a weaver's LoRA and recall's new token rows change the model they sit on)."""
+        from latentmem.recall.bank import MemoryBank
+        from latentmem.recall.memory import RecallMemory
+
+        name = name or reasoner
+        names = [name, *(memgen or {}), *(recall or {})]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ConfigError(f"model names must be unique; {duplicated[0]!r} is given twice")
+
+        def base() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+            return load_model(reasoner, dtype=dtype, device=device, seed=seed)
+
+        runners: dict[str, _Runner] = {name: _ReasonerRunner(name, *base())}
+        for weaver_name, directory in (memgen or {}).items():
+            model, tokenizer = base()
+            weaver = LatentMemoryModel.from_pretrained(directory, model, tokenizer).eval()
+            runners[weaver_name] = _MemGenRunner(weaver_name, weaver)
+        for recall_name, directory in (recall or {}).items():
+            model, tokenizer = base()
+            memory = RecallMemory.load(directory, model, tokenizer).eval()
+            bank = MemoryBank.load(Path(directory) / "bank")
+            runners[recall_name] = _RecallRunner(recall_name, model.eval(), tokenizer, memory, bank)
+        return cls(runners)
+
+    def models(self) -> list[ServedModel]:
+        return [r.info for r in self._runners.values()]
+
+    def get(self, name: str) -> ServedModel:
+        return self._runner(name).info
+
+    def _runner(self, name: str) -> _Runner:
+        runner = self._runners.get(name)
+        if runner is None:
+            raise NotFoundError(
+                f"The model `{name}` does not exist; GET /v1/models lists the {len(self._runners)} served here",
+                param="model",
+                code="model_not_found",
+            )
+        return runner
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        runner = self._runner(request.model)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[GenerationEvent | _Failed] = asyncio.Queue()
+
+        def emit(event: GenerationEvent | _Failed) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        def work() -> None:
+            if request.cancel.is_set():  # the client left while the request waited for the worker
+                emit(Finished("stop"))
+                return
+            try:
+                emit(runner.run(request, emit))
+            except BaseException as exc:  # handed to the awaiting request, which raises it there
+                emit(_Failed(exc))
+
+        self._executor.submit(work)
+        try:
+            while True:
+                event = await queue.get()
+                if isinstance(event, _Failed):
+                    raise event.error
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            request.cancel.set()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,65 @@
+"""Helpers for the server tests: the tiny models behind a real uvicorn server on a free loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from latentmem.memgen import LatentMemoryModel, MemGenConfig
+from latentmem.memory.vector import VectorMemory
+from latentmem.models import load_model
+from latentmem.serve.app import ServeSettings, create_app
+from latentmem.serve.backend import InProcessBackend
+from latentmem.serve.keys import KEYS_FILE, KeyStore
+from latentmem.serve.stores import CONVERSATIONS_FILE, Stores
+
+EMBEDDER = "hash:32"  # the weaver below reads 32-dim memory vectors: the store's own
+
+
+def save_weaver(directory: Path) -> Path:
+    """A tiny MemGen weaver (prompt and inference latents, reads memory vectors) saved to `directory`."""
+    model, tok = load_model("tiny-qwen2", seed=0)
+    config = MemGenConfig(
+        prompt_latents=2, inference_latents=2, max_inference_insertions=2, lora_r=2, memory_dim=32
+    )
+    LatentMemoryModel(model, tok, config).save_pretrained(directory)
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(tmp: Path, *, weaver: Path | None = None, **settings) -> Iterator[tuple[str, KeyStore]]:
+    """(base URL, key store) of a server over tiny-qwen2 (as "tiny-qwen2") and `weaver` (as "weaver"),
+    with its store in `tmp`; shut down on exit."""
+    backend = InProcessBackend.load("tiny-qwen2", memgen={"weaver": weaver} if weaver else None)
+    stores = Stores(lambda: VectorMemory.open(tmp / "store", embedder=EMBEDDER), tmp / CONVERSATIONS_FILE)
+    keys = KeyStore(tmp / KEYS_FILE)
+    app = create_app(backend, stores, keys, ServeSettings(host="127.0.0.1", **settings))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", keys
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        backend.close()
+        stores.close()
+        keys.close()
