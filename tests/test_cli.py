@@ -14,6 +14,16 @@ def test_help_lists_subcommands(capsys):
         assert cmd in out
 
 
+def test_version(capsys):
+    try:
+        main(["--version"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    from latentmem import __version__
+
+    assert capsys.readouterr().out.strip() == f"latentmem {__version__}"
+
+
 def test_generate_on_tiny_model(capsys):
     assert main(["generate", "--model", "tiny-gpt2", "--max-new-tokens", "4", "hello", "bye"]) == 0
     out = capsys.readouterr().out
@@ -29,3 +39,67 @@ def test_unknown_model_exits_2_with_a_message():
     assert proc.returncode == 2
     assert "latentmem: error: unknown model 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _fails_in_one_line(capsys, argv, message):
+    """`argv` exits 2 through the CLI's handler: one error line naming the problem, no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("latentmem: error: ") and "\n" not in err, err
+    assert message in err, err
+
+
+def test_ordinary_bad_input_is_one_line_not_a_traceback(tmp_path, capsys):
+    bad_text = tmp_path / "rows.jsonl"
+    bad_text.write_bytes(b'{"prompt": "caf\xe9", "answer": "1"}\n')
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("task: [unclosed\n")
+    from latentmem.models import load_model
+
+    no_tokenizer = tmp_path / "model"
+    load_model("tiny-gpt2")[0].save_pretrained(no_tokenizer)  # weights and config, no tokenizer
+    capsys.readouterr()  # its progress bar
+    cases = [
+        (
+            ["train", "sft", "--config", "configs/debug/sft.yaml", f"data.path={bad_text}"],
+            "line 1 is not UTF-8 text",
+        ),
+        (["compare", "--config", str(tmp_path / "missing.yaml")], "missing.yaml does not exist"),
+        (["compare", "--config", str(bad_yaml)], "bad.yaml: not valid YAML"),
+        (["compare", "--task-arg", "novalue"], "--task-arg 'novalue': expected KEY=VALUE"),
+        (
+            ["generate", "--model", "tiny-gpt2", "--max-new-tokens", "0", "hi"],
+            "--max-new-tokens: must be >= 1",
+        ),
+        (["generate", "--model", str(no_tokenizer), "hi"], "holds no tokenizer"),
+        (["bench", "recall", "--bank-size", "100", "--queries", "0"], "--queries: must be >= 1, got 0"),
+        (["bench", "generate", "--batch", "0"], "--batch: must be >= 1, got 0"),
+        (["train", "sft", "--config", "configs/debug/sft.yaml", "train.lr=inf"], "must be a finite number"),
+    ]
+    for argv, message in cases:
+        _fails_in_one_line(capsys, argv, message)
+
+
+def test_task_args_parse_like_config_overrides():
+    from latentmem.cli import build_parser
+    from latentmem.cli.compare import config_from_args
+
+    args, _ = build_parser().parse_known_args(
+        ["compare", "--task", "arithmetic", "--task-arg", "n_items=5", "--task-arg", "name=x"]
+    )
+    assert config_from_args(args).task_args == {"n_items": 5, "name": "x"}
+
+
+def test_memory_metadata_keeps_what_was_typed(tmp_path, capsys):
+    import json
+
+    store = ["--store", str(tmp_path / "s"), "--user", "u", "--json"]
+    argv = ["memory", "add", *store, "--embedder", "hash:16", "a fact"]
+    meta = ["--meta", "zip=01234", "--meta", "country=NO", "--meta", "version=1.10", "--meta-json", "n=3"]
+    assert main([*argv, *meta]) == 0
+    record = json.loads(capsys.readouterr().out)[0]
+    assert record["metadata"] == {"zip": "01234", "country": "NO", "version": "1.10", "n": 3}
+    search = ["memory", "search", *store, "fact"]
+    assert main([*search, "--filter", "zip=01234", "--filter-json", "n=3"]) == 0
+    assert [h["id"] for h in json.loads(capsys.readouterr().out)] == [record["id"]]
+    _fails_in_one_line(capsys, [*argv, "--meta-json", "n=abc"], "--meta-json 'n=abc': 'abc' is not JSON")

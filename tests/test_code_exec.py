@@ -8,7 +8,7 @@ import pytest
 
 from latentmem.eval.code_exec import find_tests, run_python, run_tests
 from latentmem.eval.task import Example
-from latentmem.eval.tasks_code import KodCode
+from latentmem.eval.tasks.code import KodCode
 
 TESTS = "from solution import *\n\ndef test_add():\n    assert add(2, 3) == 5\n\ndef test_zero():\n    assert add(0, 0) == 0\n"
 PARAMETRIZED = (

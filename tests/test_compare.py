@@ -18,7 +18,8 @@ from latentmem.cli.compare import config_from_args
 from latentmem.errors import ConfigError, LatentMemError
 from latentmem.eval import stats
 from latentmem.eval.compare import CompareConfig, run_compare
-from latentmem.eval.methods import METHODS, Budget, Context, MemGenGRPO, write_rows
+from latentmem.eval.method import METHODS, Budget, Context, write_rows
+from latentmem.eval.methods.memgen import MemGenGRPO
 from latentmem.eval.task import TASKS, Example, Task, TaskError, get_task
 from latentmem.memgen import MemGenConfig
 from latentmem.models import load_model
@@ -252,7 +253,7 @@ def weaver_params(saved):
 
 
 def test_retrieval_puts_similar_solved_examples_in_the_prompt(tmp_path):
-    from latentmem.eval.methods import Context, RetrievalFewShot
+    from latentmem.eval.methods.frozen import RetrievalFewShot
 
     cfg = _cfg(tmp_path, ["retrieval"])
     task = Parrot()

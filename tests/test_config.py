@@ -68,3 +68,22 @@ def test_override_errors(tmp_path):
         apply_overrides({"model": "x"}, ["model.name=y"])
     with pytest.raises(ConfigError, match="does not exist"):
         Run.from_yaml(tmp_path / "missing.yaml")
+
+
+@dataclass
+class Scaled(Config):
+    scale: float | None = None
+
+
+def test_float_fields_must_be_finite():
+    for raw in ("inf", ".inf", "-inf", "nan", ".nan", "1e999"):
+        with pytest.raises(ConfigError, match=r"Optim.lr: must be a finite number"):
+            Run.from_dict(apply_overrides({}, [f"optim.lr={raw}"]))
+    with pytest.raises(ConfigError, match=r"Scaled.scale: must be a finite number, got inf"):
+        Scaled(scale=float("inf"))
+    assert Scaled(scale=2).scale == 2.0 and Scaled().scale is None
+
+    from latentmem.training import SFTConfig
+
+    with pytest.raises(ConfigError, match=r"TrainConfig.lr: must be a finite number"):
+        SFTConfig.from_dict({"train": {"lr": "inf"}})

@@ -358,3 +358,26 @@ def test_forward_without_answer_tokens():
     ids, mask = _batch(tok)
     out = mm(ids, mask, torch.full_like(ids, -100))
     assert out.loss.item() == 0.0 and not out.target_mask.any()
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_reasoner_mode_equals_peft_disable_adapter(name):
+    """`reasoner_mode` flips PEFT's per-layer switch directly (for speed); under the pinned PEFT it must give
+    exactly the logits of PEFT's public `disable_adapter()`, differ from the adapter's, and leave which
+    parameters train untouched."""
+    mm, tok = _memgen(name)
+    with torch.no_grad():  # a LoRA that changes the output (B starts at 0)
+        for n, p in mm.weaver_lm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    ids, mask = _batch(tok)
+    trainable = [n for n, p in mm.named_parameters() if p.requires_grad]
+    with torch.no_grad():
+        with mm.reasoner_mode() as reasoner:
+            ours = reasoner(input_ids=ids, attention_mask=mask).logits
+        with mm.weaver_lm.disable_adapter():
+            peft_off = mm.weaver_lm(input_ids=ids, attention_mask=mask).logits
+        adapted = mm.weaver_lm(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(ours, peft_off)
+    assert not torch.allclose(ours, adapted)
+    assert [n for n, p in mm.named_parameters() if p.requires_grad] == trainable

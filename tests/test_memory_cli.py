@@ -16,7 +16,14 @@ def test_memory_cli_round_trip(tmp_path, capsys):
     code, out, _ = _run(
         capsys,
         *("memory", "add", "--store", store, "--user", "alice", "--embedder", "hash:128", "--json"),
-        *("Alice drinks green tea", "Alice owns a red bicycle", "--meta", "topic=prefs", "--meta", "n=2"),
+        *(
+            "Alice drinks green tea",
+            "Alice owns a red bicycle",
+            "--meta",
+            "topic=prefs",
+            "--meta-json",
+            "n=2",
+        ),
     )
     assert code == 0
     added = json.loads(out)

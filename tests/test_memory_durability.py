@@ -149,9 +149,9 @@ def test_index_is_compacted_after_many_updates(tmp_path):
         for round_ in range(3):
             for i in ids:
                 mem.update(i, f"note {i} revised {round_}", user="u")
-        index = mem.backend._index
+        report = mem.backend.consistency_report()
         # Without compaction the index would hold 40 live rows and 120 tombstones.
-        assert len(index) == 40 and len(index._ids) < 40 + 60
+        assert report["indexed"] == 40 and report["index_rows"] < 40 + 60
         assert mem.search(mem.get(ids[7], user="u").vector, user="u", k=1)[0].record.id == ids[7]
         assert _assert_consistent(mem) == 40
 

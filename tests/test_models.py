@@ -74,6 +74,21 @@ def test_weights_without_config(tmp_path):
         load_model(tmp_path)
 
 
+def test_directory_without_tokenizer_files(tmp_path):
+    model, tok = load_model("tiny-gpt2")
+    model.save_pretrained(tmp_path)  # weights and config only
+    with pytest.raises(ModelLoadError, match="holds no tokenizer .*tokenizer.save_pretrained"):
+        load_model(tmp_path)
+    loaded, _ = load_model(tmp_path, tokenizer=tok)  # a tokenizer passed in needs none in the folder
+    assert loaded.config.n_positions == 1024
+
+
+def test_max_positions_reads_each_family(tiny):
+    from latentmem.models import max_positions
+
+    assert max_positions(tiny[1]) == 1024
+
+
 def test_mismatched_tokenizer(tmp_path):
     model, _ = load_model("tiny-qwen2")
     model.resize_token_embeddings(100)

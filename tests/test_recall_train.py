@@ -1,9 +1,18 @@
-"""Recall training: data and labels, a short run that learns, the CLI recipe, save and reload."""
+"""Recall training: data and labels, a short run that learns, resume through the shared loop, the run
+folder, the CLI recipe, save and reload."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
+import latentmem.recall.train as recall_train
 from latentmem.config import ConfigError
 from latentmem.decoding import IGNORE
 from latentmem.models import load_model
@@ -19,6 +28,7 @@ from latentmem.recall.train import (
     step2_losses,
     train_recall,
 )
+from latentmem.training.checkpoint import latest_checkpoint
 
 FAST = {
     "num_facts": 8,
@@ -104,10 +114,21 @@ def test_config_errors_name_the_field():
         RecallTrainConfig.from_dict({"step2": {"mix": [1, 1, 0]}})
     with pytest.raises(ConfigError, match="objective"):
         RecallTrainConfig.from_dict({"step1": {"objective": "cosine"}})
+    with pytest.raises(ConfigError, match=r"step2\.batch_size: must divide step2\.samples_per_epoch"):
+        RecallTrainConfig.from_dict({"step2": {"samples_per_epoch": 12, "batch_size": 8}})
+    with pytest.raises(ConfigError, match=r"step1\.steps: and step2\.epochs are both 0"):
+        RecallTrainConfig.from_dict({"step1": {"steps": 0}, "step2": {"epochs": 0}})
 
 
-def test_short_training_learns_recall_and_decoding():
-    trained = train_recall(RecallTrainConfig.from_dict(FAST))
+def test_fsdp_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    with pytest.raises(ConfigError, match="without an FSDP config"):
+        train_recall(RecallTrainConfig.from_dict({"output_dir": str(tmp_path / "run")}))
+    assert not (tmp_path / "run").exists()
+
+
+def test_short_training_learns_recall_and_decoding(tmp_path):
+    trained = train_recall(RecallTrainConfig.from_dict({**FAST, "output_dir": str(tmp_path / "run")}))
     m = trained.metrics
     assert m["step1_loss_last"] < 0.5 * m["step1_loss_first"]
     assert m["step1_recall_at_1"] >= 0.75 > m["recall_at_1_before"]
@@ -127,8 +148,8 @@ BEHAVIOUR = {
 }
 
 
-def test_step2_does_not_teach_recalling_on_general_questions():
-    cfg = RecallTrainConfig.from_dict(BEHAVIOUR)
+def test_step2_does_not_teach_recalling_on_general_questions(tmp_path):
+    cfg = RecallTrainConfig.from_dict({**BEHAVIOUR, "output_dir": str(tmp_path / "run")})
     trained = train_recall(cfg)
     _, held_out = split_general(general_task(cfg.num_general, seed=cfg.seed))
     questions = [q.question for q in held_out]
@@ -138,6 +159,118 @@ def test_step2_does_not_teach_recalling_on_general_questions():
     # measured on the merged model, the one that is deployed, against the metric taken before training
     assert after <= trained.metrics["general_recall_rate_before"]
     assert trained.metrics["step2_loss_last"] < trained.metrics["step2_loss_first"]  # step 2 did train
+
+
+SMALL = {
+    "num_facts": 6,
+    "num_general": 4,
+    "reply_tokens": 2,
+    "step1": {"steps": 3, "batch_size": 6, "lr": 0.01, "train_model": False},
+    "step2": {"epochs": 2, "samples_per_epoch": 8, "batch_size": 4, "lr": 0.01, "max_tokens": 80},
+    "lora": {"r": 2, "alpha": 4},
+}
+
+
+def _small(tmp_path, grad_accum):
+    return RecallTrainConfig.from_dict(
+        {
+            **SMALL,
+            "output_dir": str(tmp_path / "run"),
+            "step1": {**SMALL["step1"], "grad_accum": grad_accum},
+            "step2": {**SMALL["step2"], "grad_accum": grad_accum, "save_every": 2},
+        }
+    )
+
+
+def _lines(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_step2_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Both steps run on the shared loop: a run killed in step 2 resumes from its checkpoint and logs what
+    an uninterrupted run logs. The interrupted run also splits every step into two micro-steps: the losses,
+    divided by the whole step's facts / tokens / head rows, are the same as in one."""
+    reference = train_recall(_small(tmp_path / "full", grad_accum=1))
+
+    real = recall_train.step2_losses
+    calls = {"n": 0}
+
+    def dies_in_step_3(*a, **k):  # two micro-steps per step: calls 1-4 are steps 1-2, saved at step 2
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    cfg = _small(tmp_path / "resumed", grad_accum=2)
+    monkeypatch.setattr(recall_train, "step2_losses", dies_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_recall(cfg)
+    assert latest_checkpoint(tmp_path / "resumed" / "run" / "step2" / "checkpoints").name == "step-000002"
+    monkeypatch.setattr(recall_train, "step2_losses", real)
+    resumed = train_recall(cfg)
+
+    a, b = _lines(reference.run), _lines(resumed.run)
+    assert [(m["phase"], m.get("step")) for m in b] == [
+        *[("step1", s) for s in (1, 2, 3)],
+        *[("step2", s) for s in (1, 2, 3, 4)],  # the steps after the checkpoint are not logged twice
+        ("final", None),
+    ]
+    for x, y in zip(a[:-1], b[:-1], strict=True):
+        assert x["rows_digest"] == y["rows_digest"]  # the same samples, in the same order
+        keys = {"step1": ("loss", "scale"), "step2": ("loss", "head_loss")}[x["phase"]]
+        for k in (*keys, "grad_norm", "lr"):
+            assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-6), (k, x, y)
+    final_a, final_b = reference.memory.state_dict(), resumed.memory.state_dict()
+    assert all(torch.allclose(final_a[k], final_b[k], atol=1e-5) for k in final_a)
+
+
+def test_run_folder_holds_config_both_steps_and_checkpoints(tmp_path):
+    cfg = _small(tmp_path, grad_accum=1)
+    trained = train_recall(cfg)
+    run_dir = trained.run
+    assert RecallTrainConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())) == cfg
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["seed"] == 0 and "git_hash" in info and "torch" in info["packages"]
+    lines = _lines(run_dir)
+    for phase, steps in (("step1", 3), ("step2", 4)):  # step 2: 2 epochs x 8 samples / 4 per step
+        losses = [m["loss"] for m in lines if m["phase"] == phase]
+        assert len(losses) == steps and all(np.isfinite(losses))
+        # each step is a run of the shared loop in its own folder: its config, metrics and checkpoints
+        step_dir = run_dir / phase
+        assert {"config.yaml", "run.json", "metrics.jsonl", "model"} <= {p.name for p in step_dir.iterdir()}
+        assert latest_checkpoint(step_dir / "checkpoints").name == f"step-{steps:06d}"
+    assert [m["phase"] for m in lines].count("final") == 1
+    assert trained.metrics["step2_loss_first"] == lines[3]["loss"]
+    assert all(m["head_loss"] >= 0 for m in lines if m["phase"] == "step2")
+
+
+def test_two_processes_match_one(tmp_path):
+    """`accelerate launch` with 2 CPU processes (the shipped DDP config) splits each step's facts and
+    samples between them and logs what one process with 2 accumulation steps logs."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    overrides = ["num_facts=6", "num_general=4", "reply_tokens=2", "step1.steps=2", "step1.batch_size=6"]
+    overrides += ["step1.train_model=false", "step2.epochs=1", "step2.samples_per_epoch=8", "lora.r=2"]
+    overrides += ["step2.batch_size=4"]
+    logs = {}
+    for processes in (2, 1):
+        out = tmp_path / str(processes)
+        args = [*overrides, f"output_dir={out}", f"step1.grad_accum={3 - processes}"]
+        args += [f"step2.grad_accum={3 - processes}"]
+        cli = ["-m", "latentmem.cli", "train", "recall", *args, "--config", "configs/debug/recall.yaml"]
+        launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file"]
+        cmd = (
+            [*launcher, "configs/accelerate/ddp_cpu.yaml", *cli] if processes == 2 else [sys.executable, *cli]
+        )
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip().splitlines()[-1] == str(out)
+        logs[processes] = _lines(out)[:-1]  # the steps' lines
+    assert [m["processes"] for m in logs[2]] == [2] * 4 and [m["processes"] for m in logs[1]] == [1] * 4
+    for x, y in zip(logs[2], logs[1], strict=True):
+        for k in ("loss", "head_loss", "grad_norm"):
+            if k in x:
+                assert x[k] == pytest.approx(y[k], abs=1e-4), (k, x, y)
 
 
 def test_cli_recipe_saves_a_run_that_reloads_exactly(tmp_path):

@@ -2,6 +2,8 @@
 
 Every config in latentmem subclasses `Config`. Field types are checked (and safely coerced: an int where a
 float is declared, a list where a tuple is declared) in `__post_init__`, then `validate()` checks ranges.
+Float fields must be finite: `inf` or `nan` (e.g. `train.lr=inf`) would pass every range check written as a
+comparison, or fail none, and surface only as a diverged run.
 Errors name the field and the fix::
 
     >>> MyConfig.from_yaml("configs/debug/sft.yaml", overrides=["train.lr=1e-3"])
@@ -13,6 +15,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import math
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -81,16 +84,24 @@ class Config:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Iterable[str] = ()) -> Self:
         """Load `path`, apply `key.sub=value` overrides, validate."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-        return cls.from_dict(apply_overrides(data, overrides))
+        return cls.from_dict(apply_overrides(load_yaml_mapping(path), overrides))
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping in YAML file `path` (empty file: {}); `ConfigError` naming the file when it is missing,
+    not UTF-8, not YAML, or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -146,13 +157,16 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, field)
-            except ConfigError:
-                continue
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:  # an optional field (`float | None`): the one type's own message is clearer
+            raise errors[0]
         raise ConfigError(f"{field}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = get_args(tp)
@@ -186,6 +200,7 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
                 value = float(value)
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         require(ok, field, f"expected a number, got {value!r}")
+        require(math.isfinite(value), field, f"must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         require(isinstance(value, str), field, f"expected a string, got {value!r}")
@@ -206,4 +221,4 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["Config", "ConfigError", "apply_overrides", "parse_override", "require"]
+__all__ = ["Config", "ConfigError", "apply_overrides", "load_yaml_mapping", "parse_override", "require"]

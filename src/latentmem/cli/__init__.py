@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "latentmem.cli.bench",
     "latentmem.cli.memory",
     "latentmem.cli.compare",
+    "latentmem.cli.analyze",
     "latentmem.cli.serve",
 )
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+from typing import Any
 
-from latentmem.config import apply_overrides
+from latentmem.config import apply_overrides, load_yaml_mapping, parse_override
+from latentmem.errors import ConfigError
 from latentmem.eval.compare import CompareConfig, results_table, run_compare
 
 
@@ -17,6 +18,18 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, e.g. 0,1,2; got {text!r}"
         ) from None
+
+
+def _task_args(items: list[str]) -> dict[str, Any]:
+    """`--task-arg KEY=VALUE` values, parsed as config overrides are (`n_test=5` is an int, `path=x` a
+    string), so that a task receives the types its arguments declare."""
+    out = {}
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--task-arg {item!r}: expected KEY=VALUE, e.g. n_test=5")
+        out[key] = parse_override(item)[1]
+    return out
 
 
 def _names(text: str) -> list[str]:
@@ -83,9 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
     """The config of `--config`, with the flags and then the `key=value` overrides on top."""
-    import yaml
-
-    data = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    data = load_yaml_mapping(args.config) if args.config else {}
     flags = {
         "task": args.task, "model": args.model, "out": args.out, "n_train": args.n_train, "n_test": args.n_test,
         "methods": args.methods, "seeds": args.seeds, "steps": args.steps,
@@ -93,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     }  # fmt: skip
     data.update({k: v for k, v in flags.items() if v is not None})
     if args.task_arg:
-        data["task_args"] = {**data.get("task_args", {}), **dict(kv.split("=", 1) for kv in args.task_arg)}
+        data["task_args"] = {**data.get("task_args", {}), **_task_args(args.task_arg)}
     overrides = list(args.overrides) + ([f"budget.steps={args.train_budget}"] if args.train_budget else [])
     return CompareConfig.from_dict(apply_overrides(data, overrides))
 

@@ -8,6 +8,7 @@ import torch
 
 from latentmem.chat import render_chat
 from latentmem.cli.common import add_model_args
+from latentmem.config import require
 from latentmem.models import load_model
 from latentmem.seeding import seed_everything
 
@@ -22,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # checked before the model loads, and as one line rather than a transformers traceback
+    require(args.max_new_tokens >= 1, "--max-new-tokens", f"must be >= 1, got {args.max_new_tokens}")
+    require(args.temperature >= 0, "--temperature", f"must be >= 0 (0 = greedy), got {args.temperature}")
     seed_everything(args.seed)
     model, tok = load_model(args.model, dtype=args.dtype, seed=args.seed)
     for prompt, reply in zip(args.prompt, generate_replies(model, tok, args.prompt, args), strict=True):

@@ -1,6 +1,7 @@
 """`latentmem memory add|search|list|delete --store DIR`: the embedded vector memory from the shell.
 
 latentmem memory add --store DIR --user alice "Alice is allergic to peanuts" --meta topic=health
+latentmem memory add --store DIR --user alice "Alice is 31" --meta zip=01234 --meta-json age=31
 latentmem memory search --store DIR --user alice --json "what can't alice eat?"
 latentmem memory list --store DIR --user alice
 latentmem memory delete --store DIR --user alice 3 4
@@ -12,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
-
-import yaml
 
 from latentmem.memory.base import MemoryInputError, MemoryRecord
 from latentmem.memory.config import VectorMemoryConfig
@@ -27,7 +26,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add = actions.add_parser("add", help="store texts (duplicates return the existing id)")
     _store_args(add)
     add.add_argument("text", nargs="+", help="one or more texts, each one memory")
-    add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)")
+    add.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metadata, the value kept as a string (repeatable)",
+    )
+    add.add_argument(
+        "--meta-json",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="metadata whose value is JSON: n=3, ok=true, x=null, s='\"a\"' (repeatable)",
+    )
     add.add_argument(
         "--near-duplicate-threshold",
         type=float,
@@ -42,15 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _store_args(search)
     search.add_argument("query")
     search.add_argument("-k", "--k", type=int, default=5, help="how many results (5)")
-    search.add_argument(
-        "--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality"
-    )
+    _filter_args(search)
     search.set_defaults(func=run_search)
 
     list_ = actions.add_parser("list", help="the memories in a scope, oldest first")
     _store_args(list_)
     list_.add_argument("--limit", type=int, default=None)
-    list_.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality")
+    _filter_args(list_)
     list_.set_defaults(func=run_list)
 
     delete = actions.add_parser("delete", help="remove memories by id (of the scope given)")
@@ -73,16 +83,46 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session")
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, Any]:
-    """`["k=v", ...]` -> {k: v}; values parse as YAML scalars (`n=3` is an int, `ok=true` a bool)."""
-    out = {}
+def _filter_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality, to a string"
+    )
+    p.add_argument(
+        "--filter-json",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="metadata equality to a JSON value, e.g. n=3 (what --meta-json stored)",
+    )
+
+
+def _pairs(items: list[str], flag: str, *, as_json: bool = False) -> dict[str, Any]:
+    """`["k=v", ...]` -> {k: v}. Values stay strings: guessing types (YAML reads `01234` as 668, `NO` as
+    false, `1.10` as 1.1) would change what the user typed. `as_json` parses them as JSON scalars, for the
+    `--*-json` flags that ask for it."""
+    out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise MemoryInputError(f"{flag} {item!r}: expected KEY=VALUE")
-        value = yaml.safe_load(raw) if raw else ""
-        out[key] = value if isinstance(value, str | int | float | bool) or value is None else raw
+        if not as_json:
+            out[key] = raw
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            raise MemoryInputError(
+                f"{flag} {item!r}: {raw!r} is not JSON; quote a string as '\"text\"', or use "
+                f"{flag.removesuffix('-json')}"
+            ) from None
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise MemoryInputError(f"{flag} {item!r}: expected a JSON number, string, true, false or null")
+        out[key] = value
     return out
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {**_pairs(args.filter, "--filter"), **_pairs(args.filter_json, "--filter-json", as_json=True)}
 
 
 def _open(args: argparse.Namespace) -> VectorMemory:
@@ -102,7 +142,7 @@ def _line(record: MemoryRecord, score: float | None = None) -> str:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    metadata = _pairs(args.meta, "--meta")
+    metadata = {**_pairs(args.meta, "--meta"), **_pairs(args.meta_json, "--meta-json", as_json=True)}
     with _open(args) as mem:
         results = mem.add_many(args.text, **_scope(args), metadatas=[metadata] * len(args.text))
     if args.json:
@@ -115,7 +155,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 def run_search(args: argparse.Namespace) -> int:
     with _open(args) as mem:
-        hits = mem.search(args.query, **_scope(args), filters=_pairs(args.filter, "--filter"), k=args.k)
+        hits = mem.search(args.query, **_scope(args), filters=_filters(args), k=args.k)
     if args.json:
         print(json.dumps([{"score": h.score, **h.record.to_dict()} for h in hits]))
     else:
@@ -126,7 +166,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     with _open(args) as mem:
-        records = mem.list(**_scope(args), filters=_pairs(args.filter, "--filter"), limit=args.limit)
+        records = mem.list(**_scope(args), filters=_filters(args), limit=args.limit)
     if args.json:
         print(json.dumps([r.to_dict() for r in records]))
     else:

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from latentmem.config import Config, require
 from latentmem.eval import stats
-from latentmem.eval.methods import METHODS, Budget, Completions, Context, Method, check_methods, write_rows
+from latentmem.eval.method import METHODS, Budget, Completions, Context, Method, check_methods, write_rows
 from latentmem.eval.task import Example, Task, TaskError, get_task
 from latentmem.memgen import MemGenConfig
 from latentmem.runs import RunDir

@@ -3,17 +3,24 @@
 A task yields `Example`s (a user prompt, a gold answer, extra columns). Methods see only the prompt (and,
 to train, `task.target(example)`); the harness scores completions with `task.score`. `task.reward` has TRL's
 reward signature `(prompts, completions, **columns) -> list[float]`, so the same scoring trains GRPO.
+
+The built-in tasks live in `latentmem.eval.tasks`, one family per module, and are found through
+`BUILTIN_TASKS` (name → `"module:Class"`), imported only when `get_task` builds one; `register_task` adds
+one at run time.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Literal
 
 from latentmem.errors import LatentMemError
+from latentmem.eval.registry import LazyRegistry
 
 Split = Literal["train", "test"]
 
@@ -74,7 +81,21 @@ class Task(ABC):
         return examples[:limit] if limit else examples
 
 
-TASKS: dict[str, Callable[..., Task]] = {}
+# the built-in tasks, name -> "module:Class" (see `latentmem.eval.tasks` for what each reads and scores)
+BUILTIN_TASKS: dict[str, str] = {
+    "gsm8k": "latentmem.eval.tasks.math:GSM8K",
+    "math": "latentmem.eval.tasks.math:MATH",
+    "gpqa": "latentmem.eval.tasks.choice:GPQA",
+    "bigbench": "latentmem.eval.tasks.choice:BigBench",
+    "triviaqa": "latentmem.eval.tasks.qa:TriviaQA",
+    "popqa": "latentmem.eval.tasks.qa:PopQA",
+    "kodcode": "latentmem.eval.tasks.code:KodCode",
+    "humaneval": "latentmem.eval.tasks.code:HumanEval",
+    "arithmetic": "latentmem.eval.tasks.synthetic:Arithmetic",
+    "facts": "latentmem.eval.tasks.synthetic:Facts",
+}
+
+TASKS: LazyRegistry[Callable[..., Task]] = LazyRegistry(BUILTIN_TASKS)
 
 
 def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Task]]:
@@ -91,11 +112,24 @@ def register_task(name: str) -> Callable[[Callable[..., Task]], Callable[..., Ta
 
 def get_task(name: str, **kwargs: Any) -> Task:
     """The task `name`, built with `kwargs` (e.g. `path=` for tasks read from local files)."""
-    import latentmem.eval.tasks  # noqa: F401  (registers the built-in tasks)
-
     if name not in TASKS:
         raise TaskError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}")
+    factory = TASKS[name]  # imports a built-in's module, outside the try: its errors are not bad arguments
     try:
-        return TASKS[name](**kwargs)
+        return factory(**kwargs)
     except TypeError as exc:
         raise TaskError(f"task {name!r}: {exc}") from None
+
+
+@cache
+def _cached_task(name: str, args_json: str) -> Task:
+    return get_task(name, **json.loads(args_json))
+
+
+def task_reward(
+    prompts: list[str], completions: list[str], *, task: str, task_args: str = "{}", **columns: Any
+) -> list[float]:
+    """A task's reward as a `module:function` reward for the RL recipes (task built once per process). The
+    rows' own `prompt` column (the user turn) stands in for the rendered prompt, since a task scores
+    against its examples as it made them."""
+    return _cached_task(task, task_args).reward(columns.pop("prompt", prompts), completions, **columns)

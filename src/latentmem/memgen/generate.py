@@ -13,12 +13,14 @@ training forward and generation assign the same log-probabilities to the same to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from latentmem.config import Config, require
 from latentmem.decoding import KVDecoder, pad_rows
+from latentmem.errors import LatentMemError
 from latentmem.memgen.insertion import InsertionPlan
 from latentmem.sampling import SamplingConfig, draw, process_logits
 
@@ -61,6 +63,14 @@ class GenerationResult:
         return torch.arange(n, device=self.sequences.device)[None, :] < self.lengths[:, None]
 
 
+# Called with (step, latents (B, K, D), rows (B,) bool) at every block of latents, before the reasoner reads
+# it: step = -1 for the prompt block, else the index of the generated token the block follows; `rows` are
+# the rows that insert there (the other rows' latents are unused). Returns None to insert the block as
+# woven, or (latents (B, K, D), keep (B, K) bool): what to insert instead, and which slots to insert at all
+# (a dropped slot is skipped, as if the weaver had written one latent fewer). Analysis and ablations use it.
+LatentHook = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
+
+
 class _Weaver:
     """The weaver's cached view of the token stream: tokens wait in `pending` until the next insertion."""
 
@@ -93,6 +103,29 @@ def _eos_ids(model) -> torch.Tensor:
     return torch.tensor(sorted(i for i in ids if i is not None), device=model.device)
 
 
+def _check_inputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    """Refuse inputs that would otherwise fail deep inside the model with an index or shape error."""
+    if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise LatentMemError(
+            f"input_ids: expected a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}; "
+            "for one prompt pass input_ids[None] and attention_mask[None]"
+        )
+    if attention_mask.shape != input_ids.shape:
+        raise LatentMemError(
+            f"attention_mask: shape {tuple(attention_mask.shape)} differs from input_ids' "
+            f"{tuple(input_ids.shape)}; pass the mask the tokenizer returned with these ids"
+        )
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise LatentMemError(f"input_ids: expected integer token ids, got dtype {input_ids.dtype}")
+    vocab = model.reasoner.get_input_embeddings().num_embeddings
+    bad = (input_ids < 0) | (input_ids >= vocab)
+    if bool(bad.any()):
+        raise LatentMemError(
+            f"input_ids: token id {int(input_ids[bad][0])} is outside the model's vocabulary of {vocab}; "
+            "encode the prompts with the model's own tokenizer"
+        )
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -101,13 +134,16 @@ def generate(
     config: GenerationConfig | None = None,
     generator: torch.Generator | None = None,
     memory=None,
+    latent_hook: LatentHook | None = None,
 ) -> GenerationResult:
     """Generate for a left-padded batch `input_ids`, `attention_mask` (B, T) with `model` (a
     LatentMemoryModel). Greedy or sampled per `config.sampling`; each row stops at EOS. `memory`: a
-    `RetrievedMemory` the weaver reads before the prompt."""
+    `RetrievedMemory` the weaver reads before the prompt. `latent_hook`: sees (and may replace or drop)
+    every block of latents before the reasoner reads it; see `LatentHook`."""
     cfg = config or GenerationConfig()
     mc = model.config
     trigger_sample = cfg.sampling.do_sample if cfg.trigger_sample is None else cfg.trigger_sample
+    _check_inputs(model, input_ids, attention_mask)
     B, T = input_ids.shape
     model.check_generation_window(T, B, cfg.max_new_tokens, 0 if memory is None else memory.vectors.shape[1])
     device = model.device
@@ -124,9 +160,9 @@ def generate(
     with model.reasoner_mode():
         logits = reasoner.prefill(embeds, attention_mask).logits[:, -1]
     if mc.prompt_latents > 0:
-        latents = weaver.weave(model.prompt_queries, torch.ones(B, dtype=torch.bool, device=device))
-        with model.reasoner_mode():
-            logits = reasoner.extend(latents).logits[:, -1]
+        every_row = torch.ones(B, dtype=torch.bool, device=device)
+        latents = weaver.weave(model.prompt_queries, every_row)
+        logits = _insert(model, reasoner, latents, every_row, -1, latent_hook, logits)
 
     tokens, logprobs = [], []
     # what the repetition penalty reads: the prompt (its padding masked out), then the tokens generated so far
@@ -177,9 +213,7 @@ def generate(
         if not bool(insert.any()):
             continue
         latents = weaver.weave(model.inference_queries, insert)
-        with model.reasoner_mode():
-            after = reasoner.extend(latents, insert[:, None].expand(B, K_i)).logits[:, -1]
-        logits = torch.where(insert[:, None], after, logits)
+        logits = _insert(model, reasoner, latents, insert, step, latent_hook, logits)
         n_inserted += insert
 
     sequences = torch.stack(tokens, 1)
@@ -197,6 +231,30 @@ def generate(
         plan=plan,
         trigger_probs=probs,
     )
+
+
+def _insert(
+    model,
+    reasoner: KVDecoder,
+    latents: torch.Tensor,
+    rows: torch.Tensor,
+    step: int,
+    hook: LatentHook | None,
+    logits: torch.Tensor,
+) -> torch.Tensor:
+    """Append one block of latents (B, K, D) for rows `rows` (B,) to the reasoner's cache; the next
+    logits (B, V): the block's last kept slot's where a row keeps any, `logits` (before it) elsewhere."""
+    keep = rows[:, None].expand_as(latents[..., 0])
+    if hook is not None and (changed := hook(step, latents, rows)) is not None:
+        latents, keep = changed[0].to(latents), keep & changed[1].to(keep.device)
+        # Dropped slots become invalid (mask 0, no position), exactly as if absent. Kept slots move to the
+        # block's end, in order, so the block's last slot is a kept one whenever the row keeps any.
+        order = keep.long().argsort(dim=1, stable=True)
+        latents = latents.gather(1, order[..., None].expand_as(latents))
+        keep = keep.gather(1, order)
+    with model.reasoner_mode():
+        after = reasoner.extend(latents, keep).logits[:, -1]
+    return torch.where(keep.any(1)[:, None], after, logits)
 
 
 def _plan_from_steps(

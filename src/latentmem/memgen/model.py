@@ -38,7 +38,7 @@ from latentmem.memgen.insertion import (
     weaver_layout,
 )
 from latentmem.memgen.trigger import Trigger
-from latentmem.models import load_model
+from latentmem.models import load_model, max_positions
 
 CONFIG_FILE = "memgen_config.json"
 WEIGHTS_FILE = "memgen.safetensors"
@@ -130,7 +130,7 @@ class LatentMemoryModel(nn.Module):
             for p in base.parameters():
                 p.requires_grad_(False)
         self._check_attention(base)
-        targets = self._lora_targets(base, cfg)
+        targets = self.lora_targets(base, cfg)
         lora = LoraConfig(
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
@@ -144,6 +144,8 @@ class LatentMemoryModel(nn.Module):
         self.reasoner = reasoner
         self.reasoner_window = attention_window(reasoner.config)
         self.weaver_window = attention_window(base.config)
+        self.reasoner_positions = max_positions(reasoner)
+        self.weaver_positions = max_positions(base)
         d_r = reasoner.config.get_text_config().hidden_size
         d_w = base.config.get_text_config().hidden_size
         emb_std = float(reasoner.get_input_embeddings().weight.float().std())
@@ -173,7 +175,7 @@ class LatentMemoryModel(nn.Module):
             )
 
     @staticmethod
-    def _lora_targets(base: PreTrainedModel, cfg: MemGenConfig) -> tuple[str, ...]:
+    def lora_targets(base: PreTrainedModel, cfg: MemGenConfig) -> tuple[str, ...]:
         names = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
         if all(t in names for t in cfg.lora_targets):
             return cfg.lora_targets
@@ -207,9 +209,11 @@ class LatentMemoryModel(nn.Module):
     def reasoner_mode(self) -> Iterator[PreTrainedModel]:
         """The plain frozen reasoner (the weaver's LoRA switched off when it shares the weights).
 
-        This runs at every decoding step, so it flips the LoRA layers' own switch directly instead of
-        PEFT's `disable_adapter()`, which inspects the whole model on each call (~4 ms on a 2-layer model)
-        and flips `requires_grad` back and forth.
+        This runs at every decoding step, so it flips the LoRA layers' own switch (`_disable_adapters`, the
+        flag PEFT's `enable_adapters` sets) directly instead of PEFT's public `disable_adapter()`, which
+        inspects the whole model on each call (~4 ms on a 2-layer model) and whose `enable_adapters(True)`
+        sets `requires_grad` on the adapter again (trigger RL keeps the LoRA frozen). A test pins this to
+        `disable_adapter()`'s logits under the pinned PEFT (`test_reasoner_mode_equals_peft_disable_adapter`).
         """
         if not self.shared:
             yield self.reasoner
@@ -305,13 +309,16 @@ class LatentMemoryModel(nn.Module):
     def check_generation_window(
         self, prompt_slots: int, batch: int, max_new_tokens: int, memories: int
     ) -> None:
-        """Refuse, before any work, a generation that could pass a sliding attention window.
+        """Refuse, before any work, a generation that could pass a sliding attention window or the
+        positions a model was built for (absolute position embeddings fail past them with an IndexError,
+        rotary ones degrade silently).
 
         `prompt_slots`: the padded prompt length T; `memories`: retrieved memories M the weaver reads.
         Upper bounds of what generation builds: the reasoner's cache gets T + K_p + N slots for the prompt,
         its latents and the new tokens, plus K_i slots for every row at each step where any row inserts
         (at most N - 1 steps, and at most B * max_inference_insertions); the weaver holds M + T + N - 1
-        tokens plus one block's queries before dropping them.
+        tokens plus one block's queries before dropping them. Positions count only a row's own valid slots,
+        so a row's reasoner positions stay below T + K_p + N + K_i * min(N - 1, max_inference_insertions).
         """
         cfg, N = self.config, max_new_tokens
         K_i = cfg.inference_latents if cfg.inserts_during_decoding else 0
@@ -326,6 +333,17 @@ class LatentMemoryModel(nn.Module):
             memories + prompt_slots + N - 1 + max(cfg.prompt_latents, K_i),
             "generation: the weaver's view",
         )
+        inserted = K_i * min(N - 1, cfg.max_inference_insertions)
+        for positions, needed, what in (
+            (self.reasoner_positions, prompt_slots + cfg.prompt_latents + N + inserted, "reasoner"),
+            (self.weaver_positions, memories + prompt_slots + N - 1 + max(cfg.prompt_latents, K_i), "weaver"),
+        ):
+            if positions is not None and needed > positions:
+                raise LatentMemError(
+                    f"generation: the prompt ({prompt_slots} tokens with padding), latents and "
+                    f"max_new_tokens={N} take up to {needed} positions of the {what}, which was built for "
+                    f"{positions}; shorten the prompt, lower max_new_tokens, or use fewer latents"
+                )
 
     def forward(
         self,

@@ -598,13 +598,15 @@ class EmbeddedBackend(VectorBackend):
         return None if self._index is None else self._index.backend
 
     def consistency_report(self) -> dict[str, Any]:
-        """Compare the index with SQLite: counts and the ids only one side has (both empty when sound)."""
+        """Compare the index with SQLite: counts, the index's rows (tombstones included) and the ids only one
+        side has (both empty when sound)."""
         self._ensure_current()
         db_ids = {r[0] for r in self._conn.execute("SELECT id FROM memories")}
         index_ids = set() if self._index is None else {int(i) for i in self._index.ids()}
         return {
             "records": len(db_ids),
             "indexed": len(index_ids),
+            "index_rows": 0 if self._index is None else self._index.rows,
             "seq": self._seq,
             "missing_from_index": sorted(db_ids - index_ids),
             "stale_in_index": sorted(index_ids - db_ids),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,25 +22,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from latentmem.chat import render_chat
 from latentmem.config import Config, require
-from latentmem.decoding import positions_from_valid
 from latentmem.models import load_model
 from latentmem.recall.bank import MemoryBank
-from latentmem.recall.data import QA, Fact, encode_sample, general_task, make_facts, split_general
+from latentmem.recall.data import QA, Fact, general_task, make_facts, split_general
 from latentmem.recall.generate import RecallGenerator
 from latentmem.recall.memory import RecallMemory
-from latentmem.recall.tokens import add_recall_tokens
-from latentmem.recall.train import (
-    LoraSettings,
-    RecallTrainConfig,
-    add_lora,
-    collate,
-    next_token_loss,
-    recall_at_1,
-    train_recall,
-)
+from latentmem.recall.train import LoraSettings, RecallTrainConfig, recall_at_1, train_recall
 from latentmem.recall.writer import SentenceEncoder, write_memories
 from latentmem.runs import RunDir
 from latentmem.seeding import seed_everything
+from latentmem.training.config import SFTConfig
+from latentmem.training.lora import train_lora_sft
 
 RAG_TEMPLATE = "Fact: {fact}\nQuestion: {question}"
 METHODS = ("none", "rag", "sft", "recall")
@@ -51,7 +42,7 @@ METHODS = ("none", "rag", "sft", "recall")
 class EvalConfig(Config):
     recall: RecallTrainConfig = field(default_factory=RecallTrainConfig)
     sft_steps: int = 30
-    sft_batch_size: int = 8
+    sft_batch_size: int = 8  # facts per step (all of them when there are fewer)
     sft_lr: float = 2e-3
     sft_lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=8, alpha=16))
     max_new_tokens: int = 40
@@ -60,7 +51,7 @@ class EvalConfig(Config):
     methods: list[str] = field(default_factory=lambda: list(METHODS))  # a subset runs faster
 
     def validate(self) -> None:
-        require(self.sft_steps >= 0, "sft_steps", f"must be >= 0, got {self.sft_steps}")
+        require(self.sft_steps >= 1, "sft_steps", f"must be >= 1, got {self.sft_steps}")
         require(self.sft_batch_size > 0, "sft_batch_size", "must be > 0")
         require(self.sft_lr > 0, "sft_lr", "must be > 0")
         require(self.sft_lora.r > 0, "sft_lora.r", "the LoRA-SFT baseline needs r > 0")
@@ -106,32 +97,39 @@ def retention(gen: RecallGenerator, general: Sequence[QA], cfg: EvalConfig) -> f
     return answer(gen, gen.render([q.question for q in general]), [q.answer for q in general], cfg).accuracy
 
 
-def train_lora_sft(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, facts: Sequence[Fact], cfg: EvalConfig
-):
-    """The LoRA-SFT baseline: next-token loss on `question -> memory text + answer`, then merged."""
-    tokens = add_recall_tokens(model, tok)  # the sample encoder checks that no memory pad slips in
-    samples = [
-        encode_sample(tok, tokens, f.question, f"{f.text} The answer is {f.answer}.", -1, "sft_only")
-        for f in facts
-    ]
-    peft_model = add_lora(model, cfg.sft_lora)
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.sft_lr)
-    rng = random.Random(cfg.recall.seed)
-    losses = []
-    for _ in range(cfg.sft_steps):
-        batch = collate(rng.sample(samples, min(cfg.sft_batch_size, len(samples))), tok.pad_token_id)
-        logits = peft_model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=positions_from_valid(batch.attention_mask.bool()),
-        ).logits
-        loss = next_token_loss(logits, batch.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return peft_model.merge_and_unload().eval(), losses
+def fact_sft(
+    facts: Sequence[Fact], cfg: EvalConfig
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[float]]:
+    """The LoRA-SFT baseline: the token-mean next-token loss on `question -> memory text + answer`, trained
+    by `training.lora` (the shared loop, in the run folder `<output_dir>/lora-sft`, beside the rows it
+    trains on). Returns the merged model, its tokenizer and the per-step losses."""
+    run = Path(cfg.output_dir) / "lora-sft"
+    run.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": f.question, "answer": f"{f.text} The answer is {f.answer}."} for f in facts]
+    data = run / "facts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = SFTConfig.from_dict(
+        {
+            "model": cfg.recall.model,
+            "seed": cfg.recall.seed,
+            "output_dir": str(run),
+            "data": {"path": str(data)},
+            "train": {
+                "steps": cfg.sft_steps,
+                "batch_size": min(cfg.sft_batch_size, len(facts)),
+                "lr": cfg.sft_lr,
+                # as the recall steps train: a constant rate, no clipping, no weight decay
+                "schedule": "constant_with_warmup",
+                "max_grad_norm": 0.0,
+                # the rows are rewritten from the recall config on every evaluation: a checkpoint left by
+                # an earlier one may have trained on other facts
+                "resume": False,
+            },
+        }
+    )
+    path, trained = train_lora_sft(recipe, cfg.sft_lora.peft_config())
+    losses = [m["loss"] for m in RunDir(path).metrics() if "loss" in m]
+    return trained.peft.merge_and_unload().eval(), trained.tokenizer, losses
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
@@ -190,9 +188,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
 
 
 def _sft_row(cfg, facts, questions, paraphrases, held_out, memory_dim, row, results) -> None:
-    rc = cfg.recall
-    model, tok = load_model(rc.model, seed=rc.seed)
-    sft_model, sft_losses = train_lora_sft(model, tok, facts, cfg)
+    sft_model, tok, sft_losses = fact_sft(facts, cfg)
     gen = _plain_generator(sft_model, tok, memory_dim)
     row(
         "LoRA-SFT on the facts",

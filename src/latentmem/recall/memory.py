@@ -4,26 +4,39 @@ It holds the recall token ids, the memory head and the projector. The trained ro
 live in the model's own embedding matrix (so the ordinary embedding lookup and `lm_head` see them); `save`
 copies them out beside the head and projector, and `load` writes them back. A LoRA adapter trained with
 recall memory is saved by PEFT under `adapter/` and merged into the model on load.
+
+`RecallModel` is what recall training trains: a model with its recall memory, as a `loop.Trainable`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from latentmem.errors import ModelLoadError
 from latentmem.recall.errors import RecallError
 from latentmem.recall.head import MemoryHead
 from latentmem.recall.inject import MemoryProjector
-from latentmem.recall.tokens import RecallTokens, add_recall_tokens, load_token_rows, token_rows_state
+from latentmem.recall.tokens import (
+    NewRowTraining,
+    RecallTokens,
+    add_recall_tokens,
+    load_token_rows,
+    token_rows_state,
+)
 
 WEIGHTS = "recall.safetensors"
 META = "recall.json"
 ADAPTER = "adapter"
+# what recall training can train, in the order the optimiser receives them
+PARTS = ("rows", "head", "projector", "lora")
 
 
 class RecallMemory(nn.Module):
@@ -83,7 +96,90 @@ class RecallMemory(nn.Module):
         load_token_rows(model, memory.tokens, state)
         memory.load_state_dict({k: v for k, v in state.items() if not k.startswith("rows.")})
         if (path / ADAPTER).is_dir():
-            from peft import PeftModel
-
             PeftModel.from_pretrained(model, path / ADAPTER).merge_and_unload()
         return memory.to(model.device)
+
+
+class RecallModel(nn.Module):
+    """A frozen causal LM with recall memory, as a `loop.Trainable`.
+
+    What trains (`parts`, a subset of `PARTS`): the recall tokens' embedding rows (`rows`: the whole
+    embedding matrices, whose gradients `NewRowTraining` masks to those rows), the memory head, the
+    projector, and the LoRA adapter when `lm` is a PEFT model. The trainable state it saves and restores is
+    always all of them, whichever parts the current optimiser updates, so that any step's checkpoint
+    restores the whole recall model.
+
+    Args:
+        lm: the model, wrapped by PEFT when a LoRA trains; every base weight frozen.
+        rows: the gradient mask of the recall rows, already applied to `lm`'s embedding matrices.
+    """
+
+    shared = True  # one frozen model: FSDP would shard only `reasoner`
+
+    def __init__(
+        self,
+        lm: PreTrainedModel | PeftModel,
+        tokenizer: PreTrainedTokenizerBase,
+        memory: RecallMemory,
+        rows: NewRowTraining,
+        parts: Sequence[str] = PARTS,
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(parts) - set(PARTS))
+        if unknown:
+            raise RecallError(f"unknown trainable parts {unknown}; choose from {', '.join(PARTS)}")
+        self.lm, self.memory = lm, memory
+        self.tokenizer, self.rows, self.parts = tokenizer, rows, tuple(parts)
+
+    def only(self, *parts: str) -> RecallModel:
+        """The same model (every module shared) with only `parts` trained."""
+        return RecallModel(self.lm, self.tokenizer, self.memory, self.rows, parts)
+
+    @property
+    def reasoner(self) -> PreTrainedModel:
+        """The base model (with the adapter's layers inside it, if any)."""
+        return self.lm.get_base_model() if isinstance(self.lm, PeftModel) else self.lm
+
+    @property
+    def device(self) -> torch.device:
+        return self.reasoner.device
+
+    def _lora(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.lm.named_parameters() if "lora_" in n}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        by_part = {
+            "rows": self.rows.parameters(),
+            "head": list(self.memory.head.parameters()),
+            "projector": list(self.memory.projector.parameters()),
+            "lora": list(self._lora().values()),
+        }
+        return [p for part in PARTS if part in self.parts for p in by_part[part]]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Head and projector (`RecallMemory.state_dict` keys), the recall rows (`rows.i`: (3, D) each) and
+        the LoRA weights (PEFT's parameter names)."""
+        state = {k: v.detach() for k, v in self.memory.state_dict().items()}
+        state.update(token_rows_state(self.reasoner, self.memory.tokens))
+        state.update({n: p.detach() for n, p in self._lora().items()})
+        return state
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = self.trainable_state_dict()
+        if set(state) != set(expected):
+            missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+            raise ModelLoadError(
+                f"recall state does not fit this model: missing {missing[:5]}, extra {extra[:5]}"
+            )
+        self.memory.load_state_dict({k: state[k] for k in self.memory.state_dict()})
+        load_token_rows(self.reasoner, self.memory.tokens, state)
+        with torch.no_grad():
+            for name, p in self._lora().items():
+                p.copy_(state[name])
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """What `RecallMemory.load(directory, model, tokenizer)` loads back: the recall weights and, with a
+        LoRA, PEFT's adapter folder under `adapter/`."""
+        self.memory.save(directory, self.reasoner)
+        if isinstance(self.lm, PeftModel):
+            self.lm.save_pretrained(str(Path(directory) / ADAPTER))

@@ -14,13 +14,29 @@ Besides recall@1, the metrics report how often the greedy first reply token is `
 (`first_token_recall_rate`) on the held-out general questions, before and after training, and on the fact
 questions: step 2 must teach recalling on facts without teaching recalling on everything.
 
-Trainable: the recall tokens' embedding rows, the memory head, the projector and an optional LoRA. Every
-other weight of the reasoner is frozen. `latentmem train recall --config FILE` runs `run`.
+Trainable: the recall tokens' embedding rows, the memory head, the projector and an optional LoRA
+(`RecallModel`). Every other weight of the reasoner is frozen. `latentmem train recall --config FILE` runs
+`run`.
+
+The loop. Each step is a run of the shared `training.loop.Trainer` (data order, accumulation, processes,
+checkpoints, resume, progress) over the one `RecallModel`, in its own folder `<output_dir>/step1`,
+`<output_dir>/step2` (`RecallStep`); the steps' micro-steps return losses already divided by the whole
+optimiser step's normaliser (facts for step 1, supervised tokens and head rows for step 2), so the loss of
+a step is the batch mean it always was, however the batch is spread. Step 2's rows are the samples of one
+epoch: a step lies in one epoch (`samples_per_epoch` is a multiple of `batch_size`) and its micro-steps
+draw from `MixedRecallData.epoch` of that epoch, a pure function of (seed, epoch), so a resumed run sees
+the samples an uninterrupted one would. Both steps use AdamW at a constant learning rate without gradient
+clipping, and without weight decay: the embedding matrices train whole (their gradients masked to the
+recall rows), and decoupled decay would shrink the frozen vocabulary. The run folder holds config.yaml,
+run.json, the trained recall memory and bank, and a metrics.jsonl of both steps' lines (`phase`: step1,
+step2) and the final metrics (`phase`: final), rewritten whole at the end so that a resumed run holds one
+copy of each.
 """
 
 from __future__ import annotations
 
-import random
+import functools
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,12 +45,15 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from latentmem.chat import render_chat
 from latentmem.config import Config, require
 from latentmem.decoding import IGNORE, positions_from_valid
+from latentmem.errors import ConfigError
 from latentmem.models import load_model
 from latentmem.recall.bank import MemoryBank
 from latentmem.recall.data import (
@@ -47,28 +66,54 @@ from latentmem.recall.data import (
 )
 from latentmem.recall.generate import RecallGenerator
 from latentmem.recall.inject import inject
-from latentmem.recall.memory import ADAPTER, RecallMemory
+from latentmem.recall.memory import PARTS, RecallMemory, RecallModel
 from latentmem.recall.tokens import RECALL, NewRowTraining
-from latentmem.recall.writer import HiddenStateEncoder, MemoryEncoder, SentenceEncoder, write_memories
+from latentmem.recall.writer import HiddenStateEncoder, SentenceEncoder, write_memories
 from latentmem.runs import RunDir
 from latentmem.seeding import seed_everything
+from latentmem.training.config import TrainConfig
+from latentmem.training.loop import Job, Metrics, StepContext, Trainer, launch
+from latentmem.training.sharding import fsdp_requested
 
 
 # ---- configuration ---------------------------------------------------------------------------------
+def _loop(steps: int, batch_size: int, lr: float, grad_accum: int, save_every: int) -> TrainConfig:
+    """The loop settings of one recall step: constant learning rate, no clipping, no weight decay (the
+    module docstring says why)."""
+    return TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        schedule="constant_with_warmup",  # with no warmup: constant
+        max_grad_norm=0.0,
+        save_every=save_every,
+    )
+
+
 @dataclass
 class Step1Config(Config):
     objective: Literal["contrastive", "mse"] = "contrastive"
     steps: int = 100
-    batch_size: int = 16
+    batch_size: int = 16  # facts per step (all of them when there are fewer)
     lr: float = 1e-3
     # False: train only the head, on `<recall>` hidden states computed once without gradients (no backward
     # through the reasoner: the cheap choice on CPU); the `<recall>` row and LoRA then learn in step 2.
     train_model: bool = True
+    grad_accum: int = 1  # micro-steps per optimiser step (per process)
+    save_every: int = 0  # checkpoint every this many steps; 0 = only at the end
 
     def validate(self) -> None:
-        require(self.steps >= 0, "step1.steps", f"must be >= 0, got {self.steps}")
+        require(self.steps >= 0, "step1.steps", f"must be >= 0 (0 skips step 1), got {self.steps}")
         require(self.batch_size > 0, "step1.batch_size", f"must be > 0, got {self.batch_size}")
         require(self.lr > 0, "step1.lr", f"must be > 0, got {self.lr}")
+        require(self.grad_accum >= 1, "step1.grad_accum", f"must be >= 1, got {self.grad_accum}")
+        require(self.save_every >= 0, "step1.save_every", f"must be >= 0, got {self.save_every}")
+
+    def loop(self, num_facts: int) -> TrainConfig:
+        """This step's loop settings (`steps` > 0)."""
+        batch = min(self.batch_size, num_facts)
+        return _loop(self.steps, batch, self.lr, self.grad_accum, self.save_every)
 
 
 @dataclass
@@ -89,11 +134,24 @@ class Step2Config(Config):
     max_tokens: int = 160  # samples longer than this are skipped and redrawn
     mix: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # memory_front, memory_full, sft_only
     head_loss_weight: float = 1.0
+    grad_accum: int = 1  # micro-steps per optimiser step (per process)
+    save_every: int = 0  # checkpoint every this many steps; 0 = only at the end
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps: `batch_size` divides `samples_per_epoch`, so every epoch is whole steps."""
+        return self.epochs * self.samples_per_epoch // self.batch_size
 
     def validate(self) -> None:
-        require(self.epochs >= 0, "step2.epochs", f"must be >= 0, got {self.epochs}")
+        require(self.epochs >= 0, "step2.epochs", f"must be >= 0 (0 skips step 2), got {self.epochs}")
         require(self.samples_per_epoch > 0, "step2.samples_per_epoch", "must be > 0")
         require(self.batch_size > 0, "step2.batch_size", f"must be > 0, got {self.batch_size}")
+        require(
+            self.samples_per_epoch % self.batch_size == 0,
+            "step2.batch_size",
+            f"must divide step2.samples_per_epoch ({self.samples_per_epoch}), got {self.batch_size}: every "
+            "optimiser step then draws from one epoch's samples",
+        )
         require(self.lr > 0, "step2.lr", f"must be > 0, got {self.lr}")
         require(self.max_tokens > 8, "step2.max_tokens", f"must be > 8, got {self.max_tokens}")
         require(
@@ -108,6 +166,17 @@ class Step2Config(Config):
             f"teaches recalling on every question; got {self.mix}",
         )
         require(self.head_loss_weight >= 0, "step2.head_loss_weight", "must be >= 0")
+        require(self.grad_accum >= 1, "step2.grad_accum", f"must be >= 1, got {self.grad_accum}")
+        require(
+            self.batch_size % self.grad_accum == 0,
+            "step2.grad_accum",
+            f"must divide step2.batch_size ({self.batch_size}), got {self.grad_accum}",
+        )
+        require(self.save_every >= 0, "step2.save_every", f"must be >= 0, got {self.save_every}")
+
+    def loop(self) -> TrainConfig:
+        """This step's loop settings (`epochs` > 0)."""
+        return _loop(self.steps, self.batch_size, self.lr, self.grad_accum, self.save_every)
 
 
 @dataclass
@@ -119,6 +188,12 @@ class LoraSettings(Config):
     def validate(self) -> None:
         require(self.r >= 0, "lora.r", f"must be >= 0 (0 disables LoRA), got {self.r}")
         require(bool(self.targets), "lora.targets", "name at least one module, e.g. [q_proj, v_proj]")
+
+    def peft_config(self) -> LoraConfig:
+        """PEFT's config of this adapter (`r` > 0), without dropout: training runs in eval mode."""
+        return LoraConfig(
+            r=self.r, lora_alpha=self.alpha, target_modules=list(self.targets), lora_dropout=0.0
+        )
 
 
 @dataclass
@@ -140,6 +215,56 @@ class RecallTrainConfig(Config):
         require(self.num_general >= 4, "num_general", f"must be >= 4, got {self.num_general}")
         require(self.reply_tokens > 0, "reply_tokens", "must be > 0")
         require(self.eval_max_new_tokens > 0, "eval_max_new_tokens", "must be > 0")
+        require(
+            self.step1.steps > 0 or self.step2.epochs > 0,
+            "step1.steps",
+            "and step2.epochs are both 0: nothing would train; give one of them a positive value",
+        )
+        batch = min(self.step1.batch_size, self.num_facts)
+        require(
+            batch % self.step1.grad_accum == 0,
+            "step1.grad_accum",
+            f"must divide the {batch} facts of a step (step1.batch_size, at most num_facts); got "
+            f"{self.step1.grad_accum}",
+        )
+
+    def steps(self) -> list[RecallStep]:
+        """The steps that train (step 1 when `step1.steps` > 0, step 2 when `step2.epochs` > 0), in order."""
+        counts = {"step1": self.step1.steps, "step2": self.step2.epochs}
+        return [RecallStep(self, name) for name, n in counts.items() if n > 0]
+
+
+@dataclass
+class RecallStep(Config):
+    """One step of recall training as a run of the shared loop (a `loop.LoopConfig`): its folder
+    `<output_dir>/<step>` (config.yaml, checkpoints/, metrics.jsonl, model/), its loop settings and the
+    parts of `RecallModel` it trains. Its config is the whole recall config, so that its checkpoints refuse
+    a resume under any other recall setting."""
+
+    recall: RecallTrainConfig
+    step: Literal["step1", "step2"]
+
+    @property
+    def output_dir(self) -> str:
+        return str(Path(self.recall.output_dir) / self.step)
+
+    @property
+    def seed(self) -> int:
+        return self.recall.seed
+
+    @functools.cached_property
+    def train(self) -> TrainConfig:
+        if self.step == "step1":
+            return self.recall.step1.loop(self.recall.num_facts)
+        return self.recall.step2.loop()
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """What this step's optimiser updates: step 1 no projector (no memory is injected), and only the
+        head on frozen hidden states (`step1.train_model` false); step 2 everything."""
+        if self.step == "step2":
+            return PARTS
+        return ("rows", "head", "lora") if self.recall.step1.train_model else ("head",)
 
 
 # ---- shared pieces ---------------------------------------------------------------------------------
@@ -208,80 +333,54 @@ def first_token_recall_rate(
     return hits / len(questions)
 
 
-def encoder_for(
-    cfg: RecallTrainConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
-) -> MemoryEncoder:
-    return SentenceEncoder() if cfg.encoder == "minilm" else HiddenStateEncoder(model, tokenizer)
-
-
-def add_lora(model: PreTrainedModel, settings: LoraSettings) -> nn.Module:
-    """Wrap `model` in a PEFT LoRA (base weights frozen by PEFT) when `settings.r > 0`."""
-    if settings.r == 0:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(
-        r=settings.r, lora_alpha=settings.alpha, target_modules=list(settings.targets), lora_dropout=0.0
-    )
-    return get_peft_model(model, lora)
-
-
-def _optimizer(
-    groups: list[list[nn.Parameter]], row_params: list[nn.Parameter], lr: float
-) -> torch.optim.Optimizer:
-    """AdamW over `groups`; the embedding matrices (only their recall rows get gradients) without weight
-    decay, since decoupled decay would otherwise shrink the frozen vocabulary rows too."""
-    params = [p for g in groups for p in g if p.requires_grad]
-    return torch.optim.AdamW([{"params": params}, {"params": row_params, "weight_decay": 0.0}], lr=lr)
+def build_recall_model(cfg: RecallTrainConfig, device: torch.device, memory_dim: int | None) -> RecallModel:
+    """`cfg.model` with fresh recall memory (`memory_dim`: the encoder's; None: the model's hidden size,
+    that of `HiddenStateEncoder`), every base weight frozen, and a fresh LoRA when `cfg.lora.r` > 0. Seeded,
+    so every process builds identical initial weights."""
+    model, tokenizer = load_model(cfg.model, device=device, seed=cfg.seed)
+    dim = memory_dim or model.get_input_embeddings().embedding_dim
+    memory = RecallMemory.attach(model, tokenizer, dim, seed=cfg.seed)
+    model.requires_grad_(False)
+    seed_everything(cfg.seed)  # the LoRA's initial weights
+    lm = get_peft_model(model, cfg.lora.peft_config()) if cfg.lora.r else model
+    return RecallModel(lm, tokenizer, memory, NewRowTraining(model, memory.tokens))
 
 
 # ---- step 1 ----------------------------------------------------------------------------------------
 def train_step1(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    memory: RecallMemory,
-    vectors: torch.Tensor,
-    facts: Sequence[Fact],
-    cfg: Step1Config,
-    rows: NewRowTraining,
-    lora_params: list[nn.Parameter],
-    run: RunDir | None = None,
-    seed: int = 0,
-) -> list[float]:
-    """Teach the `<recall>` query to find each fact's memory (vectors (N, M), row i = facts[i])."""
-    if cfg.train_model:
-        opt = _optimizer([list(memory.head.parameters()), lora_params], rows.parameters(), cfg.lr)
-    else:
-        opt = torch.optim.AdamW(memory.head.parameters(), lr=cfg.lr)
+    job: Job[RecallModel], facts: Sequence[Fact], vectors: torch.Tensor, settings: Step1Config
+) -> None:
+    """Teach the `<recall>` query to find each fact's memory (vectors (N, M), row i = facts[i]). The rows of
+    the loop are the facts; a step's loss is the mean over its facts."""
+    model = job.model
+    head = model.memory.head
+    frozen = None
+    if not settings.train_model:  # the head alone learns, on hidden states that do not change
         with torch.no_grad():
             frozen = torch.cat(
                 [
-                    recall_hidden(model, tokenizer, [f.question for f in facts[s : s + cfg.batch_size]])
-                    for s in range(0, len(facts), cfg.batch_size)
+                    recall_hidden(model.lm, model.tokenizer, [f.question for f in facts[s : s + 32]])
+                    for s in range(0, len(facts), 32)
                 ]
             )
-    rng = random.Random(seed)
-    losses = []
-    for step in range(cfg.steps):
-        idx = rng.sample(range(len(facts)), min(cfg.batch_size, len(facts)))
-        if cfg.train_model:
-            hidden = recall_hidden(model, tokenizer, [facts[i].question for i in idx])
+
+    def micro_step(ctx: StepContext) -> Metrics:
+        idx = ctx.indices
+        if frozen is None:
+            hidden = recall_hidden(model.lm, model.tokenizer, [facts[i].question for i in idx])
         else:
             hidden = frozen[idx]
         target = torch.tensor(idx, device=hidden.device)
-        if cfg.objective == "contrastive":
-            loss = F.cross_entropy(memory.head.logits(hidden, vectors), target)
-        else:
-            loss = F.mse_loss(memory.head.raw_query(hidden), vectors[target].to(hidden))
-        opt.zero_grad()
+        if settings.objective == "contrastive":
+            summed = F.cross_entropy(head.logits(hidden, vectors), target, reduction="sum")
+        else:  # the mean over the vector's M entries, as `F.mse_loss` takes it
+            query = head.raw_query(hidden)
+            summed = F.mse_loss(query, vectors[target].to(query), reduction="sum") / vectors.shape[1]
+        loss = summed / len(ctx.step_indices)  # the mean over the whole step's facts
         loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if run is not None:
-            run.log(phase="step1", step=step, loss=loss.item(), scale=memory.head.scale.item())
-    return losses
+        return {"loss": loss.item()}
+
+    Trainer(job, n_rows=len(facts)).fit(micro_step, derive=lambda _: {"scale": head.scale.item()})
 
 
 # ---- step 2 ----------------------------------------------------------------------------------------
@@ -311,16 +410,23 @@ def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
     )
 
 
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits (B, T, V) at t predicting labels (B, T) at t+1, IGNORE skipped."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+def supervised_tokens(sample: Sample) -> int:
+    """Tokens of `sample` the token loss scores: those with a label, less the first (nothing predicts it)."""
+    return sum(label != IGNORE for label in sample.labels[1:])
+
+
+def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """() summed cross-entropy of logits (B, T, V) at t predicting labels (B, T) at t+1, IGNORE skipped."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
+    )
 
 
 def step2_losses(
     model: nn.Module, memory: RecallMemory, batch: Batch, vectors: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token loss, head loss) of one batch, with each row's memory injected at its `<|memory_pad|>`;
-    the head loss covers `batch.head_rows` only (zero when the batch has none).
+    """() summed (token NLL, head NLL) of one batch, with each row's memory injected at its
+    `<|memory_pad|>`; the head NLL covers `batch.head_rows` only (zero when the batch has none).
 
     The forward is the training twin of `RecallGenerator`: the same `inject`, the same position ids
     (`positions_from_valid`) and the same last-layer hidden state at `<recall>` for the head.
@@ -339,47 +445,44 @@ def step2_losses(
         position_ids=positions_from_valid(mask.bool()),
         output_hidden_states=True,
     )
-    token_loss = next_token_loss(out.logits, batch.labels.to(device))
+    token_nll = next_token_nll(out.logits, batch.labels.to(device))
     # the head reads the hidden state at the <recall> right before each memory pad, on head rows only
     rows, cols = slots.nonzero(as_tuple=True)
     keep = batch.head_rows.to(device)[rows]
     rows, cols = rows[keep], cols[keep]
     hidden = out.hidden_states[-1][rows, cols - 1]
-    head_loss = (
-        F.cross_entropy(memory.head.logits(hidden, vectors), with_memory[rows])
+    head_nll = (
+        F.cross_entropy(memory.head.logits(hidden, vectors), with_memory[rows], reduction="sum")
         if len(rows)
-        else token_loss.new_zeros(())
+        else token_nll.new_zeros(())
     )
-    return token_loss, head_loss
+    return token_nll, head_nll
 
 
 def train_step2(
-    model: nn.Module,
-    memory: RecallMemory,
-    data: MixedRecallData,
-    vectors: torch.Tensor,
-    cfg: Step2Config,
-    rows: NewRowTraining,
-    lora_params: list[nn.Parameter],
-    pad_id: int,
-    run: RunDir | None = None,
-) -> list[float]:
-    """Decoding from injected memories on the per-epoch resampled mixture. Returns per-batch token losses."""
-    opt = _optimizer([list(memory.parameters()), lora_params], rows.parameters(), cfg.lr)
-    losses = []
-    for epoch in range(cfg.epochs):
-        samples = data.epoch(epoch)
-        for b in range(0, len(samples), cfg.batch_size):
-            batch = collate(samples[b : b + cfg.batch_size], pad_id)
-            token_loss, head_loss = step2_losses(model, memory, batch, vectors)
-            loss = token_loss + cfg.head_loss_weight * head_loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(token_loss.item())
-            if run is not None:
-                run.log(phase="step2", epoch=epoch, loss=token_loss.item(), head_loss=head_loss.item())
-    return losses
+    job: Job[RecallModel], data: MixedRecallData, vectors: torch.Tensor, settings: Step2Config
+) -> None:
+    """Decoding from injected memories on the per-epoch resampled mixture. The rows of the loop are the
+    samples of an epoch; a step's token loss is the mean over its supervised tokens, its head loss the mean
+    over its head rows (`Sample.trains_head`), and it trains on their sum, the head's weighted."""
+    model = job.model
+    pad_id = model.tokenizer.pad_token_id
+    epoch = functools.lru_cache(maxsize=1)(data.epoch)  # drawn once, not once per micro-step
+
+    def micro_step(ctx: StepContext) -> Metrics:
+        # the epoch this step falls in: the loop takes `batch_size` rows per step, `samples_per_epoch` a
+        # multiple of it, so the step's rows all index this epoch's samples
+        samples = epoch(ctx.step * settings.batch_size // settings.samples_per_epoch)
+        whole = [samples[i] for i in ctx.step_indices]
+        n_tokens = sum(supervised_tokens(s) for s in whole)
+        n_head = max(sum(s.trains_head for s in whole), 1)  # no head rows: the head NLL is 0
+        batch = collate([samples[i] for i in ctx.indices], pad_id)
+        token_nll, head_nll = step2_losses(model.lm, model.memory, batch, vectors)
+        token_loss, head_loss = token_nll / n_tokens, head_nll / n_head
+        (token_loss + settings.head_loss_weight * head_loss).backward()
+        return {"loss": token_loss.item(), "head_loss": head_loss.item()}
+
+    Trainer(job, n_rows=settings.samples_per_epoch).fit(micro_step)
 
 
 # ---- the whole recipe ------------------------------------------------------------------------------
@@ -391,89 +494,104 @@ class TrainedRecall:
     bank: MemoryBank
     facts: list[Fact]
     metrics: dict[str, float]
+    run: Path  # the run folder
 
 
-def train_recall(cfg: RecallTrainConfig, run: RunDir | None = None) -> TrainedRecall:
-    """Load the model, write the facts into a bank, run both steps; return everything, LoRA merged."""
+def train_recall(cfg: RecallTrainConfig) -> TrainedRecall:
+    """Load the model, write the facts into a bank, run both steps in the run folder `cfg.output_dir`
+    (resuming where a checkpoint is); save the recall memory and bank there and return them, LoRA merged."""
+    if fsdp_requested():
+        raise ConfigError(
+            "recall training shards nothing: every process holds the whole (small) model; launch it without "
+            "an FSDP config (accelerate launch --multi_gpu, or one process)"
+        )
     seed_everything(cfg.seed)
-    model, tokenizer = load_model(cfg.model, seed=cfg.seed)
     facts = make_facts(cfg.num_facts, seed=cfg.seed)
     sft_pool, held_out = split_general(general_task(cfg.num_general, seed=cfg.seed))
-    encoder = encoder_for(cfg, model, tokenizer)
+    sentence = SentenceEncoder() if cfg.encoder == "minilm" else None  # its dimension sizes the memory
+    memory_dim = sentence.dim if sentence else None
+    # one model for both steps: each step's job trains its own parts of it
+    shared = functools.cache(functools.partial(build_recall_model, cfg, memory_dim=memory_dim))
+    jobs = {
+        step.step: launch(step, step.train.batch_size, lambda s, device: shared(device).only(*s.parts))
+        for step in cfg.steps()
+    }
+    dist = next(iter(jobs.values())).dist
+    model = shared(dist.device)
+    tok, memory = model.tokenizer, model.memory
+    run = RunDir.create(cfg.output_dir, cfg, cfg.seed) if dist.is_main else RunDir(Path(cfg.output_dir))
+
+    encoder = sentence or HiddenStateEncoder(model.reasoner, tok)
     bank = MemoryBank(encoder.dim)
     write_memories(bank, encoder, [f.text for f in facts], [{"answer": f.answer} for f in facts])
-    memory = RecallMemory.attach(model, tokenizer, encoder.dim, seed=cfg.seed)
-    # sft_only targets: the base model's own greedy replies, so that sft_only teaches it to stay itself
-    base = RecallGenerator(model, tokenizer, memory, recall="never")
+    # sft_only targets: the base model's own greedy replies (the fresh LoRA changes nothing yet), so that
+    # sft_only teaches it to stay itself
+    base = RecallGenerator(model.reasoner, tok, memory, recall="never")
     replies = base.generate(
         base.render([q.question for q in sft_pool]), max_new_tokens=cfg.reply_tokens
     ).texts
     vectors = bank.matrix()[1].to(model.device)
-
-    peft_model = add_lora(model, cfg.lora)
-    rows = NewRowTraining(model, memory.tokens)
-    lora_params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
-    memory.train()
     questions = [f.question for f in facts]
     paraphrases = [f.paraphrase for f in facts]
     general_questions = [q.question for q in held_out]
     metrics = {
-        "recall_at_1_before": recall_at_1(peft_model, tokenizer, memory, vectors, questions),
+        "recall_at_1_before": recall_at_1(model.lm, tok, memory, vectors, questions),
         "general_recall_rate_before": first_token_recall_rate(
-            peft_model, tokenizer, memory.tokens.recall_id, general_questions
+            model.lm, tok, memory.tokens.recall_id, general_questions
         ),
     }
     t0 = time.perf_counter()
-    s1 = train_step1(
-        peft_model, tokenizer, memory, vectors, facts, cfg.step1, rows, lora_params, run, cfg.seed
-    )
-    metrics["step1_recall_at_1"] = recall_at_1(peft_model, tokenizer, memory, vectors, questions)
-    metrics["step1_recall_at_1_paraphrase"] = recall_at_1(peft_model, tokenizer, memory, vectors, paraphrases)
-    data = MixedRecallData(
-        tokenizer,
-        memory.tokens,
-        facts,
-        sft_pool,
-        replies,
-        samples_per_epoch=cfg.step2.samples_per_epoch,
-        max_tokens=cfg.step2.max_tokens,
-        mix=cfg.step2.mix,
-        seed=cfg.seed,
-    )
-    s2 = train_step2(
-        peft_model, memory, data, vectors, cfg.step2, rows, lora_params, tokenizer.pad_token_id, run
-    )
+    if "step1" in jobs:
+        train_step1(jobs["step1"], facts, vectors, cfg.step1)
+    metrics["step1_recall_at_1"] = recall_at_1(model.lm, tok, memory, vectors, questions)
+    metrics["step1_recall_at_1_paraphrase"] = recall_at_1(model.lm, tok, memory, vectors, paraphrases)
+    if "step2" in jobs:
+        data = MixedRecallData(
+            tok,
+            memory.tokens,
+            facts,
+            sft_pool,
+            replies,
+            samples_per_epoch=cfg.step2.samples_per_epoch,
+            max_tokens=cfg.step2.max_tokens,
+            mix=cfg.step2.mix,
+            seed=cfg.seed,
+        )
+        train_step2(jobs["step2"], data, vectors, cfg.step2)
+    # each step's lines, read back from its run folder: complete when the step resumed from a checkpoint
+    lines = {name: job.run.metrics() for name, job in jobs.items()}
+    s1 = [m["loss"] for m in lines.get("step1", [])]
+    s2 = [m["loss"] for m in lines.get("step2", [])]
     metrics.update(
         train_seconds=time.perf_counter() - t0,
         step1_loss_first=s1[0] if s1 else float("nan"),
         step1_loss_last=s1[-1] if s1 else float("nan"),
         step2_loss_first=s2[0] if s2 else float("nan"),
         step2_loss_last=s2[-1] if s2 else float("nan"),
-        recall_at_1=recall_at_1(peft_model, tokenizer, memory, vectors, questions),
-        recall_at_1_paraphrase=recall_at_1(peft_model, tokenizer, memory, vectors, paraphrases),
+        recall_at_1=recall_at_1(model.lm, tok, memory, vectors, questions),
+        recall_at_1_paraphrase=recall_at_1(model.lm, tok, memory, vectors, paraphrases),
         general_recall_rate=first_token_recall_rate(
-            peft_model, tokenizer, memory.tokens.recall_id, general_questions
+            model.lm, tok, memory.tokens.recall_id, general_questions
         ),
-        fact_recall_rate=first_token_recall_rate(peft_model, tokenizer, memory.tokens.recall_id, questions),
+        fact_recall_rate=first_token_recall_rate(model.lm, tok, memory.tokens.recall_id, questions),
     )
-    rows.remove()
-    memory.eval()
-    if run is not None:
-        memory.save(run.path, model)
-        if cfg.lora.r:
-            peft_model.save_pretrained(run.path / ADAPTER)
-    if cfg.lora.r:
-        model = peft_model.merge_and_unload()
-    return TrainedRecall(model.eval(), tokenizer, memory, bank, facts, metrics)
+    model.rows.remove()
+    model.eval()
+    if dist.is_main:
+        model.save_pretrained(run.path)
+        bank.save(run.path / "bank")
+        summary = [{"phase": name, **m} for name, ms in lines.items() for m in ms]
+        summary.append({"phase": "final", **metrics})
+        run.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in summary))
+    dist.barrier()
+    merged = model.lm.merge_and_unload() if isinstance(model.lm, PeftModel) else model.lm
+    return TrainedRecall(merged.eval(), tok, memory, bank, facts, metrics, run.path)
 
 
 def run(config_path: str, overrides: list[str]) -> Path:
     """`latentmem train recall --config FILE [overrides]`: train, save, print metrics; returns the run folder."""
-    cfg = RecallTrainConfig.from_yaml(config_path, overrides)
-    run_dir = RunDir.create(Path(cfg.output_dir), cfg, cfg.seed)
-    trained = train_recall(cfg, run_dir)
-    trained.bank.save(run_dir.path / "bank")
-    run_dir.log(phase="final", **trained.metrics)
-    for key, value in trained.metrics.items():
-        print(f"{key:>30}: {value:.4f}")
-    return run_dir.path
+    trained = train_recall(RecallTrainConfig.from_yaml(config_path, overrides))
+    if PartialState().is_main_process:  # once, under `accelerate launch`
+        for key, value in trained.metrics.items():
+            print(f"{key:>30}: {value:.4f}")
+    return trained.run

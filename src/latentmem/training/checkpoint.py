@@ -3,7 +3,8 @@
 Layout under `<run>/checkpoints/`::
 
     step-000020/trainable.safetensors   the model's trainable state (LoRA, queries, projections, trigger)
-    step-000020/state.pt                optimizer, scheduler, RNG states, step, recipe state (e.g. p_bar)
+    step-000020/state.pt                optimizer, scheduler, RNG states, step, recipe state (e.g. p_bar),
+                                        the run's resolved config
     latest                              a text file naming the newest complete checkpoint
 
 A save writes everything into a hidden temporary folder, fsyncs it, renames it to `step-N` (atomic on one
@@ -18,6 +19,10 @@ zip archive), so a damaged newest checkpoint falls back to the older one kept be
 read with `weights_only=True`: tensors, numbers, strings and containers only (the RNG states are saved in
 that form), so a checkpoint from a shared run folder cannot run code on resume. Anything unreadable is a
 `ModelLoadError` that names the file.
+
+Resuming under an edited config is refused (`check_resume_config`) unless only `RESUMABLE_FIELDS` changed:
+the optimizer and scheduler states would silently keep the old learning rate, a changed shape would fail
+as a size mismatch, and anything else would make the run a mix of two configs under one config.yaml.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import shutil
 import struct
 import warnings
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,12 +44,24 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from latentmem.errors import ModelLoadError
+from latentmem.errors import ConfigError, ModelLoadError
 
 WEIGHTS = "trainable.safetensors"
 STATE = "state.pt"
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+# Config fields a resumed run may change: how long it trains, how often it evaluates and saves, where the
+# run folder is. None of them is part of the state a checkpoint restores.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "output_dir",
+        "train.steps",
+        "train.eval_every",
+        "train.save_every",
+        "train.keep_checkpoints",
+        "train.resume",
+    }
+)
 # Checkpoints saved before the RNG states were plain values hold numpy's key array: allow exactly what
 # rebuilds an array (its reconstructor, ndarray, dtypes), which runs no other code.
 _NUMPY_ARRAY_GLOBALS = [np.ndarray(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
@@ -172,6 +190,38 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}".splitlines()[0]
         ) from exc
     return Checkpoint(step=step, weights=weights, state=state)
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume_config(
+    path: str | Path, saved: Mapping[str, Any] | None, current: Mapping[str, Any]
+) -> None:
+    """Refuse to resume checkpoint `path`, saved under config `saved` (a `Config.to_dict()`; None in a
+    checkpoint from before configs were saved, which cannot be checked), under `current` when any field but
+    `RESUMABLE_FIELDS` differs; the `ConfigError` lists each field with both values."""
+    if saved is None:
+        warnings.warn(f"{path} holds no config (saved by an older version); resuming unchecked", stacklevel=2)
+        return
+    old, new = _flat(saved), _flat(current)
+    changed = sorted(
+        k for k in old.keys() | new.keys() if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k)
+    )
+    if changed:
+        diffs = "; ".join(f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in changed)
+        raise ConfigError(
+            f"resume: the config differs from the one checkpoint {path} was saved under ({diffs}). A resumed "
+            f"run may change only {', '.join(sorted(RESUMABLE_FIELDS))}; restore the other values, start "
+            "over in a new output_dir, or set train.resume=false to overwrite this run"
+        )
 
 
 def _step_dirs(root: Path) -> list[tuple[int, Path]]:

@@ -40,6 +40,10 @@ class DataConfig(Config):
     # a column of retrieved-memory vectors per row (a list of equal-length lists), read by a weaver built
     # with memgen.memory_dim (M = W([H; E])); null = no retrieved memories
     memory_column: str | None = None
+    # the most tokens one row may have, prompt (chat-templated) + SFT target + EOS; longer rows are skipped
+    # with a warning (never truncated: a cut answer would teach a wrong target). null = the model's
+    # positions less the latent slots MemGen adds, read when the model loads
+    max_length: int | None = None
 
     @property
     def sft_column(self) -> str:
@@ -49,6 +53,11 @@ class DataConfig(Config):
     def validate(self) -> None:
         require(self.train_size >= 1, "data.train_size", f"must be >= 1, got {self.train_size}")
         require(self.eval_size >= 0, "data.eval_size", f"must be >= 0, got {self.eval_size}")
+        require(
+            self.max_length is None or self.max_length >= 2,
+            "data.max_length",
+            f"must be >= 2 (a prompt token and EOS) or null for the model's positions, got {self.max_length}",
+        )
         require(bool(self.prompt_column), "data.prompt_column", "name the column that holds the prompt")
         require(bool(self.answer_column), "data.answer_column", "name the column that holds the gold answer")
         require(

@@ -6,14 +6,17 @@ column also as `answer` (`reward_columns`). `check_columns` runs before any mode
 without the needed columns fails in a second with the file, the row and the missing name.
 
 Encoding: the prompt is rendered with the tokenizer's chat template (generation prompt appended); the SFT
-target (`DataConfig.sft_column`) is followed by EOS. `collate` left-pads (the layout generation expects) and puts -100 on every label outside
-the answer.
+target (`DataConfig.sft_column`) is followed by EOS. `encode_rows` skips, with a warning, rows longer than
+`row_limit` (`data.max_length`, else the model's positions less MemGen's latent slots): one huge row would
+otherwise exhaust memory or run past the model's positions, and truncating it would cut its answer.
+`collate` left-pads (the layout generation expects) and puts -100 on every label outside the answer.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +26,12 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from latentmem.chat import render_chat
+from latentmem.decoding import IGNORE, left_padded, pad_rows
 from latentmem.errors import ConfigError
-from latentmem.memgen import RetrievedMemory
-from latentmem.training.config import DataConfig
+from latentmem.memgen import LatentMemoryModel, MemGenConfig, RetrievedMemory
+from latentmem.models import max_positions
+from latentmem.training.config import DataConfig, RecipeConfig
 
-IGNORE = -100
 Row = dict[str, Any]
 
 _WORDS = ("red", "blue", "green", "apple", "orange", "river", "city", "water", "day", "time", "word", "one")
@@ -57,8 +61,15 @@ def read_jsonl(path: str | Path) -> list[Row]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"data.path: {path} does not exist; give a JSONL file with one object per line")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"data.path: {path} line {line} is not UTF-8 text ({exc.reason}); save it as UTF-8"
+        ) from None
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -148,6 +159,56 @@ def encode(rows: Sequence[Row], tokenizer: PreTrainedTokenizerBase, cfg: DataCon
     ]
 
 
+def latent_slots(cfg: MemGenConfig) -> int:
+    """The most latent slots MemGen adds to one training row: the prompt block and every insertion's."""
+    inserted = cfg.inference_latents * cfg.max_inference_insertions if cfg.inserts_during_decoding else 0
+    return cfg.prompt_latents + inserted
+
+
+def row_limit(cfg: RecipeConfig, model: object) -> int | None:
+    """The most tokens one row (prompt + target + EOS) may have when training `model`: `data.max_length`,
+    else the positions of its reasoner (and weaver) less the latent slots a `LatentMemoryModel` adds; None
+    when neither is known. A `data.max_length` that cannot fit is a `ConfigError`."""
+    models = [model.reasoner]
+    if isinstance(model, LatentMemoryModel):
+        models.append(model.weaver_lm.get_base_model())
+    limits = [p for p in map(max_positions, models) if p is not None]
+    if not limits:
+        return cfg.data.max_length
+    slots = latent_slots(cfg.memgen) if isinstance(model, LatentMemoryModel) else 0
+    room = min(limits) - slots
+    if cfg.data.max_length is not None and cfg.data.max_length > room:
+        raise ConfigError(
+            f"data.max_length: {cfg.data.max_length} tokens and {slots} latent slots do not fit in the "
+            f"model's {min(limits)} positions; set it to {room} or less"
+        )
+    return cfg.data.max_length or room
+
+
+def encode_rows(
+    rows: Sequence[Row], model: object, cfg: RecipeConfig, split: str
+) -> tuple[list[Row], list[Encoded]]:
+    """`rows` and their encodings, without the rows longer than `row_limit(cfg, model)` (skipped with a
+    warning naming the first). `split` ("train", "eval") names them in messages; a training split with no
+    row left is a `ConfigError`."""
+    items = encode(rows, model.tokenizer, cfg.data)
+    limit = row_limit(cfg, model)
+    if limit is None:
+        return list(rows), items
+    lengths = [len(it.prompt_ids) + len(it.answer_ids) for it in items]
+    kept = [i for i, n in enumerate(lengths) if n <= limit]
+    if len(kept) < len(items):
+        first = next(i for i, n in enumerate(lengths) if n > limit)
+        message = (
+            f"data: {len(items) - len(kept)} of {len(items)} {split} rows are longer than {limit} tokens "
+            f"(data.max_length, prompt + target + EOS; e.g. row {first}, {lengths[first]} tokens)"
+        )
+        if not kept and split == "train":
+            raise ConfigError(f"{message}: no row is left to train on; shorten the rows or the latents")
+        warnings.warn(f"{message}; skipping them", RuntimeWarning, stacklevel=2)
+    return [rows[i] for i in kept], [items[i] for i in kept]
+
+
 def collate_memory(items: Sequence[Encoded]) -> RetrievedMemory | None:
     """The items' retrieved memories as a `RetrievedMemory` (vectors (B, M, D), mask (B, M); rows with fewer
     memories are padded), or None when the data carry none."""
@@ -162,15 +223,9 @@ def collate(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded `(input_ids, attention_mask, labels)`, each (B, T). Labels are the answer ids in place
     and -100 elsewhere. `with_answer=False` gives the prompts alone (for generation; labels all -100)."""
-    seqs = [it.prompt_ids + (it.answer_ids if with_answer else []) for it in items]
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(items), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), T), dtype=torch.long)
-    labels = torch.full((len(items), T), IGNORE, dtype=torch.long)
-    for b, (it, seq) in enumerate(zip(items, seqs, strict=True)):
-        start = T - len(seq)
-        ids[b, start:] = torch.tensor(seq)
-        mask[b, start:] = 1
-        if with_answer:
-            labels[b, T - len(it.answer_ids) :] = torch.tensor(it.answer_ids)
+    answers = [it.answer_ids if with_answer else [] for it in items]
+    ids, mask = left_padded([it.prompt_ids + a for it, a in zip(items, answers, strict=True)], pad_id)
+    labels = pad_rows(
+        [[IGNORE] * len(it.prompt_ids) + a for it, a in zip(items, answers, strict=True)], IGNORE, left=True
+    )
     return ids, mask, labels

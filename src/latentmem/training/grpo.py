@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
+from latentmem.decoding import positions_from_valid
 from latentmem.memgen import LatentMemoryModel
 from latentmem.training.config import GRPOConfig, GRPOSettings
-from latentmem.training.data import encode, load_rows
+from latentmem.training.data import encode_rows, load_rows
 from latentmem.training.loop import Metrics, StepContext, Trainer, launch
 from latentmem.training.rewards import resolve_reward
 from latentmem.training.rollout import Rollouts, Sampler, group_advantages
@@ -43,7 +44,7 @@ def base_logprobs(
 ) -> torch.Tensor:
     """(B, T) log p_base(input_ids[:, t] | input_ids[:, :t]) under the frozen reasoner with no latents and
     the weaver's LoRA off, of softmax(logits / temperature); column 0 is 0."""
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    positions = positions_from_valid(attention_mask.bool())
     with model.reasoner_mode() as reasoner:
         logits = reasoner(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
     logits = logits[:, :-1].float() / temperature
@@ -105,9 +106,10 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     G = s.num_generations
     job = launch(cfg, cfg.train.batch_size // G)
     dist, run, model = job.dist, job.run, job.model
-    tok = model.tokenizer
-    train = Sampler(model, encode(train_rows, tok, cfg.data), train_rows, s, reward_fn, cfg.data)
-    evals = Sampler(model, encode(eval_rows, tok, cfg.data), eval_rows, s, reward_fn, cfg.data)
+    train_rows, train_items = encode_rows(train_rows, model, cfg, "train")
+    eval_rows, eval_items = encode_rows(eval_rows, model, cfg, "eval")
+    train = Sampler(model, train_items, train_rows, s, reward_fn, cfg.data)
+    evals = Sampler(model, eval_items, eval_rows, s, reward_fn, cfg.data)
     trainer = Trainer(job, n_rows=len(train_rows))
 
     def micro_step(ctx: StepContext) -> Metrics:

@@ -14,16 +14,25 @@ state and its gradient sum stay as described.
 
 Resume. Each step's data comes from a permutation seeded by (seed, epoch), and sampling generators are
 seeded per step, so a checkpoint needs only the trainable weights, optimizer, scheduler, RNG states, the
-step and the recipe's own state to continue exactly as an uninterrupted run would.
+step and the recipe's own state to continue exactly as an uninterrupted run would. It also holds the
+resolved config: a resume under a config that differs in more than steps / eval / save settings is refused
+(`checkpoint.check_resume_config`) before the run folder is touched.
 
-What trains. `Trainer` takes any `Trainable`: the `LatentMemoryModel` of the MemGen recipes, or the
-`lora.LoRAModel` adapter of the LoRA-SFT baseline, so that baseline and weaver share this whole loop and
-differ only in the model.
+Safety. The main process locks the run folder for the run's lifetime (`RunDir.lock`), so two runs cannot
+share one. A non-finite loss or gradient norm stops the run with a `LatentMemError` before the optimizer
+applies it: the last checkpoint stays intact and no diverged model is saved.
+
+What trains. `Trainer` takes any `Trainable`: the `LatentMemoryModel` of the MemGen recipes, the
+`lora.LoRAModel` adapter of the LoRA-SFT baseline (so that baseline and weaver share this whole loop and
+differ only in the model), or the `recall.memory.RecallModel` of recall training, whose two steps are two
+runs of this loop over one model (`recall.train`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -39,20 +48,21 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
-from latentmem.errors import ConfigError, ModelLoadError
+from latentmem.errors import ConfigError, LatentMemError, ModelLoadError
 from latentmem.memgen import LatentMemoryModel
 from latentmem.memgen.model import WEIGHTS_FILE
 from latentmem.models import load_model
 from latentmem.runs import RunDir
 from latentmem.seeding import seed_everything
 from latentmem.training.checkpoint import (
+    check_resume_config,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from latentmem.training.config import RecipeConfig
+from latentmem.training.config import RecipeConfig, TrainConfig
 from latentmem.training.sharding import (
     fsdp_requested,
     fsdp_settings,
@@ -89,6 +99,23 @@ class Trainable(Protocol):
 
 
 M = TypeVar("M", bound=Trainable)
+
+
+class LoopConfig(Protocol):
+    """What the loop reads of a recipe's config: the run folder, the seed, the loop settings (`train`) and
+    the whole config (`to_dict`, for config.yaml and the resume check). `RecipeConfig` is one; each step of
+    recall training is another (`recall.train.RecallStep`)."""
+
+    @property
+    def output_dir(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def train(self) -> TrainConfig: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+C = TypeVar("C", bound=LoopConfig)
 
 
 class Distributed:
@@ -134,13 +161,26 @@ class Distributed:
         self.state.wait_for_everyone()
 
 
-def start_run(cfg: RecipeConfig, dist: Distributed) -> RunDir:
-    """The run folder `cfg.output_dir` with the resolved config, seed, git hash and versions (written once,
-    by the main process)."""
+def start_run(cfg: LoopConfig, dist: Distributed) -> RunDir:
+    """The run folder `cfg.output_dir`, locked by the main process until `Trainer.fit` ends (one lock per
+    run, not per process), with the resolved config, seed, git hash and versions (written once, by the main
+    process). A run that will resume is first checked against the config of its checkpoint, by every
+    process, so that a refused resume fails on all of them and leaves config.yaml as it was."""
+    run = RunDir(Path(cfg.output_dir))
     if dist.is_main:
-        run = RunDir.create(cfg.output_dir, cfg, cfg.seed)
+        run.lock()
+    try:
+        latest = latest_checkpoint(run.path / "checkpoints") if cfg.train.resume else None
+        if latest is not None:
+            check_resume_config(latest, load_checkpoint(latest).state.get("config"), cfg.to_dict())
+        if dist.is_main:
+            RunDir.create(cfg.output_dir, cfg, cfg.seed)
+    except BaseException:
+        if dist.is_main:
+            run.unlock()
+        raise
     dist.barrier()
-    return run if dist.is_main else RunDir(Path(cfg.output_dir))
+    return run
 
 
 def build_model(cfg: RecipeConfig, device: torch.device) -> LatentMemoryModel:
@@ -171,7 +211,7 @@ def init_weights(model: LatentMemoryModel, directory: str | Path) -> None:
     model.load_trainable_state_dict({**state, **saved})
 
 
-def check_layout(cfg: RecipeConfig, rows_per_step: int, dist: Distributed) -> None:
+def check_layout(cfg: LoopConfig, rows_per_step: int, dist: Distributed) -> None:
     """The config fits the process layout: the step's rows split evenly over processes and accumulation
     steps, and FSDP gets the prompt insertion it relies on. `launch` calls this before loading the model
     (the process count is known only at run time)."""
@@ -182,7 +222,7 @@ def check_layout(cfg: RecipeConfig, rows_per_step: int, dist: Distributed) -> No
             f"{dist.world} processes x {cfg.train.grad_accum} accumulation steps; make train.batch_size a "
             f"multiple of {chunks} (times G for the RL recipes)"
         )
-    if dist.fsdp is not None and cfg.memgen.prompt_latents == 0:
+    if dist.fsdp is not None and isinstance(cfg, RecipeConfig) and cfg.memgen.prompt_latents == 0:
         raise ConfigError(
             "memgen.prompt_latents: FSDP needs every process to run the weaver in every gradient step, which "
             "the prompt insertion guarantees; set prompt_latents > 0, or train with DDP"
@@ -195,7 +235,7 @@ class Job(Generic[M]):
     folder, the model and the rows (prompts, for the RL recipes) of one optimiser step, a number whose fit
     to the process layout `launch` has checked."""
 
-    cfg: RecipeConfig
+    cfg: LoopConfig
     dist: Distributed
     run: RunDir
     model: M
@@ -203,9 +243,9 @@ class Job(Generic[M]):
 
 
 def launch(
-    cfg: RecipeConfig,
+    cfg: C,
     rows_per_step: int,
-    build: Callable[[RecipeConfig, torch.device], M] = build_model,
+    build: Callable[[C, torch.device], M] = build_model,
 ) -> Job[M]:
     """How every recipe starts: join the process group, check the layout (before any model loads), write
     the run folder, build the model with `build(cfg, device)` (default: a `LatentMemoryModel`)."""
@@ -274,6 +314,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(),
                 "extra": self.extra_state.state_dict() if self.extra_state else None,
+                "config": self.cfg.to_dict(),  # what `start_run` compares a resumed run's config with
             }
             save_checkpoint(
                 self.ckpt_root,
@@ -303,6 +344,7 @@ class Trainer:
         if self.dist.is_main:  # the steps after the checkpoint will be logged again
             kept = [m for m in self.run.metrics() if m.get("step", 0) <= self.step]
             self.run.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+            print(f"resumed from step {self.step} ({path})", file=sys.stderr)
         self.dist.barrier()
         return True
 
@@ -325,6 +367,18 @@ class Trainer:
         for p, g in zip(self.params, grads, strict=True):
             p.grad = g.view_as(p)
 
+    def _check_finite(self, loss: float, grad_norm: float) -> None:
+        """Stop a diverged run before its step is applied: a NaN update would poison every later step and,
+        saved, the final model."""
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            last = latest_checkpoint(self.ckpt_root)
+            kept = f"the last checkpoint ({last}) is intact" if last else "no checkpoint was saved yet"
+            raise LatentMemError(
+                f"step {self.step + 1}: the loss is {loss} and the gradient norm {grad_norm}: training "
+                f"diverged. The step was not applied and no final model was saved; {kept}. Lower train.lr, "
+                "keep train.max_grad_norm > 0, or check the data"
+            )
+
     def _autocast(self):
         return torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16)
 
@@ -343,7 +397,22 @@ class Trainer:
         derive: Callable[[Metrics], Metrics] | None = None,
     ) -> list[Metrics]:
         """Train to `train.steps` (resuming if possible); log every step to metrics.jsonl; return the logs.
-        `derive` adds metrics computed from the summed ones (ratios, which do not add up over processes)."""
+        `derive` adds metrics computed from the summed ones (ratios, which do not add up over processes).
+        The run folder's lock is released when training ends, however it ends."""
+        try:
+            return self._fit(micro_step, evaluate, n_eval, postfix, derive)
+        finally:
+            if self.dist.is_main:
+                self.run.unlock()
+
+    def _fit(
+        self,
+        micro_step: MicroStep,
+        evaluate: Evaluate | None,
+        n_eval: int,
+        postfix: str,
+        derive: Callable[[Metrics], Metrics] | None,
+    ) -> list[Metrics]:
         t = self.cfg.train
         resumed = self.resume()
         if evaluate is not None and n_eval and not resumed:  # the baseline every later eval compares to
@@ -354,8 +423,12 @@ class Trainer:
         # with the rollout's (and LoRA dropout, 0 by default, is off with it)
         self.model.eval()
         logs: list[Metrics] = []
+        recipe = type(self.cfg).__name__.removesuffix("Config")  # SFT, GRPO, TriggerRL
         bar = tqdm(
-            total=t.steps, initial=self.step, disable=not self.dist.is_main, desc=type(self.cfg).__name__
+            total=t.steps,
+            initial=self.step,
+            disable=not self.dist.is_main,
+            desc=f"{recipe} {self.cfg.output_dir}",
         )
         chunks = self.dist.world * t.grad_accum
         while self.step < t.steps:
@@ -373,12 +446,14 @@ class Trainer:
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
             self._sync_gradients()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm or float("inf"))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm or float("inf")))
+            reduced = self._reduce(sums)  # the same on every process, so all of them stop together
+            self._check_finite(reduced.get("loss", 0.0), grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            log = {"step": self.step, **self._reduce(sums), "grad_norm": float(grad_norm)}
+            log = {"step": self.step, **reduced, "grad_norm": grad_norm}
             # which rows, in which order: two runs (e.g. two arms of `latentmem compare`) saw the same data
             # exactly when their digests agree step by step
             log["rows_digest"] = zlib.crc32(json.dumps(rows).encode())

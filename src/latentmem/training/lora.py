@@ -24,7 +24,7 @@ from latentmem.errors import ConfigError, ModelLoadError
 from latentmem.models import load_model
 from latentmem.seeding import seed_everything
 from latentmem.training.config import RecipeConfig, SFTConfig
-from latentmem.training.data import Encoded, collate, encode, load_rows
+from latentmem.training.data import Encoded, collate, encode_rows, load_rows
 from latentmem.training.loop import Metrics, StepContext, Trainer, launch
 from latentmem.training.sft import answer_tokens
 
@@ -100,7 +100,8 @@ def train_lora_sft(cfg: SFTConfig, lora: LoraConfig) -> tuple[Path, LoRAModel]:
     job = launch(cfg, cfg.train.batch_size, functools.partial(LoRAModel.build, lora=lora))
     model, device = job.model, job.dist.device
     tok = model.tokenizer
-    train, evals = encode(train_rows, tok, cfg.data), encode(eval_rows, tok, cfg.data)
+    _, train = encode_rows(train_rows, model, cfg, "train")
+    _, evals = encode_rows(eval_rows, model, cfg, "eval")
     trainer = Trainer(job, n_rows=len(train))
 
     def micro_step(ctx: StepContext) -> Metrics:

@@ -15,7 +15,7 @@ import torch
 
 from latentmem.memgen import LatentMemoryModel
 from latentmem.training.config import SFTConfig
-from latentmem.training.data import Encoded, collate, collate_memory, encode, load_rows
+from latentmem.training.data import Encoded, collate, collate_memory, encode_rows, load_rows
 from latentmem.training.loop import Metrics, StepContext, Trainer, launch
 
 
@@ -40,7 +40,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     job = launch(cfg, cfg.train.batch_size)
     dist, run, model = job.dist, job.run, job.model
     tok = model.tokenizer
-    train, evals = encode(train_rows, tok, cfg.data), encode(eval_rows, tok, cfg.data)
+    _, train = encode_rows(train_rows, model, cfg, "train")
+    _, evals = encode_rows(eval_rows, model, cfg, "eval")
     trainer = Trainer(job, n_rows=len(train))
 
     def micro_step(ctx: StepContext) -> Metrics:

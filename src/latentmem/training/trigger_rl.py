@@ -42,7 +42,7 @@ import torch
 from latentmem.memgen import LatentMemoryModel
 from latentmem.memgen.trigger import Trigger
 from latentmem.training.config import TriggerRLConfig, TriggerRLSettings
-from latentmem.training.data import encode, load_rows
+from latentmem.training.data import encode_rows, load_rows
 from latentmem.training.loop import Metrics, StepContext, Trainer, launch
 from latentmem.training.rewards import resolve_reward
 from latentmem.training.rollout import Rollouts, Sampler, group_advantages
@@ -126,7 +126,8 @@ def train_trigger(cfg: TriggerRLConfig) -> Path:
         p.requires_grad_(False)
     for p in model.trigger.parameters():
         p.requires_grad_(True)
-    train = Sampler(model, encode(train_rows, model.tokenizer, cfg.data), train_rows, s, reward_fn, cfg.data)
+    train_rows, train_items = encode_rows(train_rows, model, cfg, "train")
+    train = Sampler(model, train_items, train_rows, s, reward_fn, cfg.data)
     penalty = AdaptivePenalty(s)
     trainer = Trainer(job, n_rows=len(train_rows), extra_state=penalty)
 

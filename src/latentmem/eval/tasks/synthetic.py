@@ -15,12 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from latentmem.eval.answers import alias_match, extract_number, stable_rng
-from latentmem.eval.task import Example, Split, Task, TaskError, register_task
+from latentmem.eval.task import Example, Split, Task, TaskError
 
 OPERATIONS: dict[str, Callable[[int, int], int]] = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
-@register_task("arithmetic")
 class Arithmetic(Task):
     """Two-operand integer arithmetic with operands in [low, high]; for "-" the larger operand comes
     first, so answers are never negative. The answer format is GSM8K's `#### n`."""
@@ -161,7 +160,6 @@ def _invent(rng, kind: str) -> str:
     return name.lower() if kind == "device" else name
 
 
-@register_task("facts")
 class Facts(Task):
     """`n_facts` invented facts (see the module docstring); answers are scored by alias match."""
 

