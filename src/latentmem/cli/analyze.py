@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
-from latentmem.config import apply_overrides, load_yaml_mapping, parse_override
-from latentmem.errors import ConfigError
+from latentmem.cli.common import task_args
+from latentmem.config import apply_overrides, load_yaml_mapping
 
 ANALYSES = {
     "trace": "where the trigger fires and latents go in, and what each latent is near",
@@ -59,17 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         a.set_defaults(func=run, overrides=[])
 
 
-def _task_args(items: list[str]) -> dict[str, Any]:
-    """`--task-arg KEY=VALUE` values, parsed as config overrides are (`n_test=5` an int, `path=x` a string)."""
-    out = {}
-    for item in items:
-        key, sep, _ = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--task-arg {item!r}: expected KEY=VALUE, e.g. n_test=5")
-        out[key] = parse_override(item)[1]
-    return out
-
-
 def config_from_args(args: argparse.Namespace):
     """The `AnalyzeConfig` of `--config`, with the flags and then the `key=value` overrides on top."""
     from latentmem.analyze.config import AnalyzeConfig
@@ -81,7 +69,7 @@ def config_from_args(args: argparse.Namespace):
     }  # fmt: skip
     data.update({k: v for k, v in flags.items() if v is not None})
     if args.task_arg:
-        data["task_args"] = {**data.get("task_args", {}), **_task_args(args.task_arg)}
+        data["task_args"] = {**data.get("task_args", {}), **task_args(args.task_arg)}
     if args.analysis == "trace":
         data.update(cluster=False, ablate=False)
     else:

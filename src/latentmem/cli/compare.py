@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from latentmem.config import apply_overrides, load_yaml_mapping, parse_override
-from latentmem.errors import ConfigError
+from latentmem.cli.common import task_args
+from latentmem.config import apply_overrides, load_yaml_mapping
 from latentmem.eval.compare import CompareConfig, results_table, run_compare
 
 
@@ -18,18 +17,6 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, e.g. 0,1,2; got {text!r}"
         ) from None
-
-
-def _task_args(items: list[str]) -> dict[str, Any]:
-    """`--task-arg KEY=VALUE` values, parsed as config overrides are (`n_test=5` is an int, `path=x` a
-    string), so that a task receives the types its arguments declare."""
-    out = {}
-    for item in items:
-        key, sep, _ = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--task-arg {item!r}: expected KEY=VALUE, e.g. n_test=5")
-        out[key] = parse_override(item)[1]
-    return out
 
 
 def _names(text: str) -> list[str]:
@@ -104,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     }  # fmt: skip
     data.update({k: v for k, v in flags.items() if v is not None})
     if args.task_arg:
-        data["task_args"] = {**data.get("task_args", {}), **_task_args(args.task_arg)}
+        data["task_args"] = {**data.get("task_args", {}), **task_args(args.task_arg)}
     overrides = list(args.overrides) + ([f"budget.steps={args.train_budget}"] if args.train_budget else [])
     return CompareConfig.from_dict(apply_overrides(data, overrides))
 
