@@ -24,9 +24,9 @@ from latentmem.errors import ConfigError, ModelLoadError
 from latentmem.models import load_model
 from latentmem.seeding import seed_everything
 from latentmem.training.config import RecipeConfig, SFTConfig
-from latentmem.training.data import Encoded, collate, encode_rows, load_rows
-from latentmem.training.loop import Metrics, StepContext, Trainer, launch
-from latentmem.training.sft import answer_tokens
+from latentmem.training.data import Encoded, collate, load_rows
+from latentmem.training.loop import launch
+from latentmem.training.sft import fit_sft
 
 
 class LoRAModel(nn.Module):
@@ -98,27 +98,5 @@ def train_lora_sft(cfg: SFTConfig, lora: LoraConfig) -> tuple[Path, LoRAModel]:
     (metrics.jsonl, checkpoints/, model/ = the adapter) and the trained model."""
     train_rows, eval_rows = load_rows(cfg.data, cfg.seed)  # column errors before the model loads
     job = launch(cfg, cfg.train.batch_size, functools.partial(LoRAModel.build, lora=lora))
-    model, device = job.model, job.dist.device
-    tok = model.tokenizer
-    _, train = encode_rows(train_rows, model, cfg, "train")
-    _, evals = encode_rows(eval_rows, model, cfg, "eval")
-    trainer = Trainer(job, n_rows=len(train))
-
-    def micro_step(ctx: StepContext) -> Metrics:
-        # divided by the answer tokens of the whole optimiser step: the global token-mean loss, as in sft.py
-        n_global = sum(answer_tokens(train[i]) for i in ctx.step_indices)
-        loss = summed_nll(model, [train[i] for i in ctx.indices], tok.pad_token_id, device) / n_global
-        loss.backward()
-        return {"loss": loss.item()}
-
-    n_eval_tokens = sum(answer_tokens(e) for e in evals)
-
-    def evaluate(indices: list[int]) -> Metrics:
-        total = 0.0
-        for start in range(0, len(indices), cfg.train.batch_size):
-            batch = [evals[i] for i in indices[start : start + cfg.train.batch_size]]
-            total += float(summed_nll(model, batch, tok.pad_token_id, device))
-        return {"eval_loss": total / n_eval_tokens}
-
-    trainer.fit(micro_step, evaluate if evals else None, len(evals))
-    return job.run.path, model
+    fit_sft(job, train_rows, eval_rows, summed_nll)  # the weaver's loop, with the LoRA model's NLL
+    return job.run.path, job.model

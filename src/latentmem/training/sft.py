@@ -8,15 +8,16 @@ token-mean loss, however the batch is spread.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from latentmem.memgen import LatentMemoryModel
 from latentmem.training.config import SFTConfig
-from latentmem.training.data import Encoded, collate, collate_memory, encode_rows, load_rows
-from latentmem.training.loop import Metrics, StepContext, Trainer, launch
+from latentmem.training.data import Encoded, Row, collate, collate_memory, encode_rows, load_rows
+from latentmem.training.loop import Job, Metrics, StepContext, Trainer, launch
 
 
 def answer_tokens(item: Encoded) -> int:
@@ -34,19 +35,22 @@ def summed_nll(
     return -out.token_logprobs[out.target_mask].sum()
 
 
-def train_sft(cfg: SFTConfig) -> Path:
-    """Run weaver SFT per `cfg`; return the run folder (metrics.jsonl, checkpoints/, model/)."""
-    train_rows, eval_rows = load_rows(cfg.data, cfg.seed)  # column errors before the model loads
-    job = launch(cfg, cfg.train.batch_size)
-    dist, run, model = job.dist, job.run, job.model
-    tok = model.tokenizer
+# (model, items, pad id, device) -> () summed answer-token NLL: what differs between the SFT arms
+SummedNLL = Callable[[Any, Sequence[Encoded], int, torch.device], torch.Tensor]
+
+
+def fit_sft(job: Job, train_rows: list[Row], eval_rows: list[Row], nll: SummedNLL = summed_nll) -> None:
+    """The SFT loop every SFT arm runs (the weaver here, the LoRA baseline in `training.lora`): the global
+    token-mean loss of `nll`, evaluated as the eval rows' token-mean NLL."""
+    cfg, model, device = job.cfg, job.model, job.dist.device
+    pad_id = model.tokenizer.pad_token_id
     _, train = encode_rows(train_rows, model, cfg, "train")
     _, evals = encode_rows(eval_rows, model, cfg, "eval")
     trainer = Trainer(job, n_rows=len(train))
 
     def micro_step(ctx: StepContext) -> Metrics:
         n_global = sum(answer_tokens(train[i]) for i in ctx.step_indices)
-        loss = summed_nll(model, [train[i] for i in ctx.indices], tok.pad_token_id, dist.device) / n_global
+        loss = nll(model, [train[i] for i in ctx.indices], pad_id, device) / n_global
         loss.backward()
         return {"loss": loss.item()}
 
@@ -56,11 +60,18 @@ def train_sft(cfg: SFTConfig) -> Path:
         total = 0.0
         for start in range(0, len(indices), cfg.train.batch_size):
             batch = [evals[i] for i in indices[start : start + cfg.train.batch_size]]
-            total += float(summed_nll(model, batch, tok.pad_token_id, dist.device))
+            total += float(nll(model, batch, pad_id, device))
         return {"eval_loss": total / n_eval_tokens}
 
     trainer.fit(micro_step, evaluate if evals else None, len(evals))
-    return run.path
+
+
+def train_sft(cfg: SFTConfig) -> Path:
+    """Run weaver SFT per `cfg`; return the run folder (metrics.jsonl, checkpoints/, model/)."""
+    train_rows, eval_rows = load_rows(cfg.data, cfg.seed)  # column errors before the model loads
+    job = launch(cfg, cfg.train.batch_size)
+    fit_sft(job, train_rows, eval_rows)
+    return job.run.path
 
 
 def run(config_path: str, overrides: list[str]) -> Path:
