@@ -39,7 +39,7 @@ def summed_nll(
 SummedNLL = Callable[[Any, Sequence[Encoded], int, torch.device], torch.Tensor]
 
 
-def fit_sft(job: Job, train_rows: list[Row], eval_rows: list[Row], nll: SummedNLL = summed_nll) -> None:
+def fit_sft(job: Job, train_rows: list[Row], eval_rows: list[Row], nll: SummedNLL) -> None:
     """The SFT loop every SFT arm runs (the weaver here, the LoRA baseline in `training.lora`): the global
     token-mean loss of `nll`, evaluated as the eval rows' token-mean NLL."""
     cfg, model, device = job.cfg, job.model, job.dist.device
@@ -70,7 +70,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     """Run weaver SFT per `cfg`; return the run folder (metrics.jsonl, checkpoints/, model/)."""
     train_rows, eval_rows = load_rows(cfg.data, cfg.seed)  # column errors before the model loads
     job = launch(cfg, cfg.train.batch_size)
-    fit_sft(job, train_rows, eval_rows)
+    fit_sft(job, train_rows, eval_rows, summed_nll)
     return job.run.path
 
 
