@@ -15,7 +15,8 @@ from latentmem.memgen import LatentMemoryModel, MemGenConfig
 from latentmem.memory.vector import VectorMemory
 from latentmem.models import load_model
 from latentmem.serve.app import ServeSettings, create_app
-from latentmem.serve.backend import InProcessBackend
+from latentmem.serve.backend import GenerationBackend
+from latentmem.serve.batching import BatchingBackend
 from latentmem.serve.keys import KEYS_FILE, KeyStore
 from latentmem.serve.stores import CONVERSATIONS_FILE, Stores
 
@@ -39,10 +40,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(tmp: Path, *, weaver: Path | None = None, **settings) -> Iterator[tuple[str, KeyStore]]:
-    """(base URL, key store) of a server over tiny-qwen2 (as "tiny-qwen2") and `weaver` (as "weaver"),
-    with its store in `tmp`; shut down on exit."""
-    backend = InProcessBackend.load("tiny-qwen2", memgen={"weaver": weaver} if weaver else None)
+def running_server(
+    tmp: Path, *, weaver: Path | None = None, backend: GenerationBackend | None = None, **settings
+) -> Iterator[tuple[str, KeyStore]]:
+    """(base URL, key store) of a server over tiny-qwen2 (as "tiny-qwen2", batched as `latentmem serve`
+    batches it) and `weaver` (as "weaver"), or over `backend`, with its store in `tmp`; shut down (the
+    backend closed) on exit."""
+    if backend is None:
+        backend = BatchingBackend.load("tiny-qwen2", memgen={"weaver": weaver} if weaver else None)
     stores = Stores(lambda: VectorMemory.open(tmp / "store", embedder=EMBEDDER), tmp / CONVERSATIONS_FILE)
     keys = KeyStore(tmp / KEYS_FILE)
     app = create_app(backend, stores, keys, ServeSettings(host="127.0.0.1", **settings))

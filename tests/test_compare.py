@@ -385,7 +385,7 @@ def test_cli_flags_fill_the_config(tmp_path):
     assert cfg.retention_tasks == ["facts", "gsm8k"] and cfg.val_fraction == 0.1 and cfg.split_seed == 3
     assert cfg.methods == ["vanilla", "lora-sft"]
     help_text = " ".join(parser._subparsers._group_actions[0].choices["compare"].format_help().split())
-    assert "(default 0)" in help_text and "(default 0.0)" in help_text and "(default none)" in help_text
+    assert "(default 0)" in help_text and "(default 0.0)" in help_text and "(default: none)" in help_text
     with pytest.raises(SystemExit):
         parser.parse_args(["compare", "--seeds", "zero"])
 

@@ -20,7 +20,9 @@ CLASSES = {
     ("latentmem", "train", "sft"): "latentmem.training.config:SFTConfig",
     ("latentmem", "train", "grpo"): "latentmem.training.config:GRPOConfig",
     ("latentmem", "train", "trigger"): "latentmem.training.config:TriggerRLConfig",
+    ("latentmem", "train", "warmup"): "latentmem.training.warmup:WarmupConfig",
     ("latentmem", "train", "recall"): "latentmem.recall.train:RecallTrainConfig",
+    ("latentmem", "train", "memory-manager"): "latentmem.agent_memory.train:MemoryManagerConfig",
     ("scripts/recall_eval.py",): "latentmem.recall.evaluate:EvalConfig",
 }
 ACCELERATE_KEYS = {"compute_environment", "distributed_type", "num_machines", "num_processes"}

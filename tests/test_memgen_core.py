@@ -6,6 +6,7 @@ import torch
 
 from conftest import steer
 from latentmem.chat import render_chat
+from latentmem.decoding import KVDecoder
 from latentmem.errors import LatentMemError, ModelLoadError
 from latentmem.memgen import GenerationConfig, LatentMemoryModel, MemGenConfig, RetrievedMemory, TriggerConfig
 from latentmem.models import load_model
@@ -136,6 +137,51 @@ def test_training_forward_matches_generation_logprobs(name, sample):
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)
+def test_cache_compaction_bounds_dead_slots_and_changes_nothing(name, monkeypatch):
+    """Rows insert at different steps and finish at different steps, so dead slots pile up; compaction
+    (threshold 0: whenever anything can go) leaves no reclaimable slot in either cache after a check, really
+    moves the reasoner's cache, and gives the tokens and log-probs of no compaction, which the training
+    forward still reproduces. (The weaver's cache holds no latent slots, only finished rows' tokens: it is
+    checked at each insertion and seldom has anything to reclaim.)"""
+    mm, tok = _memgen(name, prompt_latents=4, inference_latents=3, max_inference_insertions=3)
+    ids, mask = _batch(tok)
+    compacted, checked, worst = {"reasoner": 0, "weaver": 0}, {"reasoner": 0, "weaver": 0}, []
+    real = KVDecoder.compact
+
+    def spy(self, threshold=0.0):
+        done = real(self, threshold)
+        valid = self.attention_mask.sum(1)
+        worst.append(float(1 - valid.max() / self.length))  # reclaimable share left behind
+        which = "weaver" if self.model is mm.weaver_lm else "reasoner"
+        compacted[which] += done
+        checked[which] += 1
+        return done
+
+    monkeypatch.setattr(KVDecoder, "compact", spy)
+    sampling = SamplingConfig(do_sample=True)
+    runs = {
+        t: mm.generate(
+            ids,
+            mask,
+            GenerationConfig(max_new_tokens=24, sampling=sampling, compact_threshold=t),
+            generator=torch.Generator().manual_seed(1),
+        )
+        for t in (None, 0.0)
+    }
+    assert compacted["reasoner"] >= 3 and checked["weaver"] >= 3 and max(worst) == 0.0
+    plain, res = runs[None], runs[0.0]
+    assert len({tuple(r) for r in res.insertions}) > 1  # rows insert at different steps
+    assert torch.equal(plain.sequences, res.sequences) and plain.insertions == res.insertions
+    torch.testing.assert_close(res.logprobs, plain.logprobs, atol=1e-5, rtol=1e-5)
+    full, full_mask, labels = _as_training_batch(tok, ids, mask, res)
+    out = mm(full, full_mask, labels, plan=res.plan)
+    keep = res.completion_mask()
+    torch.testing.assert_close(
+        out.token_logprobs[:, ids.shape[1] :][keep], res.logprobs[keep], atol=1e-4, rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
 def test_optimizer_step_trains_weaver_only(name):
     mm, tok = _memgen(name, trigger=TriggerConfig(policy="learned"))
     frozen = {k: v.clone() for k, v in mm.reasoner.state_dict().items() if "lora_" not in k}
@@ -190,6 +236,28 @@ def test_load_into_mismatched_base_is_a_clear_error(tmp_path):
         LatentMemoryModel.from_pretrained(tmp_path, "tiny-llama")
     with pytest.raises(ModelLoadError, match="not a saved MemGen model"):
         LatentMemoryModel.from_pretrained(tmp_path / "nowhere", "tiny-qwen2")
+
+
+def test_a_base_with_the_same_shapes_but_other_weights_is_refused(tmp_path):
+    import json
+
+    from latentmem.memgen.model import _fingerprint, _same_weights
+
+    mm, _ = _memgen("tiny-qwen2", seed=0)
+    mm.save_pretrained(tmp_path)
+    other, tok = load_model("tiny-qwen2", seed=1)  # same architecture and shapes, other weights
+    steer(other, tok)
+    with pytest.raises(ModelLoadError, match="same architecture and shapes but different weights"):
+        LatentMemoryModel.from_pretrained(tmp_path, other, tok)
+    same, tok = load_model("tiny-qwen2", seed=0, dtype="bfloat16")  # the same weights, rounded, still match
+    steer(same, tok)
+    assert _same_weights(_fingerprint(mm.reasoner), _fingerprint(same))
+    assert not _same_weights(_fingerprint(mm.reasoner), _fingerprint(other))
+    meta = json.loads((tmp_path / "memgen_config.json").read_text())
+    del meta["base_weights"]  # as an older latentmem saved it: loads, with a warning
+    (tmp_path / "memgen_config.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="no base weight fingerprint"):
+        LatentMemoryModel.from_pretrained(tmp_path, other, tok)
 
 
 def test_separate_weaver_model_is_consistent():

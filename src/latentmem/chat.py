@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # a type only: importing transformers takes seconds, and `latentmem --help` imports this
+    from transformers import PreTrainedTokenizerBase
 
 # ChatML, the format of Qwen and SmolLM. Tiny test tokenizers and models without a template get it.
 CHATML_TEMPLATE = (
@@ -15,6 +18,13 @@ CHATML_TEMPLATE = (
 )
 
 Message = dict[str, str]
+
+# ChatML's role delimiters: control tokens wherever a tokenizer has them, even where it does not mark them
+# special (tiny-qwen2 lists only <|im_end|>).
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+# Put after a control token's first character, it makes the string tokenise as plain text, and shows as
+# the same text to a reader.
+ZERO_WIDTH_SPACE = "\u200b"
 
 
 def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
@@ -31,6 +41,24 @@ def as_messages(prompt: str | Sequence[Message], system: str | None = None) -> l
     return messages
 
 
+def control_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The strings that `tokenizer` turns into control tokens: its special tokens and ChatML's delimiters."""
+    found = {*CHATML_TOKENS, *tokenizer.all_special_tokens}
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found |= {t.content for t in added.values() if getattr(t, "special", False)}
+    return sorted((t for t in found if len(t) > 1), key=len, reverse=True)  # longest first: one match each
+
+
+def neutralize(text: str, tokens: Iterable[str]) -> str:
+    """`text` with every occurrence of `tokens` broken by a zero-width space after its first character, so
+    that text from a user, a retrieved memory or a stored turn cannot open or close a role (prompt injection
+    by `<|im_end|><|im_start|>system`) or end the sequence."""
+    pattern = "|".join(re.escape(t) for t in tokens)
+    if not pattern:
+        return text
+    return re.sub(pattern, lambda m: m[0][0] + ZERO_WIDTH_SPACE + m[0][1:], text)
+
+
 def render_chat(
     tokenizer: PreTrainedTokenizerBase,
     prompt: str | Sequence[Message],
@@ -38,8 +66,11 @@ def render_chat(
     system: str | None = None,
     add_generation_prompt: bool = True,
 ) -> str:
-    """The prompt text the model sees: the chat template applied to `prompt`."""
+    """The prompt text the model sees: the chat template applied to `prompt`. Control tokens inside the
+    messages' contents are neutralised (`neutralize`): only the template draws role boundaries."""
     ensure_chat_template(tokenizer)
+    tokens = control_tokens(tokenizer)
+    messages = [{**m, "content": neutralize(m["content"], tokens)} for m in as_messages(prompt, system)]
     return tokenizer.apply_chat_template(
-        as_messages(prompt, system), tokenize=False, add_generation_prompt=add_generation_prompt
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
     )

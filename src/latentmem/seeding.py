@@ -4,13 +4,14 @@ import os
 import random
 
 import numpy as np
-import torch
 
 from latentmem.errors import ConfigError
 
 
 def seed_everything(seed: int) -> None:
     """Seed python's `random`, numpy and torch (CPU and, where present, CUDA) with `seed`."""
+    import torch  # here, not at the top: `latentmem --help` imports this module and should not wait for torch
+
     if not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed: must be a non-negative int, got {seed!r}")
     os.environ["PYTHONHASHSEED"] = str(seed)

@@ -8,9 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from latentmem import __version__
+from latentmem.cli.common import Parser, example
 from latentmem.errors import LatentMemError
 
-# One module per subcommand; `register(subparsers)` adds it. Listed in the order `--help` shows them.
+# One module per subcommand; `register(subparsers)` adds it. Listed in the order `--help` shows them. Each
+# module imports torch and the like only inside its command function, so that `--help` answers at once.
 COMMAND_MODULES = (
     "latentmem.cli.models",
     "latentmem.cli.generate",
@@ -21,13 +23,16 @@ COMMAND_MODULES = (
     "latentmem.cli.compare",
     "latentmem.cli.analyze",
     "latentmem.cli.serve",
+    "latentmem.cli.mcp",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The `latentmem` parser with every subcommand registered."""
+    parser = Parser(
         prog="latentmem",
         description="Memory for language models and agents: latent (MemGen), recall, retrieval, conversation.",
+        epilog=example('latentmem generate --model tiny-qwen2 "What is 2+3?"', "latentmem COMMAND --help"),
     )
     parser.add_argument("--version", action="version", version=f"latentmem {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -37,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: `sys.argv[1:]`); the exit status."""
     parser = build_parser()
     # Config overrides (`key.sub=value` or `--key.sub=value`) may stand anywhere after the subcommand;
     # commands that take them declare `overrides` and receive every token argparse does not know.

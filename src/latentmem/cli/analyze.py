@@ -10,9 +10,11 @@ import argparse
 import json
 from pathlib import Path
 
-from latentmem.cli.common import task_args
+from latentmem.cli.common import example, task_args
 from latentmem.config import apply_overrides, load_yaml_mapping
 
+# The weaver `latentmem train sft --config configs/debug/sft.yaml` saves, for the examples in `--help`.
+EXAMPLE_WEAVER = "runs/debug-sft/model"
 ANALYSES = {
     "trace": "where the trigger fires and latents go in, and what each latent is near",
     "clusters": "trace, then cluster the latents and ablate each cluster and the whole memory",
@@ -24,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     d = AnalyzeConfig(memgen="-")
     p = subparsers.add_parser(
-        "analyze", help="look inside a trained weaver: traces, latents, clusters, ablations"
+        "analyze",
+        help="look inside a trained weaver: traces, latents, clusters, ablations",
+        epilog=example(f"latentmem analyze trace --memgen {EXAMPLE_WEAVER} --model tiny-qwen2 --n 8"),
     )
     analyses = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
     for name, text in ANALYSES.items():
@@ -35,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         a.add_argument("--task", help=f"task name (default {d.task})")
         a.add_argument(
             "--task-arg", action="append", default=[], metavar="KEY=VALUE",
-            help="task argument, e.g. path=data.jsonl (repeatable)",
+            help="task argument, e.g. path=data.jsonl (repeatable; default: none)",
         )  # fmt: skip
         a.add_argument(
             "--split", choices=["train", "test"], help=f"examples from this split (default {d.split})"
@@ -54,7 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             )
             a.add_argument("--no-ablate", action="store_true", help="cluster only; skip the ablation runs")
         a.add_argument("--out", help=f"the run folder (default {d.out})")
-        a.epilog = "Config overrides follow anywhere: top_k=10 ablation_modes=[remove,zero] clusters.k=3"
+        a.epilog = (
+            "Config overrides follow anywhere: top_k=10 ablation_modes=[remove,zero] clusters.k=3\n\n"
+            + example(f"latentmem analyze {name} --memgen {EXAMPLE_WEAVER} --model tiny-qwen2 --n 8")
+        )
         a.set_defaults(func=run, overrides=[])
 
 

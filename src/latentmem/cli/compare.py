@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from latentmem.cli.common import task_args
+from latentmem.cli.common import example, task_args
 from latentmem.config import apply_overrides, load_yaml_mapping
-from latentmem.eval.compare import CompareConfig, results_table, run_compare
+from latentmem.eval.compare import CompareConfig
 
 
 def _ints(text: str) -> list[int]:
@@ -25,7 +25,15 @@ def _names(text: str) -> list[str]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     d = CompareConfig()
-    p = subparsers.add_parser("compare", help="train and evaluate methods on a task; write one results table")
+    p = subparsers.add_parser(
+        "compare",
+        help="train and evaluate methods on a task; write one results table",
+        epilog="Config overrides follow anywhere: budget.lr=1e-3 --memgen.prompt_latents=4 split_seed=1\n\n"
+        + example(
+            "latentmem compare --task arithmetic --model tiny-qwen2 --methods vanilla,memgen-sft "
+            "--train-budget 5 --n-train 16 --n-test 8 --out runs/compare-tiny"
+        ),
+    )
     p.add_argument("--config", help="a YAML CompareConfig (flags below override it)")
     p.add_argument("--task", help=f"task name (see latentmem.eval.tasks; default {d.task})")
     p.add_argument(
@@ -33,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="task argument, e.g. path=data.jsonl (repeatable; default none)",
+        help="task argument, e.g. path=data.jsonl (repeatable; default: none)",
     )
     p.add_argument("--model", help=f"model name or local HF dir (default {d.model})")
     p.add_argument(
@@ -58,13 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_ints,
         metavar="N,N,...",
         help="also train each trained method for each of these step counts and plot accuracy against "
-        "them to steps.png (default none)",
+        "them to steps.png (default: none)",
     )
     p.add_argument(
         "--retention-tasks",
         type=_names,
         metavar="TASK,TASK,...",
-        help="after training, also evaluate every method on these tasks; needs vanilla (default none)",
+        help="after training, also evaluate every method on these tasks; needs vanilla (default: none)",
     )
     p.add_argument(
         "--val-fraction",
@@ -77,7 +85,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", help=f"output folder: results.json, results.md, results.png, steps.png (default {d.out})"
     )
-    p.epilog = "Config overrides follow anywhere: budget.lr=1e-3 --memgen.prompt_latents=4 split_seed=1"
     p.set_defaults(func=run, overrides=[])
 
 
@@ -97,6 +104,8 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from latentmem.eval.compare import results_table, run_compare
+
     cfg = config_from_args(args)
     results = run_compare(cfg)
     print(results_table(results))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from latentmem.cli.common import example
 from latentmem.config import apply_overrides
-from latentmem.eval.compare import CompareConfig, results_table, run_compare
 
 # Sized to finish in well under 15 minutes on 2 CPU cores (see the README for the measured run).
 DEMO = {
@@ -28,13 +28,17 @@ DEMO = {
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "demo", help="train a MemGen weaver on SmolLM2-135M and compare it with vanilla"
+        "demo",
+        help="train a MemGen weaver on SmolLM2-135M and compare it with vanilla",
+        epilog="CompareConfig overrides follow, e.g. budget.steps=10 n_test=20\n\n"
+        + example("latentmem demo budget.steps=10 n_test=20"),
     )
-    p.epilog = "CompareConfig overrides follow, e.g. budget.steps=10 n_test=20"
     p.set_defaults(func=run, overrides=[])
 
 
 def run(args: argparse.Namespace) -> int:
+    from latentmem.eval.compare import CompareConfig, results_table, run_compare
+
     cfg = CompareConfig.from_dict(apply_overrides(DEMO, args.overrides))
     results = run_compare(cfg)
     print()

@@ -19,22 +19,29 @@ import time
 
 import numpy as np
 
+from latentmem.cli.common import example
 from latentmem.vector_index import VectorIndex, l2_normalize
 
 
 def register(targets: argparse._SubParsersAction) -> None:
-    p = targets.add_parser("recall", help="memory-bank top-k search: ms/query and recall@k vs exact")
-    p.add_argument("--bank-size", type=int, default=100_000)
-    p.add_argument("--dim", type=int, default=576)
-    p.add_argument("--index", default="ivf", choices=["ivf", "hnsw", "flat", "exact"])
+    p = targets.add_parser(
+        "recall",
+        help="memory-bank top-k search: ms/query and recall@k vs exact",
+        epilog=example("latentmem bench recall --bank-size 1000000 --dim 576 --json"),
+    )
+    p.add_argument("--bank-size", type=int, default=100_000, help="memory vectors in the bank")
+    p.add_argument("--dim", type=int, default=576, help="vector dimension (576, SmolLM2's hidden size)")
+    p.add_argument("--index", default="ivf", choices=["ivf", "hnsw", "flat", "exact"], help="index kind")
     p.add_argument("--queries", type=int, default=200, help="timed queries, one at a time (200)")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="results per query")
     p.add_argument("--nlist", type=int, default=0, help="IVF cells (0 = about sqrt(bank size))")
     p.add_argument("--nprobe", type=int, default=16, help="IVF cells scanned per query (16)")
     p.add_argument("--ef-search", type=int, default=64, help="HNSW search breadth (64)")
-    p.add_argument("--data", default="clustered", choices=["clustered", "uniform"])
+    p.add_argument(
+        "--data", default="clustered", choices=["clustered", "uniform"], help="synthetic bank (see above)"
+    )
     p.add_argument("--threads", type=int, default=0, help="FAISS threads (0 = FAISS's default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="draws the bank and the queries")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 

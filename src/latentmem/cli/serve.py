@@ -11,60 +11,94 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
+from latentmem.cli.common import DTYPE_NAMES, example
 from latentmem.errors import ConfigError
-from latentmem.models import DTYPES
 
 DEFAULT_STORE = "~/.latentmem/server"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("serve", help="serve chat with memory, the memory API and keys over HTTP")
+    p = subparsers.add_parser(
+        "serve",
+        help="serve chat with memory, the memory API and keys over HTTP",
+        epilog=example("latentmem serve --model tiny-qwen2 --store ~/.latentmem/server --port 8000"),
+    )
     p.add_argument("--model", default="smollm2-135m-instruct", help="the reasoner: a model name or HF dir")
     p.add_argument("--name", default=None, help="the reasoner's name in the API (default: --model)")
     p.add_argument(
-        "--memgen", action="append", default=[], metavar="NAME=DIR", help="a saved MemGen weaver (repeatable)"
+        "--memgen",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a saved MemGen weaver (repeatable; default: none)",
     )
     p.add_argument(
         "--recall",
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="a recall memory run folder (repeatable)",
+        help="a recall memory run folder (repeatable; default: none)",
     )
     _store_arg(p)
     p.add_argument(
         "--embedder", default=None, help="the store's embedder (default: its own; minilm when new)"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1); others need API keys")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="weights dtype")
+    p.add_argument("--device", default="cpu", help="torch device of the models, e.g. cuda")
     p.add_argument("--seed", type=int, default=0, help="weights seed of the tiny models (0)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413 (1000000)")
     p.add_argument("--max-tokens", type=int, default=256, help="completion length when a request gives none")
     p.add_argument("--session-turns", type=int, default=20, help="recent session turns the model sees (20)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="requests the reasoner decodes together (16; 1: one at a time)",
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=64, help="requests that may wait for a row; more get 429 (64)"
+    )
     p.set_defaults(func=run_serve)
 
     actions = p.add_subparsers(dest="action", metavar="keys")
-    keys = actions.add_parser("keys", help="create, list and revoke API keys")
+    keys = actions.add_parser(
+        "keys",
+        help="create, list and revoke API keys",
+        epilog=example("latentmem serve keys create --store ~/.latentmem/server --user alice"),
+    )
     key_actions = keys.add_subparsers(dest="key_action", metavar="ACTION", required=True)
-    create = key_actions.add_parser("create", help="a new key, printed once")
+    create = key_actions.add_parser(
+        "create",
+        help="a new key, printed once",
+        epilog=example("latentmem serve keys create --store ~/.latentmem/server --user alice --agent a1"),
+    )
     _store_arg(create)
     create.add_argument("--user", help="the user the key is bound to (required unless --admin)")
-    create.add_argument("--agent", help="also bind the key to this agent")
+    create.add_argument("--agent", help="also bind the key to this agent (default: every agent of the user)")
     create.add_argument("--admin", action="store_true", help="manages keys and reads any scope")
-    create.add_argument("--json", action="store_true")
+    create.add_argument("--json", action="store_true", help="print the key and its fields as JSON")
     create.set_defaults(func=run_keys_create)
-    list_ = key_actions.add_parser("list", help="every key (never a secret)")
+    list_ = key_actions.add_parser(
+        "list",
+        help="every key (never a secret)",
+        epilog=example("latentmem serve keys list --store ~/.latentmem/server --json"),
+    )
     _store_arg(list_)
-    list_.add_argument("--json", action="store_true")
+    list_.add_argument("--json", action="store_true", help="print JSON")
     list_.set_defaults(func=run_keys_list)
-    revoke = key_actions.add_parser("revoke", help="revoke a key by id")
+    revoke = key_actions.add_parser(
+        "revoke",
+        help="revoke a key by id",
+        epilog=example("latentmem serve keys revoke --store ~/.latentmem/server KEY_ID"),
+    )
     _store_arg(revoke)
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", help="the key's id, as `keys list` shows it")
     revoke.set_defaults(func=run_keys_revoke)
 
 
@@ -98,7 +132,7 @@ def run_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from latentmem.serve.app import ServeSettings, create_app, is_loopback
-        from latentmem.serve.backend import InProcessBackend
+        from latentmem.serve.batching import BatchingBackend
         from latentmem.serve.stores import CONVERSATIONS_FILE, Stores
     except ImportError as exc:
         raise ConfigError(
@@ -120,8 +154,10 @@ def run_serve(args: argparse.Namespace) -> int:
             f"({args.host}). Create keys with `latentmem serve keys create --store {args.store} --user NAME`.",
             file=sys.stderr,
         )
-    backend = InProcessBackend.load(
+    backend = BatchingBackend.load(
         args.model,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
         name=args.name,
         memgen=_pairs(args.memgen, "--memgen"),
         recall=_pairs(args.recall, "--recall"),
@@ -136,9 +172,15 @@ def run_serve(args: argparse.Namespace) -> int:
         default_max_tokens=args.max_tokens,
         session_turns=args.session_turns,
     )
+    # On SIGTERM (or Ctrl-C) uvicorn stops accepting connections and waits for the open ones: every
+    # in-flight reply, and the memory write after it, completes. It then re-raises the signal to the
+    # handler that was there before it; this one ignores it, so that the `finally` below runs: the backend
+    # finishes whatever it still holds and the stores close before the process exits (with status 0).
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         uvicorn.run(create_app(backend, stores, keys, settings), host=args.host, port=args.port)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         backend.close()
         stores.close()
         keys.close()

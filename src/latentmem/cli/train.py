@@ -10,20 +10,28 @@ import argparse
 import importlib
 import os
 
+from latentmem.cli.common import example
+
 # recipe name -> "module:function"
 RECIPES: dict[str, str] = {
     "recall": "latentmem.recall.train:run",
     "sft": "latentmem.training.sft:run",
     "grpo": "latentmem.training.grpo:run",
     "trigger": "latentmem.training.trigger_rl:run",
+    "warmup": "latentmem.training.warmup:run",
+    "memory-manager": "latentmem.agent_memory.train:run",
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help=f"train: {', '.join(sorted(RECIPES))}")
-    p.add_argument("recipe", choices=sorted(RECIPES))
+    p = subparsers.add_parser(
+        "train",
+        help=f"train: {', '.join(sorted(RECIPES))}",
+        epilog="Config overrides follow anywhere: --train.lr=1e-4 or train.lr=1e-4\n\n"
+        + example("latentmem train sft --config configs/debug/sft.yaml"),
+    )
+    p.add_argument("recipe", choices=sorted(RECIPES), help="the training recipe")
     p.add_argument("--config", required=True, help="a YAML config (see configs/)")
-    p.epilog = "Config overrides follow anywhere: --train.lr=1e-4 or train.lr=1e-4"
     p.set_defaults(func=run, overrides=[])
 
 

@@ -8,6 +8,9 @@ from typing import Literal
 from latentmem.config import Config, require
 
 TriggerPolicy = Literal["always", "never", "every_n", "learned"]
+LatentNorm = Literal["none", "rms"]
+QueryInit = Literal["random", "tokens"]
+ProjOut = Literal["dense", "low_rank", "diagonal"]
 
 # LoRA target modules per architecture when the paper's q/v projections go by other names.
 DEFAULT_LORA_TARGETS = {"gpt2": ("c_attn",)}
@@ -54,6 +57,22 @@ class MemGenConfig(Config):
     )
     memory_dim: int | None = None  # dimension of retrieved-memory vectors the weaver may read; None = none
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    # ---- starting harmless (issue 13 §3; the README's "Starting harmless" table measures each) ----
+    # rms: latents = RMSNorm(proj_out(h)) * gain, the gain (D_r,) learned and initialised to the per-dimension
+    # RMS of the reasoner's token embeddings, so latents start at a token embedding's norm (3.18 against
+    # 3.20 on SmolLM2, instead of ~32 with a bare dense proj_out; with proj_out diagonal the weaver states'
+    # outlier dimensions survive the norm: 7.75). Measured: prompt-latent harm +53% -> +32%, both unchanged
+    latent_norm: LatentNorm = "none"
+    # tokens: query vectors start as the input embeddings of random ordinary vocabulary tokens (the weaver
+    # reads them like text); random: Gaussian with the embeddings' std
+    query_init: QueryInit = "random"
+    # dense: a D_w x D_r linear map; low_rank: D_w -> proj_out_rank -> D_r; diagonal: an elementwise gain and
+    # bias starting at the identity (needs D_w == D_r, i.e. the shared weaver)
+    proj_out: ProjOut = "dense"
+    proj_out_rank: int = 16
+    # learning rate of the query vectors and projections (and the latent gain) relative to train.lr; the
+    # LoRA and the trigger head train at train.lr itself (read by `LatentMemoryModel.param_groups`)
+    head_lr_scale: float = 1.0
 
     def validate(self) -> None:
         require(self.prompt_latents >= 0, "prompt_latents", f"must be >= 0, got {self.prompt_latents}")
@@ -78,6 +97,14 @@ class MemGenConfig(Config):
             f"must be >= 1 or null, got {self.memory_dim}",
         )
         require(len(self.lora_targets) > 0, "lora_targets", "name at least one module, e.g. [q_proj, v_proj]")
+        require(self.proj_out_rank >= 1, "proj_out_rank", f"must be >= 1, got {self.proj_out_rank}")
+        require(self.head_lr_scale > 0, "head_lr_scale", f"must be > 0, got {self.head_lr_scale}")
+        require(
+            self.proj_out != "diagonal" or self.weaver_model is None,
+            "proj_out",
+            "diagonal maps the weaver's states elementwise, so it needs the shared weaver (weaver_model: "
+            "null); use dense or low_rank with a separate weaver model",
+        )
 
     @property
     def inserts_during_decoding(self) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from latentmem.config import Config, require
-from latentmem.decoding import KVDecoder, pad_rows
+from latentmem.decoding import COMPACT_THRESHOLD, DecodeOut, KVDecoder, pad_rows
 from latentmem.errors import LatentMemError
 from latentmem.memgen.insertion import InsertionPlan
 from latentmem.sampling import SamplingConfig, draw, process_logits
@@ -33,9 +33,16 @@ class GenerationConfig(Config):
         None  # learned trigger: Bernoulli draws (True) or threshold; None = sampling.do_sample
     )
     stop_on_eos: bool = True
+    # compact a KV cache (`KVDecoder.compact`) once that would shorten it by more than this share; None = never
+    compact_threshold: float | None = COMPACT_THRESHOLD
 
     def validate(self) -> None:
         require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        require(
+            self.compact_threshold is None or 0.0 <= self.compact_threshold < 1.0,
+            "compact_threshold",
+            f"must be in [0, 1) or null, got {self.compact_threshold}",
+        )
 
 
 @dataclass
@@ -65,7 +72,7 @@ class GenerationResult:
 
 # Called with (step, latents (B, K, D), rows (B,) bool) at every block of latents, before the reasoner reads
 # it: step = -1 for the prompt block, else the index of the generated token the block follows; `rows` are
-# the rows that insert there (the other rows' latents are unused). Returns None to insert the block as
+# the rows that insert there (the other rows' latents are unused: zeros). Returns None to insert the block as
 # woven, or (latents (B, K, D), keep (B, K) bool): what to insert instead, and which slots to insert at all
 # (a dropped slot is skipped, as if the weaver had written one latent fewer). Analysis and ablations use it.
 LatentHook = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
@@ -74,26 +81,186 @@ LatentHook = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, tor
 class _Weaver:
     """The weaver's cached view of the token stream: tokens wait in `pending` until the next insertion."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, compact_threshold: float | None) -> None:
         self.model = model
         self.decoder = KVDecoder(model.weaver_lm)
+        self.compact_threshold = compact_threshold
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (inputs (B, n, D_w), valid (B, n))
 
     def push(self, weaver_inputs: torch.Tensor, valid: torch.Tensor) -> None:
-        """Queue weaver-space inputs (B, n, D_w) with their validity (B, n)."""
+        """Queue weaver-space inputs (B, n, D_w) with their validity (B, n) bool."""
         self.pending.append((weaver_inputs, valid))
 
     def weave(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Latents (B, K, D_r) for rows `rows` (B,) bool (other rows' output is unused)."""
+        """Latents (B, K, D_r) for rows `rows` (B,) bool; zeros in the other rows, which the weaver skips.
+
+        Every row reads its pending tokens; the K query slots, which are cropped right after, run only for
+        the rows that insert (`extend_rows`): at a step where one row of a large batch inserts, queries for
+        every row would cost B * K slots. When every row inserts, tokens and queries go in one pass."""
         w_in = torch.cat([e for e, _ in self.pending], dim=1)
         valid = torch.cat([v for _, v in self.pending], dim=1)
         self.pending.clear()
         B, K = w_in.shape[0], queries.shape[0]
-        x = torch.cat([w_in, queries.to(w_in.dtype)[None].expand(B, -1, -1)], dim=1)
+        q = queries.to(w_in.dtype)[None].expand(B, -1, -1)
         keep = self.decoder.length + w_in.shape[1]
-        out = self.decoder.extend(x, torch.cat([valid, rows[:, None].expand(B, K)], dim=1), logits_to_keep=0)
+        if bool(rows.all()):
+            hidden = self.decoder.extend(
+                torch.cat([w_in, q], dim=1),
+                torch.cat([valid, rows[:, None].expand(B, K)], dim=1),
+                0,
+                hidden=True,
+            ).hidden[:, -K:]
+        else:
+            self.decoder.extend(w_in, valid, logits_to_keep=0)
+            index = rows.nonzero().squeeze(1)
+            part = self.decoder.extend_rows(index, q[index], logits_to_keep=0, hidden=True).hidden
+            hidden = part.new_zeros(B, K, part.shape[-1]).index_copy(0, index, part)
         self.decoder.crop(keep)  # the query slots are never seen again
-        return self.model.to_latents(out.hidden[:, -K:])
+        if self.compact_threshold is not None:  # finished rows leave dead token slots behind
+            self.decoder.compact(self.compact_threshold)
+        return self.model.to_latents(hidden)
+
+
+class _Reasoner:
+    """The reasoner's cache, fed token steps and blocks of latents, compacted as dead slots pile up."""
+
+    def __init__(self, model, compact_threshold: float | None, hook: LatentHook | None) -> None:
+        self.model = model
+        self.decoder = KVDecoder(model.reasoner)
+        self.compact_threshold, self.hook = compact_threshold, hook
+
+    def prefill(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The prompt (B, T, D) with its mask (B, T) -> next-token logits (B, V)."""
+        with self.model.reasoner_mode():
+            return self.decoder.prefill(embeds, attention_mask).logits[:, -1]
+
+    def step(self, tok_embeds: torch.Tensor, alive: torch.Tensor, hidden: bool) -> DecodeOut:
+        """One token per row (B, 1, D); finished rows (`alive` (B,) False) feed an invalid slot."""
+        with self.model.reasoner_mode():
+            return self.decoder.extend(tok_embeds, alive[:, None], hidden=hidden)
+
+    def insert(
+        self, latents: torch.Tensor, rows: torch.Tensor, step: int, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """Append one block of latents (B, K, D) for rows `rows` (B,) bool; the next logits (B, V): the
+        block's last kept slot's where a row keeps any, `logits` (before it) elsewhere."""
+        keep = rows[:, None].expand_as(latents[..., 0])
+        if self.hook is not None and (changed := self.hook(step, latents, rows)) is not None:
+            latents, keep = changed[0].to(latents), keep & changed[1].to(keep.device)
+            # Dropped slots become invalid (mask 0, no position), exactly as if absent. Kept slots move to
+            # the block's end, in order, so the block's last slot is a kept one whenever the row keeps any.
+            order = keep.long().argsort(dim=1, stable=True)
+            latents = latents.gather(1, order[..., None].expand_as(latents))
+            keep = keep.gather(1, order)
+        index = keep.any(1).nonzero().squeeze(1)  # (R,) the rows that insert: the block runs for them only
+        if len(index) == 0:  # the hook dropped every slot: as if no block came
+            return logits
+        with self.model.reasoner_mode():
+            after = self.decoder.extend_rows(index, latents[index], keep[index]).logits[:, -1]
+        return logits.index_copy(0, index, after)
+
+    def compact(self) -> None:
+        if self.compact_threshold is not None:
+            self.decoder.compact(self.compact_threshold)
+
+
+class _Tokens:
+    """The generated tokens, their log-probs, which rows are done, and the history the repetition
+    penalty reads (the prompt with its padding masked out, then the tokens generated so far)."""
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cfg: GenerationConfig):
+        B, self.T = input_ids.shape
+        N, self.cfg = cfg.max_new_tokens, cfg
+        self.eos, self.pad = _eos_ids(model), model.tokenizer.pad_token_id
+        self.history = torch.cat([input_ids, input_ids.new_full((B, N), self.pad)], 1)
+        self.history_mask = torch.cat([attention_mask, attention_mask.new_ones(B, N)], 1)
+        self.tokens: list[torch.Tensor] = []
+        self.logprobs: list[torch.Tensor] = []
+        self.finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        self.lengths = torch.full((B,), N, dtype=torch.long, device=input_ids.device)
+
+    def pick(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The next token per row (B,) from next-token logits (B, V); pad in finished rows."""
+        step, end = len(self.tokens), self.T + len(self.tokens)
+        z = process_logits(logits, self.cfg.sampling, self.history[:, :end], self.history_mask[:, :end])
+        tok = draw(z, self.cfg.sampling, generator).masked_fill(self.finished, self.pad)  # from softmax(z)
+        self.logprobs.append(
+            z.log_softmax(-1).gather(1, tok[:, None]).squeeze(1).masked_fill(self.finished, 0.0)
+        )
+        self.tokens.append(tok)
+        self.history[:, end] = tok
+        if self.cfg.stop_on_eos:
+            done_now = torch.isin(tok, self.eos) & ~self.finished
+            self.lengths = torch.where(done_now, step + 1, self.lengths)
+            self.finished |= done_now
+        return tok
+
+    def result(self, plan: InsertionPlan, trigger_probs: torch.Tensor) -> GenerationResult:
+        sequences = torch.stack(self.tokens, 1)
+        return GenerationResult(
+            sequences=sequences,
+            logprobs=torch.stack(self.logprobs, 1),
+            lengths=self.lengths.clamp(max=sequences.shape[1]),
+            insertions=[
+                [c - self.T for c, d in zip(row, dec, strict=True) if d and c >= 0]
+                for row, dec in zip(plan.candidates.tolist(), plan.decisions.tolist(), strict=True)
+            ],
+            plan=plan,
+            trigger_probs=trigger_probs,
+        )
+
+
+class _TriggerLog:
+    """The trigger at candidate delimiters: decisions, the insertion budget, and per step (B,) records of
+    candidates, delimiter counts, decisions and probabilities, kept as tensors so a step never leaves torch."""
+
+    def __init__(self, model, B: int, sample: bool, generator: torch.Generator | None) -> None:
+        self.model, self.sample, self.generator = model, sample, generator
+        device = model.device
+        self.n_inserted = torch.zeros(B, dtype=torch.long, device=device)
+        self.n_delims = torch.zeros(B, dtype=torch.long, device=device)
+        self.at: list[int] = []
+        self.records: list[tuple[torch.Tensor, ...]] = []  # per step (candidate, count, decision, prob)
+
+    def candidates(self, tok: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """Count delimiters among the tokens `tok` (B,) about to be fed; (B,) bool: rows that may insert."""
+        is_delim = self.model.is_delimiter[tok] & alive
+        self.n_delims += is_delim
+        return is_delim & (self.n_inserted < self.model.config.max_inference_insertions)
+
+    def decide(self, step: int, candidate: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
+        """(B,) bool: the candidate rows that insert, from the reasoner's last states `hidden` (B, D)
+        (None for a rule policy, which does not read them)."""
+        trigger = self.model.trigger
+        h = hidden if hidden is not None else self.n_delims.new_zeros(len(candidate), 1).float()
+        decide, probs = trigger.decide(h, self.n_delims, sample=self.sample, generator=self.generator)
+        insert = decide & candidate
+        self.at.append(step)
+        self.records.append((candidate, self.n_delims.clone(), insert, probs))
+        self.n_inserted += insert
+        return insert
+
+    def plan(self, T: int, prompt_block: bool) -> tuple[InsertionPlan, torch.Tensor]:
+        """The records as an InsertionPlan over cat([prompt, generated], 1), and the trigger's probability
+        at each candidate (B, C)."""
+        B = len(self.n_delims)
+        rows: list[list[tuple[int, int, int, float]]] = [[] for _ in range(B)]
+        if self.at:
+            cand, count, decide, prob = (torch.stack(x, 1).tolist() for x in zip(*self.records, strict=True))
+            for r in range(B):
+                rows[r] = [
+                    (T + s, count[r][k], int(decide[r][k]), prob[r][k])
+                    for k, s in enumerate(self.at)
+                    if cand[r][k]
+                ]
+        plan = InsertionPlan(
+            prompt_end=torch.full((B,), T - 1 if prompt_block else -1, dtype=torch.long),
+            candidates=pad_rows([[c[0] for c in row] for row in rows], -1),
+            delimiter_count=pad_rows([[c[1] for c in row] for row in rows], 0),
+            decisions=pad_rows([[c[2] for c in row] for row in rows], 0).bool(),
+        )
+        probs = pad_rows([[c[3] for c in row] for row in rows], 0, dtype=torch.float32)
+        return plan.to(self.model.device), probs.to(self.model.device)
 
 
 def _eos_ids(model) -> torch.Tensor:
@@ -140,139 +307,41 @@ def generate(
     LatentMemoryModel). Greedy or sampled per `config.sampling`; each row stops at EOS. `memory`: a
     `RetrievedMemory` the weaver reads before the prompt. `latent_hook`: sees (and may replace or drop)
     every block of latents before the reasoner reads it; see `LatentHook`."""
-    cfg = config or GenerationConfig()
-    mc = model.config
-    trigger_sample = cfg.sampling.do_sample if cfg.trigger_sample is None else cfg.trigger_sample
+    cfg, mc = config or GenerationConfig(), model.config
     _check_inputs(model, input_ids, attention_mask)
     B, T = input_ids.shape
     model.check_generation_window(T, B, cfg.max_new_tokens, 0 if memory is None else memory.vectors.shape[1])
-    device = model.device
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    eos = _eos_ids(model)
-    pad = model.tokenizer.pad_token_id
-    reasoner = KVDecoder(model.reasoner)
-    weaver = _Weaver(model)
-    K_i = mc.inference_latents if mc.inserts_during_decoding else 0
+    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
+    reasoner = _Reasoner(model, cfg.compact_threshold, latent_hook)
+    weaver = _Weaver(model, cfg.compact_threshold)
+    tokens = _Tokens(model, input_ids, attention_mask, cfg)
+    sample = cfg.sampling.do_sample if cfg.trigger_sample is None else cfg.trigger_sample
+    trigger = _TriggerLog(model, B, sample, generator)
+    inserts = mc.inference_latents > 0 and mc.inserts_during_decoding
+    # the trigger's head reads the reasoner's last state, which is asked for only at steps with a candidate
+    reads_hidden = model.trigger.head is not None
 
-    embeds = reasoner.embed(input_ids)
-    w_in, w_mask = model.weaver_inputs(embeds, attention_mask, memory)
-    weaver.push(w_in, w_mask.bool())
-    with model.reasoner_mode():
-        logits = reasoner.prefill(embeds, attention_mask).logits[:, -1]
+    embeds = reasoner.decoder.embed(input_ids)
+    weaver.push(*model.weaver_inputs(embeds, attention_mask, memory))
+    logits = reasoner.prefill(embeds, attention_mask)
     if mc.prompt_latents > 0:
-        every_row = torch.ones(B, dtype=torch.bool, device=device)
-        latents = weaver.weave(model.prompt_queries, every_row)
-        logits = _insert(model, reasoner, latents, every_row, -1, latent_hook, logits)
-
-    tokens, logprobs = [], []
-    # what the repetition penalty reads: the prompt (its padding masked out), then the tokens generated so far
-    history = torch.cat([input_ids, input_ids.new_full((B, cfg.max_new_tokens), pad)], 1)
-    history_mask = torch.cat([attention_mask, attention_mask.new_ones(B, cfg.max_new_tokens)], 1)
-    # per step (B,) tensors of the trigger's candidates; kept as tensors so a step never leaves torch
-    steps_at: list[int] = []
-    steps_cand, steps_count, steps_decide, steps_prob = [], [], [], []
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    lengths = torch.full((B,), cfg.max_new_tokens, dtype=torch.long, device=device)
-    n_inserted = torch.zeros(B, dtype=torch.long, device=device)
-    n_delims = torch.zeros(B, dtype=torch.long, device=device)
+        every_row = torch.ones(B, dtype=torch.bool, device=model.device)
+        logits = reasoner.insert(weaver.weave(model.prompt_queries, every_row), every_row, -1, logits)
     for step in range(cfg.max_new_tokens):
-        z = process_logits(logits, cfg.sampling, history[:, : T + step], history_mask[:, : T + step])
-        tok = draw(z, cfg.sampling, generator).masked_fill(finished, pad)  # drawn from softmax(z) (B, V)
-        lp = z.log_softmax(-1).gather(1, tok[:, None]).squeeze(1).masked_fill(finished, 0.0)
-        tokens.append(tok)
-        history[:, T + step] = tok
-        logprobs.append(lp)
-        if cfg.stop_on_eos:
-            done_now = torch.isin(tok, eos) & ~finished
-            lengths = torch.where(done_now, step + 1, lengths)
-            finished |= done_now
-        if step == cfg.max_new_tokens - 1 or bool(finished.all()):
+        tok = tokens.pick(logits, generator)
+        if step == cfg.max_new_tokens - 1 or bool(tokens.finished.all()):
             break
-        alive = ~finished
-        tok_embeds = reasoner.embed(tok[:, None])
+        alive = ~tokens.finished
+        tok_embeds = reasoner.decoder.embed(tok[:, None])
         weaver.push(model.proj_in(tok_embeds), alive[:, None])
-        with model.reasoner_mode():
-            out = reasoner.extend(tok_embeds, alive[:, None])
+        candidate = trigger.candidates(tok, alive) if inserts else None
+        any_candidate = candidate is not None and bool(candidate.any())
+        out = reasoner.step(tok_embeds, alive, hidden=any_candidate and reads_hidden)
         logits = out.logits[:, -1]
-        if K_i == 0:
-            continue
-        is_delim = model.is_delimiter[tok] & alive
-        n_delims += is_delim
-        candidate = is_delim & (n_inserted < mc.max_inference_insertions)
-        if not bool(candidate.any()):
-            continue
-        decide, probs = model.trigger.decide(
-            out.hidden[:, -1], n_delims, sample=trigger_sample, generator=generator
-        )
-        insert = decide & candidate
-        steps_at.append(step)
-        steps_cand.append(candidate)
-        steps_count.append(n_delims.clone())
-        steps_decide.append(insert)
-        steps_prob.append(probs)
-        if not bool(insert.any()):
-            continue
-        latents = weaver.weave(model.inference_queries, insert)
-        logits = _insert(model, reasoner, latents, insert, step, latent_hook, logits)
-        n_inserted += insert
-
-    sequences = torch.stack(tokens, 1)
-    plan, probs = _plan_from_steps(
-        T, mc.prompt_latents > 0, steps_at, steps_cand, steps_count, steps_decide, steps_prob, B, device
-    )
-    return GenerationResult(
-        sequences=sequences,
-        logprobs=torch.stack(logprobs, 1),
-        lengths=torch.minimum(lengths, torch.tensor(sequences.shape[1], device=device)),
-        insertions=[
-            [c - T for c, d in zip(row, dec, strict=True) if d and c >= 0]
-            for row, dec in zip(plan.candidates.tolist(), plan.decisions.tolist(), strict=True)
-        ],
-        plan=plan,
-        trigger_probs=probs,
-    )
-
-
-def _insert(
-    model,
-    reasoner: KVDecoder,
-    latents: torch.Tensor,
-    rows: torch.Tensor,
-    step: int,
-    hook: LatentHook | None,
-    logits: torch.Tensor,
-) -> torch.Tensor:
-    """Append one block of latents (B, K, D) for rows `rows` (B,) to the reasoner's cache; the next
-    logits (B, V): the block's last kept slot's where a row keeps any, `logits` (before it) elsewhere."""
-    keep = rows[:, None].expand_as(latents[..., 0])
-    if hook is not None and (changed := hook(step, latents, rows)) is not None:
-        latents, keep = changed[0].to(latents), keep & changed[1].to(keep.device)
-        # Dropped slots become invalid (mask 0, no position), exactly as if absent. Kept slots move to the
-        # block's end, in order, so the block's last slot is a kept one whenever the row keeps any.
-        order = keep.long().argsort(dim=1, stable=True)
-        latents = latents.gather(1, order[..., None].expand_as(latents))
-        keep = keep.gather(1, order)
-    with model.reasoner_mode():
-        after = reasoner.extend(latents, keep).logits[:, -1]
-    return torch.where(keep.any(1)[:, None], after, logits)
-
-
-def _plan_from_steps(
-    T: int, prompt_block: bool, at: list[int], cand, count, decide, prob, B: int, device
-) -> tuple[InsertionPlan, torch.Tensor]:
-    """Gather the per-step candidate records (steps `at`, each a (B,) tensor) into an InsertionPlan over
-    cat([prompt, generated], 1), and the trigger's probability at each candidate (B, C)."""
-    rows: list[list[tuple[int, int, int, float]]] = [[] for _ in range(B)]
-    if at:
-        cand, count, decide, prob = (torch.stack(x, 1).tolist() for x in (cand, count, decide, prob))
-        for r in range(B):
-            rows[r] = [
-                (T + s, count[r][k], int(decide[r][k]), prob[r][k]) for k, s in enumerate(at) if cand[r][k]
-            ]
-    plan = InsertionPlan(
-        prompt_end=torch.full((B,), T - 1 if prompt_block else -1, dtype=torch.long),
-        candidates=pad_rows([[c[0] for c in row] for row in rows], -1),
-        delimiter_count=pad_rows([[c[1] for c in row] for row in rows], 0),
-        decisions=pad_rows([[c[2] for c in row] for row in rows], 0).bool(),
-    )
-    return plan.to(device), pad_rows([[c[3] for c in row] for row in rows], 0, dtype=torch.float32).to(device)
+        if any_candidate:
+            insert = trigger.decide(step, candidate, None if out.hidden is None else out.hidden[:, -1])
+            if bool(insert.any()):
+                latents = weaver.weave(model.inference_queries, insert)
+                logits = reasoner.insert(latents, insert, step, logits)
+        reasoner.compact()
+    return tokens.result(*trigger.plan(T, mc.prompt_latents > 0))

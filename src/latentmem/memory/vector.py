@@ -17,10 +17,12 @@ as similar as a rephrasing), a text whose embedding has cosine >= t with one is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,7 @@ from latentmem.memory.base import (
     resolve_scope,
 )
 from latentmem.memory.config import VectorMemoryConfig
-from latentmem.memory.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
+from latentmem.memory.embedders import DEFAULT_EMBEDDER, DeferredEmbedder, Embedder, load_embedder
 
 
 def text_key(text: str) -> str:
@@ -79,9 +81,12 @@ class VectorMemory(Memory):
         one its vectors came from: mixing embedding spaces would make every search silently wrong."""
         self.backend = backend
         self.config = config or VectorMemoryConfig()
+        self._tx_thread: int | None = None  # the thread inside `transaction()`, if any
         stored_spec, stored_dim = backend.embedder_info()
         if embedder is None:
             embedder = stored_spec or DEFAULT_EMBEDDER
+        if stored_spec is not None and stored_dim is not None and embedder == stored_spec:
+            embedder = DeferredEmbedder(stored_spec, stored_dim)  # loaded when first needed, if ever
         self.embedder: Embedder = load_embedder(embedder) if isinstance(embedder, str) else embedder
         if stored_spec is None:
             backend.set_embedder_info(self.embedder.spec, self.embedder.dim)
@@ -141,6 +146,26 @@ class VectorMemory(Memory):
         self.close()
 
     # ---- writes ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make the writes inside (`add`, `add_many`, `update`, `delete`, `delete_all`) one write: on the
+        embedded store atomic (all of them, or on an error none); on Qdrant, which has no multi-point
+        transactions, only serialised with this process's other writers. Transactions do not nest."""
+        if self._tx_thread == threading.get_ident():
+            raise MemoryStoreError("memory store transactions do not nest")
+        with self.backend.transaction():
+            self._tx_thread = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._tx_thread = None
+
+    def _write(self) -> contextlib.AbstractContextManager[None]:
+        """The transaction of one write call; inside `transaction()`, the open one."""
+        if self._tx_thread == threading.get_ident():
+            return contextlib.nullcontext()
+        return self.backend.transaction()
+
     def add(
         self,
         text: str,
@@ -176,6 +201,36 @@ class VectorMemory(Memory):
         texts in the same batch, come back as the record they duplicate.
         """
         scope = resolve_scope(scope, user, agent, session)
+        texts, metas, vecs = self._checked_batch(texts, metadatas, vectors)
+        if not texts:
+            return []
+        keys = [text_key(t) for t in texts]
+        threshold = self.config.near_duplicate_threshold
+        now = time.time()
+        with self._write():
+            near = (
+                self.backend.nearest(vecs, Where(scope, exact_scope=True), 1)
+                if threshold is not None
+                else None
+            )
+            plan = _BatchPlan.of(keys, vecs, self.backend.find_text_keys(scope, keys), near, threshold)
+            rows = [NewRow(texts[i], keys[i], scope, metas[i], vecs[i], created_at=now) for i in plan.new]
+            new_ids = self.backend.insert(rows)
+            originals = self.backend.fetch([ref for event, ref in plan.outcome if event != "new"])
+        added = [
+            MemoryRecord(id_, row.text, scope, row.metadata, now, now, row.vector)
+            for id_, row in zip(new_ids, rows, strict=True)
+        ]
+        return plan.results(keys, added, originals)
+
+    def _checked_batch(
+        self,
+        texts: Sequence[str],
+        metadatas: Sequence[Mapping[str, Any] | None] | None,
+        vectors: np.ndarray | None,
+    ) -> tuple[list[str], list[dict[str, Any]], np.ndarray]:
+        """`add_many`'s inputs checked before any write: texts, metadata, and vectors (N, D), embedded when
+        not given."""
         if isinstance(texts, str):
             raise MemoryInputError("add_many takes a list of texts; use add() for one text")
         texts = [check_text(t, self.config.max_chars) for t in texts]
@@ -185,68 +240,11 @@ class VectorMemory(Memory):
             check_metadata(m, self.config.max_metadata_chars) for m in (metadatas or [None] * len(texts))
         ]
         if vectors is None:
-            vecs = self.embedder.embed(texts)
-        else:
-            vecs = as_query_batch(vectors, self.dim)
-            if len(vecs) != len(texts):
-                raise MemoryInputError(f"{len(vecs)} vectors for {len(texts)} texts")
-        if not texts:
-            return []
-        keys = [text_key(t) for t in texts]
-        threshold = self.config.near_duplicate_threshold
-        now = time.time()
-        with self.backend.transaction():
-            existing = self.backend.find_text_keys(scope, keys)
-            near = (
-                self.backend.nearest(vecs, Where(scope, exact_scope=True), 1)
-                if threshold is not None
-                else [[] for _ in texts]
-            )
-            # For each text: ("new", position among new rows) or (event, id of the stored original).
-            outcome: list[tuple[str, int]] = []
-            new_positions: list[int] = []  # text indices that become new rows
-            new_key: dict[str, int] = {}
-            new_vecs = np.empty_like(vecs)  # the first len(new_positions) rows: vectors of the new rows
-            for i, key in enumerate(keys):
-                if key in existing:
-                    outcome.append(("duplicate", existing[key]))
-                    continue
-                if key in new_key:
-                    outcome.append(("new", new_key[key]))
-                    continue
-                if threshold is not None and near[i] and near[i][0][1] >= threshold:
-                    outcome.append(("near_duplicate", near[i][0][0]))
-                    continue
-                if threshold is not None and new_positions:
-                    # Against the batch's earlier new rows: O(rows so far) memory, not a (N, N) matrix.
-                    sims = new_vecs[: len(new_positions)] @ vecs[i]
-                    best = int(np.argmax(sims))
-                    if sims[best] >= threshold:
-                        outcome.append(("new", best))
-                        continue
-                new_key[key] = len(new_positions)
-                outcome.append(("new", len(new_positions)))
-                new_vecs[len(new_positions)] = vecs[i]
-                new_positions.append(i)
-            rows = [
-                NewRow(texts[i], keys[i], scope, metas[i], vecs[i], created_at=now) for i in new_positions
-            ]
-            new_ids = self.backend.insert(rows)
-            originals = self.backend.fetch([ref for event, ref in outcome if event != "new"])
-        new_records = [
-            MemoryRecord(id_, row.text, scope, row.metadata, now, now, row.vector)
-            for id_, row in zip(new_ids, rows, strict=True)
-        ]
-        results = []
-        for i, (event, ref) in enumerate(outcome):
-            if event != "new":
-                results.append(AddResult(originals[ref], event))
-            elif new_positions[ref] == i:
-                results.append(AddResult(new_records[ref], "added"))
-            else:  # an exact or near duplicate of an earlier text of this batch
-                same = keys[new_positions[ref]] == keys[i]
-                results.append(AddResult(new_records[ref], "duplicate" if same else "near_duplicate"))
-        return results
+            return texts, metas, self.embedder.embed(texts)
+        vecs = as_query_batch(vectors, self.dim)
+        if len(vecs) != len(texts):
+            raise MemoryInputError(f"{len(vecs)} vectors for {len(texts)} texts")
+        return texts, metas, vecs
 
     def update(
         self,
@@ -263,7 +261,7 @@ class VectorMemory(Memory):
         new_text = None if text is None else check_text(text, self.config.max_chars)
         new_meta = None if metadata is None else check_metadata(metadata, self.config.max_metadata_chars)
         vector = None if new_text is None else self.embedder.embed([new_text])[0]
-        with self.backend.transaction():
+        with self._write():
             old = self.get(memory_id, scope)
             record = dataclasses.replace(
                 old,
@@ -292,7 +290,7 @@ class VectorMemory(Memory):
         session: str | None = None,
     ) -> None:
         scope = resolve_scope(scope, user, agent, session)
-        with self.backend.transaction():
+        with self._write():
             self.get(memory_id, scope)
             self.backend.remove([memory_id])
 
@@ -306,7 +304,7 @@ class VectorMemory(Memory):
     ) -> int:
         """Remove every record the scope sees (as `list` would return them), atomically; returns how many."""
         where = Where(resolve_scope(scope, user, agent, session))
-        with self.backend.transaction():
+        with self._write():
             ids = [r.id for r in self.backend.select(where, None)]
             self.backend.remove(ids)
         return len(ids)
@@ -419,3 +417,59 @@ class VectorMemory(Memory):
     ) -> int:
         """How many records the scope holds."""
         return self.backend.count(Where(resolve_scope(scope, user, agent, session)))
+
+
+@dataclasses.dataclass
+class _BatchPlan:
+    """What `add_many` does with each text of a batch: `outcome[i]` is ("new", position among the new rows)
+    or (event, id of the stored original); `new` lists the text indices that become new rows."""
+
+    outcome: list[tuple[str, int]]
+    new: list[int]
+
+    @classmethod
+    def of(
+        cls,
+        keys: list[str],
+        vecs: np.ndarray,
+        existing: dict[str, int],
+        near: list[list[tuple[int, float]]] | None,
+        threshold: float | None,
+    ) -> _BatchPlan:
+        """Classify each text against the stored records (`existing` exact keys, `near` nearest stored
+        record per text) and against the batch's earlier new rows."""
+        plan, new_key = cls([], []), {}
+        new_vecs = np.empty_like(vecs)  # the first len(plan.new) rows: vectors of the new rows
+        for i, key in enumerate(keys):
+            if key in existing:
+                plan.outcome.append(("duplicate", existing[key]))
+            elif key in new_key:
+                plan.outcome.append(("new", new_key[key]))
+            elif threshold is not None and near and near[i] and near[i][0][1] >= threshold:
+                plan.outcome.append(("near_duplicate", near[i][0][0]))
+            else:
+                # against the batch's earlier new rows: O(rows so far) memory, not an (N, N) matrix
+                sims = new_vecs[: len(plan.new)] @ vecs[i] if threshold is not None and plan.new else None
+                if sims is not None and sims.max() >= threshold:
+                    plan.outcome.append(("new", int(np.argmax(sims))))
+                    continue
+                new_key[key] = len(plan.new)
+                plan.outcome.append(("new", len(plan.new)))
+                new_vecs[len(plan.new)] = vecs[i]
+                plan.new.append(i)
+        return plan
+
+    def results(
+        self, keys: list[str], added: list[MemoryRecord], originals: dict[int, MemoryRecord]
+    ) -> list[AddResult]:
+        """One `AddResult` per text, given the new rows' records and the stored originals by id."""
+        results = []
+        for i, (event, ref) in enumerate(self.outcome):
+            if event != "new":
+                results.append(AddResult(originals[ref], event))
+            elif self.new[ref] == i:
+                results.append(AddResult(added[ref], "added"))
+            else:  # an exact or near duplicate of an earlier text of this batch
+                same = keys[self.new[ref]] == keys[i]
+                results.append(AddResult(added[ref], "duplicate" if same else "near_duplicate"))
+        return results

@@ -2,11 +2,16 @@
 
 Facts are made of invented names, so no pretrained model knows them: answering right needs memory. Each
 fact has a memory text ("The capital of Vorlani is Quessot."), a question, a paraphrased question (for a
-held-out recall@1) and a short answer. The general task (real capitals, small sums) is split once by
-`split_general`: the first half is the step-2 training pool, the second half the held-out retention probe.
+held-out recall@1) and a short answer. `make_facts(n + k)[:n] == make_facts(n)`, so the k facts after the
+first n are new memories of the same kind (set B, written after training on set A). The general task
+(real capitals and small sums, interleaved) is split once by `split_general`: the first half is the step-2
+training pool, the second half the held-out retention probe, and both hold both kinds.
 
 Step 2 samples (`MixedRecallData.epoch`), resampled every epoch under a token limit, in three kinds drawn
 by the `mix` weights:
+
+A memory fills `slots` consecutive `<|memory_pad|>` (m = 1 by default): one vector projected into m
+input embeddings, so that a memory can carry more than one embedding's worth of text.
 
 - `memory_front`: neutral filler text (`filler_context`: statements, never a question of the general
   task), then `<recall><|memory_pad|>` + memory text + `</recall>`: decoding a memory in a noisy context.
@@ -140,17 +145,20 @@ def make_facts(n: int, seed: int = 0) -> list[Fact]:
 
 
 def general_task(n: int, seed: int = 0) -> list[QA]:
-    """`n` general questions with known answers: real capitals, then small sums."""
+    """`n` general questions with known answers: real capitals and small sums alternating (sums only once
+    the 16 capitals are used), so that any prefix, and either half of one, holds both kinds."""
     rng = random.Random(seed)
-    pool = [QA(f"What is the capital of {c}?", a) for c, a in _CAPITALS]
+    capitals = [QA(f"What is the capital of {c}?", a) for c, a in _CAPITALS]
     sums = [(a, b) for a in range(2, 30) for b in range(2, 30)]
     rng.shuffle(sums)
-    pool += [QA(f"What is {a} plus {b}?", str(a + b)) for a, b in sums]
+    plus = [QA(f"What is {a} plus {b}?", str(a + b)) for a, b in sums]
+    pool = [q for pair in zip(capitals, plus, strict=False) for q in pair] + plus[len(capitals) :]
     return pool[:n]
 
 
 def split_general(general: Sequence[QA]) -> tuple[list[QA], list[QA]]:
-    """(training pool, held-out retention probe): the two halves of the general task, never mixed."""
+    """(training pool, held-out retention probe): the two halves of the general task, never mixed; with
+    `general_task`'s interleaving both halves hold capitals and sums."""
     half = len(general) // 2
     return list(general[:half]), list(general[half:])
 
@@ -179,9 +187,14 @@ class Sample:
         return self.kind in HEAD_KINDS
 
 
-def recall_reply(fact: Fact) -> str:
+def memory_span(text: str, slots: int = 1) -> str:
+    """`<recall>`, `slots` memory pads, the remembered `text` and `</recall>`: what a recall reads as."""
+    return f"{RECALL}{MEMORY_PAD * slots}{text}{RECALL_END}"
+
+
+def recall_reply(fact: Fact, slots: int = 1) -> str:
     """The reply a fact question should get: recall, the remembered text, then the answer."""
-    return f"{RECALL}{MEMORY_PAD}{fact.text}{RECALL_END} The answer is {fact.answer}."
+    return f"{memory_span(fact.text, slots)} The answer is {fact.answer}."
 
 
 def encode_sample(
@@ -193,17 +206,22 @@ def encode_sample(
     kind: str,
     *,
     label_recall: bool = True,
+    slots: int = 1,
 ) -> Sample:
-    """Tokenise chat prompt + reply (+ EOS); labels on the reply only, the memory pad never labelled,
-    `<recall>` labelled only when `label_recall`."""
+    """Tokenise chat prompt + reply (+ EOS); labels on the reply only, the memory pads never labelled,
+    `<recall>` labelled only when `label_recall`. A sample with a memory holds exactly `slots`
+    consecutive pads right after its `<recall>`."""
     prompt_ids = tokenizer(render_chat(tokenizer, prompt), add_special_tokens=False).input_ids
     reply_ids = [*tokenizer(reply, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
     unlabelled = {tokens.pad_id} if label_recall else {tokens.pad_id, tokens.recall_id}
     labels = [IGNORE] * len(prompt_ids) + [IGNORE if t in unlabelled else t for t in reply_ids]
     ids = prompt_ids + reply_ids
-    if (memory >= 0) != (tokens.pad_id in ids) or ids.count(tokens.pad_id) > 1:
+    want = slots if memory >= 0 else 0
+    at = ids.index(tokens.pad_id) if want else 0
+    if ids.count(tokens.pad_id) != want or ids[at : at + want] != [tokens.pad_id] * want:
         raise RecallError(
-            f"a {kind} sample must hold exactly one {MEMORY_PAD} iff it has a memory: {reply!r}"
+            f"a {kind} sample must hold {slots} consecutive {MEMORY_PAD} iff it has a memory, none "
+            f"otherwise: {reply!r}"
         )
     return Sample(ids, labels, memory, kind)
 
@@ -218,6 +236,7 @@ class MixedRecallData:
             teaches the model to stay itself). A reply holding a recall token is a `RecallError`: it
             would teach recalling on the very questions that must be answered directly.
         mix: relative weights of memory_front, memory_full, sft_only.
+        slots: memory pads per memory (`RecallMemory.slots`).
     """
 
     def __init__(
@@ -232,6 +251,7 @@ class MixedRecallData:
         max_tokens: int,
         mix: Sequence[float] = (1.0, 1.0, 1.0),
         seed: int = 0,
+        slots: int = 1,
     ) -> None:
         self.tokenizer, self.tokens = tokenizer, tokens
         if len(general) != len(replies):
@@ -244,7 +264,7 @@ class MixedRecallData:
             )
         self.facts, self.general, self.replies = list(facts), list(general), list(replies)
         self.samples_per_epoch, self.max_tokens = samples_per_epoch, max_tokens
-        self.mix, self.seed = list(mix), seed
+        self.mix, self.seed, self.slots = list(mix), seed, slots
 
     def _candidate(self, kind: str, rng: random.Random) -> Sample:
         if kind == "sft_only":
@@ -255,12 +275,20 @@ class MixedRecallData:
         m = rng.randrange(len(self.facts))
         fact = self.facts[m]
         if kind == "memory_full":
-            return encode_sample(self.tokenizer, self.tokens, fact.question, recall_reply(fact), m, kind)
+            reply = recall_reply(fact, self.slots)
+            return encode_sample(self.tokenizer, self.tokens, fact.question, reply, m, kind, slots=self.slots)
         # memory_front: filler that asks for nothing, then a random memory: learn to decode it, not to
         # call for it (see the module docstring)
-        reply = f"{RECALL}{MEMORY_PAD}{fact.text}{RECALL_END}"
+        reply = memory_span(fact.text, self.slots)
         return encode_sample(
-            self.tokenizer, self.tokens, filler_context(rng), reply, m, kind, label_recall=False
+            self.tokenizer,
+            self.tokens,
+            filler_context(rng),
+            reply,
+            m,
+            kind,
+            label_recall=False,
+            slots=self.slots,
         )
 
     def epoch(self, epoch: int) -> list[Sample]:

@@ -7,6 +7,11 @@ accuracy on the trained questions and on paraphrases (the answer string in the r
 seconds per answer (batched greedy generation time / answers), context tokens per answer (the prompt the
 model reads, retrieved text included for RAG), and retention: accuracy on held-out general questions
 (real capitals, small sums) with the method's final weights, against the base model's.
+
+For recall memory also: the `<recall>` decision itself (`recall_decision`: fact questions are the
+positives, the held-out general questions the negatives), and new memories written after training
+(`new_facts`: set B, `make_facts(num_facts + new_facts)[num_facts:]`, added to the trained bank with the
+same encoder and no training) against the trained facts A, in the same bank A + B.
 """
 
 from __future__ import annotations
@@ -27,8 +32,13 @@ from latentmem.recall.bank import MemoryBank
 from latentmem.recall.data import QA, Fact, general_task, make_facts, split_general
 from latentmem.recall.generate import RecallGenerator
 from latentmem.recall.memory import RecallMemory
-from latentmem.recall.train import LoraSettings, RecallTrainConfig, recall_at_1, train_recall
-from latentmem.recall.writer import SentenceEncoder, write_memories
+from latentmem.recall.train import (
+    LoraSettings,
+    RecallTrainConfig,
+    recall_at_1,
+    train_recall,
+)
+from latentmem.recall.writer import HiddenStateEncoder, MemoryEncoder, SentenceEncoder, write_memories
 from latentmem.runs import RunDir
 from latentmem.seeding import seed_everything
 from latentmem.training.config import SFTConfig
@@ -49,6 +59,7 @@ class EvalConfig(Config):
     batch_size: int = 16
     output_dir: str = "runs/recall-eval"
     methods: list[str] = field(default_factory=lambda: list(METHODS))  # a subset runs faster
+    new_facts: int = 0  # facts of set B, written into the bank after training (0: no such rows)
 
     def validate(self) -> None:
         require(self.sft_steps >= 1, "sft_steps", f"must be >= 1, got {self.sft_steps}")
@@ -60,6 +71,7 @@ class EvalConfig(Config):
         require(
             self.max_new_tokens > 0 and self.batch_size > 0, "max_new_tokens", "and batch_size must be > 0"
         )
+        require(self.new_facts >= 0, "new_facts", f"must be >= 0, got {self.new_facts}")
 
 
 @dataclass
@@ -93,8 +105,24 @@ def _plain_generator(
     return RecallGenerator(model, tok, RecallMemory.attach(model, tok, memory_dim), recall="never")
 
 
-def retention(gen: RecallGenerator, general: Sequence[QA], cfg: EvalConfig) -> float:
-    return answer(gen, gen.render([q.question for q in general]), [q.answer for q in general], cfg).accuracy
+def retention(gen: RecallGenerator, general: Sequence[QA], cfg: EvalConfig) -> Answers:
+    """Replies to the held-out general questions (`.accuracy` is the retention)."""
+    return answer(gen, gen.render([q.question for q in general]), [q.answer for q in general], cfg)
+
+
+def recall_decision(on_facts: Sequence[bool], on_general: Sequence[bool]) -> dict[str, float | None]:
+    """Precision / recall of the `<recall>` decision: whether each reply recalled at all, on fact questions
+    (the positives: they need a memory) and on general questions (the negatives: they do not).
+
+    precision = recalls on facts / all recalls (None when nothing recalled); recall = recalls on facts /
+    fact questions; general_no_recall = general questions answered without a recall (the specificity).
+    """
+    tp, fp = sum(on_facts), sum(on_general)
+    return {
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / len(on_facts) if on_facts else None,
+        "general_no_recall": 1 - fp / len(on_general) if on_general else None,
+    }
 
 
 def fact_sft(
@@ -142,8 +170,19 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
     answers = [f.answer for f in facts]
     results: dict[str, dict[str, float]] = {}
 
-    def row(name: str, gen: RecallGenerator, prompts_q, prompts_p, r1: float | None, retain: float) -> None:
-        a, p = answer(gen, prompts_q, answers, cfg), answer(gen, prompts_p, answers, cfg)
+    def row(
+        name: str,
+        gen: RecallGenerator,
+        prompts_q: Sequence[str],
+        prompts_p: Sequence[str],
+        r1: float | None,
+        retain: float,
+        gold: Sequence[str] = answers,
+        first_id: int = 0,
+    ) -> tuple[Answers, Answers]:
+        """Score `gen` on the questions and paraphrases of facts whose answers are `gold` and whose bank
+        ids start at `first_id`; returns the two sets of answers."""
+        a, p = answer(gen, prompts_q, gold, cfg), answer(gen, prompts_p, gold, cfg)
         results[name] = {
             "recall_at_1": r1,
             "answer_accuracy": a.accuracy,
@@ -154,15 +193,16 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
             "example_reply": a.replies[0],
             # how often the model chose to recall, and recalled fact i first for question i (ids = indices)
             "recall_rate": sum(bool(r) for r in a.recalled) / len(a.recalled),
-            "generation_recall_at_1": sum(bool(r) and r[0] == i for i, r in enumerate(a.recalled))
+            "generation_recall_at_1": sum(bool(r) and r[0] == first_id + i for i, r in enumerate(a.recalled))
             / len(a.recalled),
         }
+        return a, p
 
     # no memory, and RAG with MiniLM: both on the base weights
     model, tok = load_model(rc.model, seed=rc.seed)
     encoder = SentenceEncoder()
     gen = _plain_generator(model, tok, encoder.dim)
-    base_retention = retention(gen, held_out, cfg)
+    base_retention = retention(gen, held_out, cfg).accuracy
     if "none" in cfg.methods:
         row("no memory", gen, gen.render(questions), gen.render(paraphrases), None, base_retention)
     bank = MemoryBank(encoder.dim)
@@ -182,6 +222,20 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
         results["RAG (MiniLM top-1 in prompt)"]["recall_at_1_paraphrase"] = rag["p"][1]
     if "sft" in cfg.methods:
         _sft_row(cfg, facts, questions, paraphrases, held_out, encoder.dim, row, results)
+    if "rag" in cfg.methods and cfg.new_facts:  # RAG on set B, from a bank holding A and B
+        new = make_facts(rc.num_facts + cfg.new_facts, seed=rc.seed)[rc.num_facts :]
+        write_memories(bank, encoder, [f.text for f in new])
+        prompts, hits = {}, {}
+        for name, qs in (("q", [f.question for f in new]), ("p", [f.paraphrase for f in new])):
+            _, ids = bank.search(encoder.encode(qs), 1)
+            prompts[name] = [
+                render_chat(tok, RAG_TEMPLATE.format(fact=bank.text(int(i)), question=q))
+                for i, q in zip(ids[:, 0], qs, strict=True)
+            ]
+            hits[name] = float((ids[:, 0] == len(facts) + torch.arange(len(qs)).numpy()).mean())
+        name = "RAG, new facts B"
+        row(name, gen, prompts["q"], prompts["p"], hits["q"], base_retention, [f.answer for f in new])
+        results[name]["recall_at_1_paraphrase"] = hits["p"]
     if "recall" in cfg.methods:
         _recall_rows(cfg, questions, paraphrases, held_out, row, results)
     return results
@@ -196,33 +250,79 @@ def _sft_row(cfg, facts, questions, paraphrases, held_out, memory_dim, row, resu
         gen.render(questions),
         gen.render(paraphrases),
         None,
-        retention(gen, held_out, cfg),
+        retention(gen, held_out, cfg).accuracy,
     )
     results["LoRA-SFT on the facts"]["train_loss_first_last"] = (
         (sft_losses[0], sft_losses[-1]) if sft_losses else None
     )
 
 
+def writer(cfg: RecallTrainConfig) -> MemoryEncoder:
+    """The encoder that wrote the trained bank, to write new memories into the same vector space: MiniLM,
+    or the hidden state of a fresh *base* model (training wrote with the base weights, before any LoRA)."""
+    if cfg.encoder == "minilm":
+        return SentenceEncoder()
+    model, tok = load_model(cfg.model, seed=cfg.seed)
+    return HiddenStateEncoder(model, tok)
+
+
 def _recall_rows(cfg, questions, paraphrases, held_out, row, results) -> None:
     """Recall memory after the two-step recipe: once where the model decides to recall by itself, once
-    with `<recall>` forced at the start of the reply (isolates decoding from the injected memory)."""
-    trained = train_recall(cfg.recall)
-    gen = RecallGenerator(trained.model, trained.tokenizer, trained.memory, trained.bank)
+    with `<recall>` forced at the start of the reply (isolates decoding from the injected memory); then,
+    with `cfg.new_facts`, the same two on facts B written into the bank after training."""
+    rc = cfg.recall
+    trained = train_recall(rc)
+    tok, memory = trained.tokenizer, trained.memory
+    gen = RecallGenerator(trained.model, tok, memory, trained.bank)
     vectors = trained.bank.matrix()[1]
-    r1 = recall_at_1(trained.model, trained.tokenizer, trained.memory, vectors, questions)
-    r1_p = recall_at_1(trained.model, trained.tokenizer, trained.memory, vectors, paraphrases)
-    retain = retention(gen, held_out, cfg)
+    r1 = recall_at_1(trained.model, tok, memory, vectors, questions)
+    r1_p = recall_at_1(trained.model, tok, memory, vectors, paraphrases)
+    general = retention(gen, held_out, cfg)
+    decided: list[bool] = []
     for name, forced in (("recall memory (model decides)", False), ("recall memory (<recall> forced)", True)):
-        row(
+        a, p = row(
             name,
             gen,
             gen.render(questions, recall_first=forced),
             gen.render(paraphrases, recall_first=forced),
             r1,
-            retain,
+            general.accuracy,
         )
         results[name]["recall_at_1_paraphrase"] = r1_p
+        if not forced:
+            decided = [bool(r) for r in a.recalled + p.recalled]
     results["recall memory (model decides)"]["training"] = trained.metrics
+    results["recall memory (model decides)"]["recall_decision"] = recall_decision(
+        decided, [bool(r) for r in general.recalled]
+    )
+    if not cfg.new_facts:
+        return
+    # set B: written into the trained bank now, never trained on; the head scores A and B together
+    new = make_facts(rc.num_facts + cfg.new_facts, seed=rc.seed)[rc.num_facts :]
+    ids = write_memories(trained.bank, writer(rc), [f.text for f in new], [{"answer": f.answer} for f in new])
+    first = ids[0]  # ids are given in order: B's ids, and rows of the bank matrix, follow A's
+    vectors = trained.bank.matrix()[1]
+    new_q, new_p = [f.question for f in new], [f.paraphrase for f in new]
+    nr1 = recall_at_1(trained.model, tok, memory, vectors, new_q, first=first)
+    nr1_p = recall_at_1(trained.model, tok, memory, vectors, new_p, first=first)
+    for name, forced in (("model decides", False), ("<recall> forced", True)):
+        name = f"recall memory, new facts B ({name})"
+        row(
+            name,
+            gen,
+            gen.render(new_q, recall_first=forced),
+            gen.render(new_p, recall_first=forced),
+            nr1,
+            general.accuracy,
+            [f.answer for f in new],
+            first,
+        )
+        results[name]["recall_at_1_paraphrase"] = nr1_p
+    # facts A again, now among A + B: do the new memories disturb the trained ones?
+    results["recall memory (model decides)"]["recall_at_1_in_bank_a_b"] = (
+        recall_at_1(trained.model, tok, memory, vectors, questions),
+        recall_at_1(trained.model, tok, memory, vectors, paraphrases),
+    )
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -235,6 +335,9 @@ def markdown(results: dict[str, dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
+        if "recall_decision" in r:
+            decision = ", ".join(f"{k} {fmt(v)}" for k, v in r["recall_decision"].items())
+            name = f"{name} [decision: {decision}]"
         lines.append(
             f"| {name} | {fmt(r['recall_at_1'])} / {fmt(r.get('recall_at_1_paraphrase'))} "
             f"| {r['recall_rate']:.2f} / {r['generation_recall_at_1']:.2f} "

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from latentmem.chat import render_chat
 from latentmem.config import require
-from latentmem.decoding import KVDecoder
+from latentmem.decoding import COMPACT_THRESHOLD, KVDecoder
 from latentmem.recall.bank import MemoryBank
 from latentmem.recall.errors import NoBankError
 from latentmem.recall.inject import inject
@@ -112,8 +112,11 @@ class RecallGenerator:
         pad = self.tokenizer.pad_token_id
         B = enc.input_ids.shape[0]
         dec = KVDecoder(self.model)
-        out = dec.prefill(dec.embed(enc.input_ids), enc.attention_mask)
         last = enc.input_ids[:, -1]  # left padding: the last column holds every row's last prompt token
+        # hidden states only where the memory head will read one: after a slot that fed `<recall>`
+        out = dec.prefill(
+            dec.embed(enc.input_ids), enc.attention_mask, hidden=bool((last == tok.recall_id).any())
+        )
         done = torch.zeros(B, dtype=torch.bool, device=device)
         generated: list[torch.Tensor] = []
         # what the repetition penalty reads: the prompt (its padding masked out), then the tokens fed so far
@@ -121,6 +124,12 @@ class RecallGenerator:
         history = torch.cat([enc.input_ids, enc.input_ids.new_full((B, max_new_tokens), pad)], 1)
         history_mask = torch.cat([enc.attention_mask, enc.attention_mask.new_ones(B, max_new_tokens)], 1)
         recalls: list[list[RecallEvent]] = [[] for _ in range(B)]
+        # an m-slot memory (`memory.slots`) fills m consecutive forced pads: its projected embeddings wait
+        # in `slot_embeds` (B, m, D) and `pending` counts the slots each row has still to feed
+        m = self.memory.slots
+        pending = torch.zeros(B, dtype=torch.long, device=device)
+        embed_dtype = self.model.get_input_embeddings().weight.dtype
+        slot_embeds = torch.zeros(B, m, self.memory.hidden_size, device=device, dtype=embed_dtype)
         for step in range(max_new_tokens):
             logits = out.logits[:, -1]
             if self.recall == "never":
@@ -134,21 +143,27 @@ class RecallGenerator:
             if recalling.any():
                 rows = recalling.nonzero().squeeze(-1)
                 memory_ids, chosen_logits = self._choose(out.hidden[rows, -1], generator)
-                mem_vecs = self._vectors(memory_ids)
-                emb = inject(emb, recalling[:, None], self.memory.projector(mem_vecs))
-                nxt = nxt.masked_fill(recalling, tok.pad_id)
+                projected = self.memory.projector(self._vectors(memory_ids))  # (R, m, D)
+                slot_embeds[rows] = projected.to(embed_dtype)
+                pending[rows] = m
                 for r, mid, lg in zip(
                     rows.tolist(), memory_ids.tolist(), chosen_logits.tolist(), strict=True
                 ):
                     recalls[r].append(RecallEvent(step, mid, lg, self.bank.text(mid)))
+            feeding = (pending > 0) & ~done
+            if feeding.any():
+                emb = inject(emb, feeding[:, None], slot_embeds[feeding, m - pending[feeding]])
+                nxt = nxt.masked_fill(feeding, tok.pad_id)
+                pending = pending - feeding.long()
             nxt = nxt.masked_fill(done, pad)
             generated.append(nxt)
             history[:, T + step] = nxt
             done = done | (nxt == eos)
             if done.all():
                 break
-            out = dec.extend(emb, valid=~done[:, None])
+            out = dec.extend(emb, valid=~done[:, None], hidden=bool((nxt == tok.recall_id).any()))
             last = nxt
+            dec.compact(COMPACT_THRESHOLD)  # finished rows leave a dead slot behind at every step
         ids = torch.stack(generated, 1).tolist() if generated else [[] for _ in range(B)]
         token_ids = [_until_eos(row, eos) for row in ids]
         texts = self.tokenizer.batch_decode(token_ids, skip_special_tokens=False)

@@ -40,14 +40,25 @@ PARTS = ("rows", "head", "projector", "lora")
 
 
 class RecallMemory(nn.Module):
-    """The recall tokens, the memory head (hidden D -> memory M) and the projector (memory M -> input D)."""
+    """The recall tokens, the memory head (hidden D -> memory M) and the projector (memory M -> `slots`
+    input embeddings (slots, D), filling that many consecutive `<|memory_pad|>`; `projector_width`: the
+    projector's hidden width, 0 = D)."""
 
-    def __init__(self, tokens: RecallTokens, hidden_size: int, memory_dim: int, init_scale: float = 20.0):
+    def __init__(
+        self,
+        tokens: RecallTokens,
+        hidden_size: int,
+        memory_dim: int,
+        init_scale: float = 20.0,
+        *,
+        slots: int = 1,
+        projector_width: int = 0,
+    ):
         super().__init__()
         self.tokens = tokens
-        self.hidden_size, self.memory_dim = hidden_size, memory_dim
+        self.hidden_size, self.memory_dim, self.slots = hidden_size, memory_dim, slots
         self.head = MemoryHead(hidden_size, memory_dim, init_scale=init_scale)
-        self.projector = MemoryProjector(memory_dim, hidden_size)
+        self.projector = MemoryProjector(memory_dim, hidden_size, slots=slots, width=projector_width)
 
     @classmethod
     def attach(
@@ -58,13 +69,22 @@ class RecallMemory(nn.Module):
         *,
         init_scale: float = 20.0,
         seed: int = 0,
+        slots: int = 1,
+        projector_width: int = 0,
     ) -> RecallMemory:
         """Add the recall tokens to `model`/`tokenizer` and build a fresh head and projector for them."""
         tokens = add_recall_tokens(model, tokenizer, seed=seed)
         hidden = model.get_input_embeddings().embedding_dim
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            memory = cls(tokens, hidden, memory_dim, init_scale=init_scale)
+            memory = cls(
+                tokens,
+                hidden,
+                memory_dim,
+                init_scale=init_scale,
+                slots=slots,
+                projector_width=projector_width,
+            )
             memory.projector.match_embedding_norm(model.get_input_embeddings().weight)
         return memory.to(model.device)
 
@@ -75,7 +95,12 @@ class RecallMemory(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         state.update(token_rows_state(model, self.tokens))
         save_file(state, str(path / WEIGHTS))
-        meta = {"hidden_size": self.hidden_size, "memory_dim": self.memory_dim}
+        meta = {
+            "hidden_size": self.hidden_size,
+            "memory_dim": self.memory_dim,
+            "slots": self.slots,
+            "projector_width": self.projector.width,
+        }
         (path / META).write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -87,7 +112,14 @@ class RecallMemory(nn.Module):
         if not (path / WEIGHTS).exists():
             raise RecallError(f"{path} holds no {WEIGHTS}; train one with `latentmem train recall`")
         meta = json.loads((path / META).read_text())
-        memory = cls.attach(model, tokenizer, meta["memory_dim"])
+        # folders saved before m-slot memories hold neither key: one slot, the default width
+        memory = cls.attach(
+            model,
+            tokenizer,
+            meta["memory_dim"],
+            slots=meta.get("slots", 1),
+            projector_width=meta.get("projector_width", 0),
+        )
         if memory.hidden_size != meta["hidden_size"]:
             raise RecallError(
                 f"{path} was trained for hidden size {meta['hidden_size']}, this model has {memory.hidden_size}"

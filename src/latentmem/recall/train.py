@@ -14,6 +14,11 @@ Besides recall@1, the metrics report how often the greedy first reply token is `
 (`first_token_recall_rate`) on the held-out general questions, before and after training, and on the fact
 questions: step 2 must teach recalling on facts without teaching recalling on everything.
 
+`step2.eval_every` adds the curve of decoding against steps: every so many steps the loop's evaluation
+(`answer_probe`) answers the facts' held-out paraphrases with `<recall>` forced and logs
+`probe_answer_accuracy` and `probe_recall_at_1`. `memory_slots` m > 1 makes each memory m input embeddings
+(m consecutive `<|memory_pad|>`, one projection of one vector), for memories one embedding cannot carry.
+
 Trainable: the recall tokens' embedding rows, the memory head, the projector and an optional LoRA
 (`RecallModel`). Every other weight of the reasoner is frozen. `latentmem train recall --config FILE` runs
 `run`.
@@ -38,7 +43,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -77,7 +82,9 @@ from latentmem.training.sharding import fsdp_requested
 
 
 # ---- configuration ---------------------------------------------------------------------------------
-def _loop(steps: int, batch_size: int, lr: float, grad_accum: int, save_every: int) -> TrainConfig:
+def _loop(
+    steps: int, batch_size: int, lr: float, grad_accum: int, save_every: int, eval_every: int = 0
+) -> TrainConfig:
     """The loop settings of one recall step: constant learning rate, no clipping, no weight decay (the
     module docstring says why)."""
     return TrainConfig(
@@ -88,6 +95,7 @@ def _loop(steps: int, batch_size: int, lr: float, grad_accum: int, save_every: i
         schedule="constant_with_warmup",  # with no warmup: constant
         max_grad_norm=0.0,
         save_every=save_every,
+        eval_every=eval_every,
     )
 
 
@@ -136,6 +144,10 @@ class Step2Config(Config):
     head_loss_weight: float = 1.0
     grad_accum: int = 1  # micro-steps per optimiser step (per process)
     save_every: int = 0  # checkpoint every this many steps; 0 = only at the end
+    # every this many steps (and before the first, and at the end), log `probe_answer_accuracy`: greedy
+    # answers to the facts' held-out paraphrases with `<recall>` forced (the curve of decoding against
+    # steps); 0 = no probe
+    eval_every: int = 0
 
     @property
     def steps(self) -> int:
@@ -173,10 +185,11 @@ class Step2Config(Config):
             f"must divide step2.batch_size ({self.batch_size}), got {self.grad_accum}",
         )
         require(self.save_every >= 0, "step2.save_every", f"must be >= 0, got {self.save_every}")
+        require(self.eval_every >= 0, "step2.eval_every", f"must be >= 0, got {self.eval_every}")
 
     def loop(self) -> TrainConfig:
         """This step's loop settings (`epochs` > 0)."""
-        return _loop(self.steps, self.batch_size, self.lr, self.grad_accum, self.save_every)
+        return _loop(self.steps, self.batch_size, self.lr, self.grad_accum, self.save_every, self.eval_every)
 
 
 @dataclass
@@ -206,6 +219,10 @@ class RecallTrainConfig(Config):
     num_general: int = 32  # general-task questions: half for sft_only, half held out (`split_general`)
     reply_tokens: int = 24  # length of the base model's own replies used as sft_only targets
     eval_max_new_tokens: int = 48
+    # `<|memory_pad|>` slots per memory: the projector maps one memory vector to this many input
+    # embeddings (1: the seed's single injected vector)
+    memory_slots: int = 1
+    projector_width: int = 0  # the projector's hidden width; 0 = the model's hidden size
     step1: Step1Config = field(default_factory=Step1Config)
     step2: Step2Config = field(default_factory=Step2Config)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -215,6 +232,8 @@ class RecallTrainConfig(Config):
         require(self.num_general >= 4, "num_general", f"must be >= 4, got {self.num_general}")
         require(self.reply_tokens > 0, "reply_tokens", "must be > 0")
         require(self.eval_max_new_tokens > 0, "eval_max_new_tokens", "must be > 0")
+        require(self.memory_slots >= 1, "memory_slots", f"must be >= 1, got {self.memory_slots}")
+        require(self.projector_width >= 0, "projector_width", f"must be >= 0, got {self.projector_width}")
         require(
             self.step1.steps > 0 or self.step2.epochs > 0,
             "step1.steps",
@@ -299,13 +318,15 @@ def recall_at_1(
     vectors: torch.Tensor,
     questions: Sequence[str],
     batch_size: int = 32,
+    *,
+    first: int = 0,
 ) -> float:
-    """Fraction of questions i whose top memory-head logit is memory i. vectors: the bank (N, M)."""
+    """Fraction of questions i whose top memory-head logit is memory `first` + i. vectors: the bank (N, M)."""
     hits = 0
     for s in range(0, len(questions), batch_size):
         hidden = recall_hidden(model, tokenizer, questions[s : s + batch_size])
         best = memory.head.logits(hidden, vectors).argmax(-1).cpu()
-        hits += int((best == torch.arange(s, s + len(best))).sum())
+        hits += int((best == torch.arange(first + s, first + s + len(best))).sum())
     return hits / len(questions)
 
 
@@ -339,7 +360,9 @@ def build_recall_model(cfg: RecallTrainConfig, device: torch.device, memory_dim:
     so every process builds identical initial weights."""
     model, tokenizer = load_model(cfg.model, device=device, seed=cfg.seed)
     dim = memory_dim or model.get_input_embeddings().embedding_dim
-    memory = RecallMemory.attach(model, tokenizer, dim, seed=cfg.seed)
+    memory = RecallMemory.attach(
+        model, tokenizer, dim, seed=cfg.seed, slots=cfg.memory_slots, projector_width=cfg.projector_width
+    )
     model.requires_grad_(False)
     seed_everything(cfg.seed)  # the LoRA's initial weights
     lm = get_peft_model(model, cfg.lora.peft_config()) if cfg.lora.r else model
@@ -387,9 +410,9 @@ def train_step1(
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # (B, T) right-padded
-    labels: torch.Tensor  # (B, T), IGNORE on prompts, pads, <|memory_pad|> and memory_front's <recall>
+    labels: torch.Tensor  # (B, T), IGNORE on prompts, pads, <|memory_pad|>s and memory_front's <recall>
     attention_mask: torch.Tensor  # (B, T)
-    memories: torch.Tensor  # (B,) memory index at the row's pad, -1 for none
+    memories: torch.Tensor  # (B,) memory index at the row's pads, -1 for none
     head_rows: torch.Tensor  # (B,) bool, the rows whose <recall> trains the memory head (Sample.trains_head)
 
 
@@ -425,8 +448,9 @@ def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def step2_losses(
     model: nn.Module, memory: RecallMemory, batch: Batch, vectors: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """() summed (token NLL, head NLL) of one batch, with each row's memory injected at its
-    `<|memory_pad|>`; the head NLL covers `batch.head_rows` only (zero when the batch has none).
+    """() summed (token NLL, head NLL) of one batch, with each row's memory projected into
+    `memory.slots` embeddings and injected at its as many consecutive `<|memory_pad|>`; the head NLL
+    covers `batch.head_rows` only (zero when the batch has none).
 
     The forward is the training twin of `RecallGenerator`: the same `inject`, the same position ids
     (`positions_from_valid`) and the same last-layer hidden state at `<recall>` for the head.
@@ -446,8 +470,10 @@ def step2_losses(
         output_hidden_states=True,
     )
     token_nll = next_token_nll(out.logits, batch.labels.to(device))
-    # the head reads the hidden state at the <recall> right before each memory pad, on head rows only
-    rows, cols = slots.nonzero(as_tuple=True)
+    # the head reads the hidden state at the <recall> right before each memory's first pad, on head rows
+    first = slots.clone()
+    first[:, 1:] &= ~slots[:, :-1]
+    rows, cols = first.nonzero(as_tuple=True)
     keep = batch.head_rows.to(device)[rows]
     rows, cols = rows[keep], cols[keep]
     hidden = out.hidden_states[-1][rows, cols - 1]
@@ -459,12 +485,39 @@ def step2_losses(
     return token_nll, head_nll
 
 
+def answer_probe(
+    model: RecallModel, bank: MemoryBank, facts: Sequence[Fact], max_new_tokens: int
+) -> Callable[[list[int]], Metrics]:
+    """The loop's evaluation of step 2: for this process's fact indices, greedy replies to the facts'
+    paraphrases with `<recall>` forced (the memory chosen by the head from `bank`); returns the additive
+    `probe_answer_accuracy` (hits / all facts) and `probe_recall_at_1` (right memory / all facts)."""
+
+    def evaluate(rows: list[int]) -> Metrics:
+        gen = RecallGenerator(model.lm, model.tokenizer, model.memory, bank)
+        out = gen.generate(
+            gen.render([facts[i].paraphrase for i in rows], recall_first=True), max_new_tokens=max_new_tokens
+        )
+        hits = sum(facts[i].answer.lower() in t.lower() for i, t in zip(rows, out.texts, strict=True))
+        right = sum(
+            bool(ev) and ev[0].memory_id == i for i, ev in zip(rows, out.recalls, strict=True)
+        )  # bank ids are fact indices: the facts were written first, in order
+        return {"probe_answer_accuracy": hits / len(facts), "probe_recall_at_1": right / len(facts)}
+
+    return evaluate
+
+
 def train_step2(
-    job: Job[RecallModel], data: MixedRecallData, vectors: torch.Tensor, settings: Step2Config
+    job: Job[RecallModel],
+    data: MixedRecallData,
+    vectors: torch.Tensor,
+    settings: Step2Config,
+    probe: Callable[[list[int]], Metrics] | None = None,
+    n_probe: int = 0,
 ) -> None:
     """Decoding from injected memories on the per-epoch resampled mixture. The rows of the loop are the
     samples of an epoch; a step's token loss is the mean over its supervised tokens, its head loss the mean
-    over its head rows (`Sample.trains_head`), and it trains on their sum, the head's weighted."""
+    over its head rows (`Sample.trains_head`), and it trains on their sum, the head's weighted. `probe`
+    (over `n_probe` rows, every `settings.eval_every` steps) is the loop's evaluation (`answer_probe`)."""
     model = job.model
     pad_id = model.tokenizer.pad_token_id
     epoch = functools.lru_cache(maxsize=1)(data.epoch)  # drawn once, not once per micro-step
@@ -482,7 +535,10 @@ def train_step2(
         (token_loss + settings.head_loss_weight * head_loss).backward()
         return {"loss": token_loss.item(), "head_loss": head_loss.item()}
 
-    Trainer(job, n_rows=settings.samples_per_epoch).fit(micro_step)
+    use_probe = probe is not None and settings.eval_every > 0
+    Trainer(job, n_rows=settings.samples_per_epoch).fit(
+        micro_step, probe if use_probe else None, n_probe if use_probe else 0
+    )
 
 
 # ---- the whole recipe ------------------------------------------------------------------------------
@@ -556,12 +612,14 @@ def train_recall(cfg: RecallTrainConfig) -> TrainedRecall:
             max_tokens=cfg.step2.max_tokens,
             mix=cfg.step2.mix,
             seed=cfg.seed,
+            slots=cfg.memory_slots,
         )
-        train_step2(jobs["step2"], data, vectors, cfg.step2)
+        probe = answer_probe(model, bank, facts, cfg.eval_max_new_tokens)
+        train_step2(jobs["step2"], data, vectors, cfg.step2, probe, len(facts))
     # each step's lines, read back from its run folder: complete when the step resumed from a checkpoint
     lines = {name: job.run.metrics() for name, job in jobs.items()}
-    s1 = [m["loss"] for m in lines.get("step1", [])]
-    s2 = [m["loss"] for m in lines.get("step2", [])]
+    s1 = [m["loss"] for m in lines.get("step1", []) if "loss" in m]  # the probe's step-0 line has none
+    s2 = [m["loss"] for m in lines.get("step2", []) if "loss" in m]
     metrics.update(
         train_seconds=time.perf_counter() - t0,
         step1_loss_first=s1[0] if s1 else float("nan"),

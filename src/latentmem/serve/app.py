@@ -28,6 +28,7 @@ from latentmem.serve.memory_api import memory_router
 from latentmem.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 from latentmem.serve.schemas import Health
 from latentmem.serve.stores import Stores
+from latentmem.serve.ui import RecentChats, ui_router
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +138,7 @@ def create_app(
     settings = settings or ServeSettings()
     metrics = Metrics()
     auth = Authenticator(keys, loopback=is_loopback(settings.host))
+    recent = RecentChats()
     app = FastAPI(title="latentmem", summary="Memory for agents over HTTP", version="0.1.0")
     app.state.settings, app.state.metrics, app.state.auth = settings, metrics, auth
     install_error_handlers(app)
@@ -148,10 +150,12 @@ def create_app(
             metrics,
             default_max_tokens=settings.default_max_tokens,
             session_turns=settings.session_turns,
+            recent=recent,
         )
     )
     app.include_router(memory_router(stores, auth))
     app.include_router(keys_router(keys, auth))
+    app.include_router(ui_router(stores, auth, recent))
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> Health:

@@ -85,6 +85,10 @@ class Authenticator:
         token = _token(request)
         if token is None:
             raise AuthenticationError("no API key: send `Authorization: Bearer lmk_...`")
+        return self.principal(token)
+
+    def principal(self, token: str) -> Principal:
+        """The caller a key stands for; `AuthenticationError` (401) for an unknown or revoked one."""
         key = self.keys.verify(token)
         if key is None:
             raise AuthenticationError("the API key is unknown or revoked")

@@ -3,8 +3,8 @@
 The HTTP layer never touches a model: it renders and tokenizes the prompt, then calls
 `GenerationBackend.stream(request)` and reads `Tokens` events until `Finished`. Everything else (stop
 sequences, the response shapes, memory) stays above this line, so a backend that decodes many requests
-together (continuous batching), or one that forwards to other machines, replaces `InProcessBackend`
-without touching the routes.
+together (`batching.BatchingBackend`, what `latentmem serve` runs), or one that forwards to other
+machines (docs/serving-at-scale.md), replaces `InProcessBackend` without touching the routes.
 
 `InProcessBackend` serves three kinds of model on this process, one request at a time on one worker
 thread (so the models never run concurrently and need no locks):
@@ -129,7 +129,8 @@ class GenerationBackend(Protocol):
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """`Tokens` events as they are generated, then one `Finished`. Stopping the iteration early
-        (closing it) cancels the request."""
+        (closing it) cancels the request. Called before the response starts, so a backend may refuse
+        the request right here (`ServerBusyError`: 429 with Retry-After) rather than inside a stream."""
         ...
 
     def close(self) -> None:
@@ -248,13 +249,53 @@ class _RecallRunner:
         return Finished(reason, recalls=recalls)
 
 
+def load_runners(
+    reasoner: str,
+    *,
+    name: str | None = None,
+    memgen: Mapping[str, str | Path] | None = None,
+    recall: Mapping[str, str | Path] | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str, _Runner]:
+    """`reasoner` (a `load_model` name or directory) as `name` (default: `reasoner`), each saved MemGen
+    weaver of `memgen` (name -> directory) and each recall memory run folder of `recall` (name ->
+    directory with `recall.safetensors` and `bank/`), every one on its own copy of the reasoner (a
+    weaver's LoRA and recall's new token rows change the model they sit on). The reasoner comes first."""
+    from latentmem.recall.bank import MemoryBank
+    from latentmem.recall.memory import RecallMemory
+
+    name = name or reasoner
+    names = [name, *(memgen or {}), *(recall or {})]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"model names must be unique; {duplicated[0]!r} is given twice")
+
+    def base() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        return load_model(reasoner, dtype=dtype, device=device, seed=seed)
+
+    runners: dict[str, _Runner] = {name: _ReasonerRunner(name, *base())}
+    for weaver_name, directory in (memgen or {}).items():
+        model, tokenizer = base()
+        weaver = LatentMemoryModel.from_pretrained(directory, model, tokenizer).eval()
+        runners[weaver_name] = _MemGenRunner(weaver_name, weaver)
+    for recall_name, directory in (recall or {}).items():
+        model, tokenizer = base()
+        memory = RecallMemory.load(directory, model, tokenizer).eval()
+        bank = MemoryBank.load(Path(directory) / "bank")
+        runners[recall_name] = _RecallRunner(recall_name, model.eval(), tokenizer, memory, bank)
+    return runners
+
+
 @dataclasses.dataclass(frozen=True)
 class _Failed:
     error: BaseException
 
 
 class InProcessBackend:
-    """Models on this process, one request at a time (see the module docstring). Build with `load`."""
+    """Models on this process, one request at a time (see the module docstring). Build with `load`, or
+    from `load_runners`' runners."""
 
     def __init__(self, runners: Mapping[str, _Runner]) -> None:
         self._runners = dict(runners)
@@ -262,44 +303,9 @@ class InProcessBackend:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="latentmem-generate")
 
     @classmethod
-    def load(
-        cls,
-        reasoner: str,
-        *,
-        name: str | None = None,
-        memgen: Mapping[str, str | Path] | None = None,
-        recall: Mapping[str, str | Path] | None = None,
-        dtype: str = "float32",
-        device: str = "cpu",
-        seed: int = 0,
-    ) -> InProcessBackend:
-        """Serve `reasoner` (a `load_model` name or directory) as `name` (default: `reasoner`), each saved
-        MemGen weaver of `memgen` (name -> directory) and each recall memory run folder of `recall`
-        (name -> directory with `recall.safetensors` and `bank/`), every one on its own copy of the
-        reasoner (a weaver's LoRA and recall's new token rows change the model they sit on)."""
-        from latentmem.recall.bank import MemoryBank
-        from latentmem.recall.memory import RecallMemory
-
-        name = name or reasoner
-        names = [name, *(memgen or {}), *(recall or {})]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ConfigError(f"model names must be unique; {duplicated[0]!r} is given twice")
-
-        def base() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-            return load_model(reasoner, dtype=dtype, device=device, seed=seed)
-
-        runners: dict[str, _Runner] = {name: _ReasonerRunner(name, *base())}
-        for weaver_name, directory in (memgen or {}).items():
-            model, tokenizer = base()
-            weaver = LatentMemoryModel.from_pretrained(directory, model, tokenizer).eval()
-            runners[weaver_name] = _MemGenRunner(weaver_name, weaver)
-        for recall_name, directory in (recall or {}).items():
-            model, tokenizer = base()
-            memory = RecallMemory.load(directory, model, tokenizer).eval()
-            bank = MemoryBank.load(Path(directory) / "bank")
-            runners[recall_name] = _RecallRunner(recall_name, model.eval(), tokenizer, memory, bank)
-        return cls(runners)
+    def load(cls, reasoner: str, **options) -> InProcessBackend:
+        """Serve what `load_runners(reasoner, **options)` loads."""
+        return cls(load_runners(reasoner, **options))
 
     def models(self) -> list[ServedModel]:
         return [r.info for r in self._runners.values()]

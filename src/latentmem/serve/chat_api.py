@@ -32,7 +32,14 @@ from latentmem.memory.base import Scope
 from latentmem.memory.conversation import ConversationMemory, LastTurns
 from latentmem.sampling import SamplingConfig
 from latentmem.serve.auth import Authenticator, Principal
-from latentmem.serve.backend import Finished, GenerationBackend, GenerationRequest, ServedModel, Tokens
+from latentmem.serve.backend import (
+    Finished,
+    GenerationBackend,
+    GenerationEvent,
+    GenerationRequest,
+    ServedModel,
+    Tokens,
+)
 from latentmem.serve.errors import (
     ContextLengthError,
     InvalidParameterError,
@@ -55,6 +62,7 @@ from latentmem.serve.schemas import (
     Usage,
 )
 from latentmem.serve.stores import Stores
+from latentmem.serve.ui import ChatRecord, RecentChats
 
 
 class StopScanner:
@@ -138,6 +146,7 @@ def chat_router(
     *,
     default_max_tokens: int,
     session_turns: int,
+    recent: RecentChats,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["chat"], route_class=ShapedErrorsRoute)
     Caller = Annotated[Principal, Depends(auth)]
@@ -195,12 +204,15 @@ def chat_router(
         )
 
     async def deltas(
-        exchange: _Exchange, request: GenerationRequest, scanner: StopScanner
+        exchange: _Exchange,
+        request: GenerationRequest,
+        stream: AsyncIterator[GenerationEvent],
+        scanner: StopScanner,
     ) -> AsyncIterator[str]:
-        """The reply's text as it becomes final; fills `exchange` with usage and finish reason."""
+        """The reply's text (from the backend's `stream` for `request`) as it becomes final; fills
+        `exchange` with usage and finish reason."""
         finished = Finished("stop")
         generated = 0
-        stream = backend.stream(request)
         try:
             async for event in stream:
                 if isinstance(event, Tokens):
@@ -257,6 +269,25 @@ def chat_router(
             exchange.report.written = [str(result.id)]
             metrics.memories.labels("written").inc()
 
+    async def conclude(exchange: _Exchange, reply: str) -> None:
+        """After the reply: `remember` it, and keep the exchange for the inspector page (`/ui`)."""
+        await remember(exchange, reply)
+        report = exchange.report
+        recent.add(
+            ChatRecord(
+                id=exchange.id,
+                created=exchange.created,
+                model=exchange.body.model,
+                scope=exchange.scope,
+                query=exchange.query,
+                reply=reply,
+                used=tuple(report.used),
+                written=tuple(report.written),
+                insertions=tuple((i.after_token, i.latents) for i in report.insertions),
+                recalls=tuple((r.at_token, r.bank_id, r.text) for r in report.recalls),
+            )
+        )
+
     @router.post("/chat/completions", response_model=ChatCompletion)
     async def chat_completions(body: ChatCompletionRequest, principal: Caller):
         served = backend.get(body.model)
@@ -271,9 +302,12 @@ def chat_router(
         exchange = _Exchange(body, served, scope)
         request = await prepare(exchange)
         scanner = StopScanner(served.tokenizer, body.stop_sequences())
+        # Asked for here, before any response starts: a backend that is full refuses now (429), which a
+        # stream could only report inside a 200.
+        stream = backend.stream(request)
         if not body.stream:
-            reply = "".join([text async for text in deltas(exchange, request, scanner)])
-            await remember(exchange, reply)
+            reply = "".join([text async for text in deltas(exchange, request, stream, scanner)])
+            await conclude(exchange, reply)
             return ChatCompletion(
                 id=exchange.id,
                 created=exchange.created,
@@ -286,7 +320,7 @@ def chat_router(
             )
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _sse(exchange, deltas(exchange, request, scanner), remember, include_usage),
+            _sse(exchange, deltas(exchange, request, stream, scanner), conclude, include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

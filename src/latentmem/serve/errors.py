@@ -40,6 +40,10 @@ class ServeError(LatentMemError):
         if status is not None:
             self.status = status
 
+    def headers(self) -> dict[str, str]:
+        """Headers the answer carries besides the body."""
+        return {}
+
 
 class BadRequestError(ServeError):
     """The request cannot be served as sent (400)."""
@@ -73,6 +77,22 @@ class NotFoundError(ServeError):
     code = "not_found"
 
 
+class ServerBusyError(ServeError):
+    """Every decoding row and queue place is taken (429), or the server is shutting down (503); the
+    client should come back after `retry_after` seconds."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "server_busy"
+
+    def __init__(self, message: str, *, retry_after: int = 1, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class InternalError(ServeError):
     """The server failed; the details go to its log, not to the client (500)."""
 
@@ -94,7 +114,9 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 def error_response(exc: ServeError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
-        error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, headers=headers
+        error_body(exc.message, exc.type, exc.param, exc.code),
+        status_code=exc.status,
+        headers={**exc.headers(), **(headers or {})},
     )
 
 

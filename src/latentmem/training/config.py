@@ -20,7 +20,8 @@ class DataConfig(Config):
     """Prompt/answer rows: a JSONL file (`path`) or a built-in synthetic task (`task`, when `path` is null).
 
     Built-in tasks (see `latentmem.training.data.synthetic_rows`): `arithmetic` ("What is 3 + 4?" -> "7"),
-    `echo` ("Repeat: red blue" -> "red blue"). Rows keep every column; reward functions receive them.
+    `echo` ("Repeat: red blue" -> "red blue"), `generic` (everyday instructions with empty answers, the
+    warm-up's prompts). Rows keep every column; reward functions receive them.
 
     Two answer columns, for two uses: `answer_column` holds the gold answer that reward functions receive
     (also as `answer`), `target_column` the text SFT trains on. They differ when the target is a worked
@@ -30,7 +31,7 @@ class DataConfig(Config):
 
     path: str | None = None
     eval_path: str | None = None
-    task: Literal["arithmetic", "echo"] = "arithmetic"
+    task: Literal["arithmetic", "echo", "generic"] = "arithmetic"
     train_size: int = 512  # synthetic tasks only
     eval_size: int = 64  # synthetic tasks only; a JSONL without eval_path uses none
     prompt_column: str = "prompt"

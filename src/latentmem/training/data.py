@@ -35,6 +35,27 @@ from latentmem.training.config import DataConfig, RecipeConfig
 Row = dict[str, Any]
 
 _WORDS = ("red", "blue", "green", "apple", "orange", "river", "city", "water", "day", "time", "word", "one")
+# The `generic` task: everyday instructions about everyday topics, for the task-agnostic warm-up
+# (`training.warmup`), which lets the plain reasoner write the answers. None of them is a question of the
+# held-out set that `latentmem bench init-harm` measures on.
+_GENERIC_TEMPLATES = (
+    "Write one sentence about {t}.",
+    "Describe {t} in a few words.",
+    "List three things that go with {t}.",
+    "Why do people like {t}?",
+    "Give a short tip about {t}.",
+    "What is {t} used for?",
+    "Explain {t} to a child.",
+    "Write a question about {t}.",
+)
+_GENERIC_TOPICS = tuple(
+    (
+        "a bicycle|the library|tea|a garden|the moon|music|a train|breakfast|winter|a map|soap|a bridge|"
+        "the market|rain|a pencil|the kitchen|a clock|mountains|a letter|football|bread|a window|"
+        "the museum|a candle|friendship|a boat|the park|coffee|a ladder|the weekend|a camera|the forest|"
+        "shoes|a storm|the post office|a piano|homework|a lamp|the harbour|cheese"
+    ).split("|")
+)
 
 
 def synthetic_rows(task: str, n: int, seed: int) -> list[Row]:
@@ -42,6 +63,8 @@ def synthetic_rows(task: str, n: int, seed: int) -> list[Row]:
 
     arithmetic: "What is a + b? Answer with the number only." -> "a+b" (a, b < 10).
     echo: "Repeat: w1 w2" -> "w1 w2" (two words from a 12-word list).
+    generic: an everyday instruction ("Describe tea in a few words.") with an empty answer: prompts for the
+    warm-up, whose targets the plain reasoner writes.
     """
     rng = random.Random(seed)
     rows = []
@@ -52,8 +75,11 @@ def synthetic_rows(task: str, n: int, seed: int) -> list[Row]:
         elif task == "echo":
             words = " ".join(rng.choice(_WORDS) for _ in range(2))
             rows.append({"prompt": f"Repeat: {words}", "answer": words})
+        elif task == "generic":
+            topic = rng.choice(_GENERIC_TOPICS)
+            rows.append({"prompt": rng.choice(_GENERIC_TEMPLATES).format(t=topic), "answer": ""})
         else:
-            raise ConfigError(f"data.task: unknown task {task!r}; choose arithmetic or echo")
+            raise ConfigError(f"data.task: unknown task {task!r}; choose arithmetic, echo or generic")
     return rows
 
 

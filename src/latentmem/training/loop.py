@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -82,7 +84,11 @@ class Stateful(Protocol):
 class Trainable(Protocol):
     """What `Trainer` trains: a torch module with a small trainable part that it hands out, saves and
     restores itself, around a frozen Hugging Face model (`reasoner`) whose decoder layers an FSDP launch
-    shards (`sharding.shard_frozen`; `shared` False means a separate `weaver_lm` is sharded too)."""
+    shards (`sharding.shard_frozen`; `shared` False means a separate `weaver_lm` is sharded too).
+
+    Optionally `param_groups(lr) -> list[dict]`: AdamW parameter groups over `trainable_parameters()`, each
+    with its own `lr` (`LatentMemoryModel` trains its queries and projections faster than its LoRA); without
+    it every trainable parameter gets `train.lr`."""
 
     reasoner: PreTrainedModel
     shared: bool
@@ -275,6 +281,35 @@ MicroStep = Callable[[StepContext], Metrics]  # runs forward + backward, returns
 Evaluate = Callable[[list[int]], Metrics]  # this process's eval rows -> additive metrics
 
 
+# The key under which each process's Ctrl-C request is summed with the step's metrics (and removed again).
+_STOP = "_stop_requested"
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) while training: the first asks to stop once the current step is done, so that the
+    checkpoint then saved holds exactly the steps done (a resume stays bit-identical); a second stops at once,
+    unsaved. Outside the main thread, where no handler can be set, Ctrl-C is left as it is."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this step (press again to stop now, unsaved)", file=sys.stderr)
+
+
 class Trainer:
     """Runs `train.steps` optimiser steps of `micro_step` over `n_rows` rows, `job.rows_per_step` rows per
     step, training `job.model`."""
@@ -286,7 +321,9 @@ class Trainer:
         self.sharded_tensors = self.dist.prepare(self.model)
         self.param_mb = local_param_bytes(self.model) / 2**20  # this process's share of the weights
         t = self.cfg.train
-        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        param_groups = getattr(self.model, "param_groups", None)
+        groups = param_groups(t.lr) if param_groups is not None else self.params
+        self.optimizer = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = get_scheduler(
             t.schedule, self.optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.steps
         )
@@ -398,9 +435,11 @@ class Trainer:
     ) -> list[Metrics]:
         """Train to `train.steps` (resuming if possible); log every step to metrics.jsonl; return the logs.
         `derive` adds metrics computed from the summed ones (ratios, which do not add up over processes).
-        The run folder's lock is released when training ends, however it ends."""
+        The run folder's lock is released when training ends, however it ends. Ctrl-C stops after the current
+        step, saves a checkpoint and raises `KeyboardInterrupt`; a second Ctrl-C stops at once, unsaved."""
         try:
-            return self._fit(micro_step, evaluate, n_eval, postfix, derive)
+            with _StopRequest() as stop:
+                return self._fit(micro_step, evaluate, n_eval, postfix, derive, stop)
         finally:
             if self.dist.is_main:
                 self.run.unlock()
@@ -412,9 +451,13 @@ class Trainer:
         n_eval: int,
         postfix: str,
         derive: Callable[[Metrics], Metrics] | None,
+        stop: _StopRequest,
     ) -> list[Metrics]:
         t = self.cfg.train
         resumed = self.resume()
+        finished = self.step >= t.steps
+        if finished and self.dist.is_main:
+            print(f"run already finished at step {self.step}; nothing to do", file=sys.stderr)
         if evaluate is not None and n_eval and not resumed:  # the baseline every later eval compares to
             baseline = {"step": 0, **self.evaluate(evaluate, n_eval)}
             if self.dist.is_main:
@@ -427,11 +470,12 @@ class Trainer:
         bar = tqdm(
             total=t.steps,
             initial=self.step,
-            disable=not self.dist.is_main,
+            disable=not self.dist.is_main or finished,
             desc=f"{recipe} {self.cfg.output_dir}",
         )
         chunks = self.dist.world * t.grad_accum
-        while self.step < t.steps:
+        stopping = saved = False
+        while self.step < t.steps and not stopping:
             start = time.perf_counter()
             rows = self.step_rows(self.step)
             size = len(rows) // chunks
@@ -447,7 +491,10 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
             self._sync_gradients()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm or float("inf")))
+            # summed with the metrics, so that every process stops after the same step, whichever got Ctrl-C
+            sums[_STOP] = float(stop.requested)
             reduced = self._reduce(sums)  # the same on every process, so all of them stop together
+            stopping = reduced.pop(_STOP) > 0
             self._check_finite(reduced.get("loss", 0.0), grad_norm)
             self.optimizer.step()
             self.scheduler.step()
@@ -477,9 +524,20 @@ class Trainer:
             bar.update(1)
             if postfix in log:
                 bar.set_postfix({postfix: f"{log[postfix]:.4f}"})
-            if self.step == t.steps or (t.save_every and self.step % t.save_every == 0):
+            saved = bool(self.step == t.steps or (t.save_every and self.step % t.save_every == 0))
+            if saved:
                 self.save()
         bar.close()
+        if stopping and self.step < t.steps:
+            if not saved:
+                self.save()
+            if self.dist.is_main:
+                print(
+                    f"stopped at step {self.step} of {t.steps}; checkpoint saved. Rerun the same command to "
+                    "resume from it.",
+                    file=sys.stderr,
+                )
+            raise KeyboardInterrupt
         if self.dist.is_main:
             self.model.save_pretrained(self.run.path / "model")
         self.dist.barrier()

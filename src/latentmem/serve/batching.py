@@ -1,0 +1,323 @@
+"""Continuous batching: requests for the plain reasoner that arrive while it is busy are decoded together.
+
+One worker thread owns the model and one `KVDecoder` holding every running row. Each loop turn it
+
+1. admits waiting requests up to `max_batch` rows: each is prefilled alone (B=1, no padding: its prompt
+   is computed exactly as one-at-a-time serving computes it), then its cache rows join the running batch
+   (`KVDecoder.join`: the shorter side is left-padded with invalid slots; cached keys carry their
+   rotary positions already, so nothing moves and nothing is recomputed);
+2. picks every row's next token with the row's own sampling settings and generator, and emits it;
+3. drops the rows that finished (EOS, their length, a cancel: the client left or a stop sequence was
+   found) with `KVDecoder.select_rows`, which also drops left padding no remaining row needs;
+4. feeds the remaining rows' tokens in one cached step.
+
+So a new request joins at the next step and a finished one frees its row at once. A row's output does not
+depend on its neighbours: its prompt is computed alone, and in the batched steps padding slots are masked
+out (attention weight exactly 0); a test checks that greedy replies are identical alone and batched.
+
+The alternative, a new batch cohort per arrival wave decoded in its own forward passes, keeps caches
+untouched but runs one forward per cohort per step, which is what batching is meant to avoid; merging
+costs one copy of the cache per admission instead.
+
+Admission is bounded: at most `max_batch` rows decode and `max_queue` more wait; beyond that `stream`
+raises `ServerBusyError` (429 with `Retry-After`) at once, before any byte of a response is sent. `close`
+refuses new work (503), lets every admitted request finish, then stops the worker.
+
+MemGen weavers and recall memories are served by the per-request `InProcessBackend` beside this one
+(their decoders insert latents or memory vectors per row; batching them is not built yet), unbounded
+as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+
+from latentmem.decoding import KVDecoder
+from latentmem.errors import ConfigError
+from latentmem.sampling import select_next
+from latentmem.serve.backend import (
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    InProcessBackend,
+    ServedModel,
+    Tokens,
+    _Failed,
+    _generator,
+    _ReasonerRunner,
+    load_runners,
+)
+from latentmem.serve.errors import NotFoundError, ServerBusyError
+
+DEFAULT_MAX_BATCH = 16
+DEFAULT_MAX_QUEUE = 64
+
+
+def _deliver(items: list[tuple[asyncio.Queue, GenerationEvent | _Failed]]) -> None:
+    for events, event in items:
+        events.put_nowait(event)
+
+
+@dataclasses.dataclass
+class _Row:
+    """One admitted request: what the worker needs to decode it and to hand its events back."""
+
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop  # the event loop that reads `events`
+    events: asyncio.Queue[GenerationEvent | _Failed]
+    generator: torch.Generator | None
+    history: list[int]  # prompt, then the tokens generated so far (what a repetition penalty reads)
+    generated: int = 0
+
+
+class BatchingBackend:
+    """The plain reasoner with continuous batching (see the module docstring), plus an optional
+    `fallback` backend for every other model. Build with `load`."""
+
+    def __init__(
+        self,
+        reasoner: _ReasonerRunner,
+        fallback: InProcessBackend | None = None,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        retry_after: int = 1,
+    ) -> None:
+        if max_batch < 1:
+            raise ConfigError(f"max_batch: must be >= 1, got {max_batch}")
+        if max_queue < 0:
+            raise ConfigError(f"max_queue: must be >= 0, got {max_queue}")
+        self._reasoner, self._fallback = reasoner, fallback
+        self.max_batch, self.max_queue, self.retry_after = max_batch, max_queue, retry_after
+        self._waiting: collections.deque[_Row] = collections.deque()
+        self._admitted = 0  # rows waiting or decoding; guarded by `_wake`
+        self._closing = False
+        # The worker's events not yet handed to their readers' event loops (see `_flush`).
+        self._outbox: dict[
+            asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, GenerationEvent | _Failed]]
+        ] = {}
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._serve, name="latentmem-batching", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def load(
+        cls,
+        reasoner: str,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        **options: Any,
+    ) -> BatchingBackend:
+        """Load what `load_runners(reasoner, **options)` loads; batch the reasoner, serve the rest
+        (MemGen weavers, recall memories) one request at a time beside it."""
+        runners = load_runners(reasoner, **options)
+        name, first = next(iter(runners.items()))  # load_runners puts the reasoner first
+        assert isinstance(first, _ReasonerRunner)
+        rest = {n: r for n, r in runners.items() if n != name}
+        fallback = InProcessBackend(rest) if rest else None
+        return cls(first, fallback, max_batch=max_batch, max_queue=max_queue)
+
+    # ---- GenerationBackend ---------------------------------------------------------------------------
+
+    def models(self) -> list[ServedModel]:
+        return [self._reasoner.info, *(self._fallback.models() if self._fallback else [])]
+
+    def get(self, name: str) -> ServedModel:
+        if name == self._reasoner.info.name:
+            return self._reasoner.info
+        if self._fallback is not None:
+            return self._fallback.get(name)
+        raise NotFoundError(
+            f"The model `{name}` does not exist; GET /v1/models lists the 1 served here",
+            param="model",
+            code="model_not_found",
+        )
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Admit `request` now (or raise `ServerBusyError`), then return its events. Called from the
+        event loop that will read them."""
+        if request.model != self._reasoner.info.name:
+            self.get(request.model)  # 404 for an unknown name
+            assert self._fallback is not None
+            return self._fallback.stream(request)
+        events: asyncio.Queue[GenerationEvent | _Failed] = asyncio.Queue()
+        device = self._reasoner.model.device
+        generator = _generator(request.seed, device)
+        row = _Row(request, asyncio.get_running_loop(), events, generator, list(request.prompt_ids))
+        with self._wake:
+            if self._closing:
+                raise ServerBusyError("the server is shutting down", retry_after=self.retry_after, status=503)
+            if self._admitted >= self.max_batch + self.max_queue:
+                raise ServerBusyError(
+                    f"the server is busy: {self.max_batch} requests are decoding and {self.max_queue} "
+                    "waiting (--max-batch, --max-queue); retry later",
+                    retry_after=self.retry_after,
+                )
+            self._admitted += 1
+            self._waiting.append(row)
+            self._wake.notify()
+        return self._events(request, events)
+
+    def close(self) -> None:
+        """Refuse new requests, finish every admitted one, then stop the worker (and the fallback)."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+        if self._fallback is not None:
+            self._fallback.close()
+
+    def load_now(self) -> tuple[int, int]:
+        """(rows decoding or about to, requests waiting for a row): a snapshot of the load."""
+        with self._wake:
+            waiting = len(self._waiting)
+            return self._admitted - waiting, waiting
+
+    # ---- the worker ----------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _events(
+        request: GenerationRequest, events: asyncio.Queue[GenerationEvent | _Failed]
+    ) -> AsyncIterator[GenerationEvent]:
+        held: GenerationEvent | _Failed | None = None
+        try:
+            while True:
+                event = held if held is not None else await events.get()
+                held = None
+                if isinstance(event, Tokens):
+                    # Tokens that queued up while this reader was busy go out as one event: under load
+                    # the server then sends fewer, larger chunks instead of falling further behind.
+                    ids = list(event.ids)
+                    while held is None and not events.empty():
+                        queued = events.get_nowait()
+                        if isinstance(queued, Tokens):
+                            ids += queued.ids
+                        else:
+                            held = queued
+                    event = Tokens(ids)
+                if isinstance(event, _Failed):
+                    raise event.error
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            request.cancel.set()  # a client that stopped reading frees its row at the next step
+
+    def _send(self, row: _Row, event: GenerationEvent | _Failed) -> None:
+        """Queue an event for `row`'s reader; `_flush` hands it over."""
+        self._outbox.setdefault(row.loop, []).append((row.events, event))
+
+    def _flush(self) -> None:
+        """Hand every queued event to its event loop: one wake-up per loop per step, not one per row."""
+        for loop, items in self._outbox.items():
+            # A closed loop (its server has stopped) has nobody left to read the events.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, items)
+        self._outbox = {}
+
+    def _finish(self, row: _Row, event: Finished | _Failed) -> None:
+        self._send(row, event)
+        with self._wake:
+            self._admitted -= 1
+
+    def _take_waiting(self, free: int) -> list[_Row] | None:
+        """Up to `free` waiting requests (blocking while there is nothing to do); None: closed and idle."""
+        with self._wake:
+            while free == self.max_batch and not self._waiting and not self._closing:
+                self._wake.wait()
+            if free == self.max_batch and not self._waiting:
+                return None
+            return [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+
+    @torch.no_grad()
+    def _serve(self) -> None:
+        model = self._reasoner.model
+        batch: KVDecoder | None = None
+        rows: list[_Row] = []
+        logits = torch.empty(0)  # (len(rows), V): each row's next-token logits
+        while True:
+            joining = self._take_waiting(self.max_batch - len(rows))
+            if joining is None:
+                return
+            decoders, first_logits = [], []
+            for row in joining:
+                if row.request.cancel.is_set():  # the client left while waiting
+                    self._finish(row, Finished("stop"))
+                    continue
+                try:
+                    decoder = KVDecoder(model)
+                    ids = torch.tensor([row.request.prompt_ids], device=model.device)
+                    first_logits.append(
+                        decoder.prefill(decoder.embed(ids), torch.ones_like(ids)).logits[:, -1]
+                    )
+                except Exception as exc:  # this request's failure; the batch goes on
+                    self._finish(row, _Failed(exc))
+                    continue
+                decoders.append(decoder)
+                rows.append(row)
+            if rows:
+                try:
+                    if decoders:
+                        if batch is None:
+                            batch, decoders = decoders[0], decoders[1:]
+                            logits = first_logits.pop(0)
+                        if decoders:
+                            batch.join(decoders)
+                        logits = torch.cat([logits, *first_logits])
+                    batch, rows, logits = self._step(batch, rows, logits)
+                except Exception as exc:  # a failed join or step leaves the cache unusable: fail its rows
+                    for row in rows:
+                        self._finish(row, _Failed(exc))
+                    batch, rows = None, []
+            self._flush()
+
+    def _step(
+        self, batch: KVDecoder, rows: list[_Row], logits: torch.Tensor
+    ) -> tuple[KVDecoder | None, list[_Row], torch.Tensor]:
+        """Pick and emit every row's next token, let finished rows go, feed the rest one step."""
+        tokens = self._select(rows, logits)
+        keep: list[int] = []
+        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            row.history.append(token)
+            row.generated += 1
+            self._send(row, Tokens([token]))
+            reason: FinishReason | None = None
+            if token in self._reasoner.eos or row.request.cancel.is_set():
+                reason = "stop"
+            elif row.generated >= row.request.max_new_tokens:
+                reason = "length"
+            if reason is None:
+                keep.append(i)
+            else:
+                self._finish(row, Finished(reason))
+        if not keep:
+            return None, [], torch.empty(0)
+        if len(keep) < len(rows):
+            batch.select_rows(keep)
+            rows = [rows[i] for i in keep]
+        step = torch.tensor([[tokens[i]] for i in keep], device=logits.device)
+        return batch, rows, batch.extend(batch.embed(step)).logits[:, -1]
+
+    @staticmethod
+    def _select(rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Each row's next token by its own sampling settings (as `_ReasonerRunner` picks it alone)."""
+        greedy = logits.argmax(-1).tolist()  # plain greedy rows, all at once
+        tokens = []
+        for i, row in enumerate(rows):
+            sampling = row.request.sampling
+            if not sampling.do_sample and sampling.repetition_penalty == 1.0:
+                tokens.append(greedy[i])
+                continue
+            history = torch.tensor([row.history], device=logits.device)
+            tokens.append(int(select_next(logits[i : i + 1], sampling, row.generator, history)))
+        return tokens

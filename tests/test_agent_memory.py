@@ -1,0 +1,244 @@
+"""Agent memory: the operation format, the manager's policies, the answer agent, the benchmark data and
+loaders, and the memory-manager GRPO recipe (tiny model, hash embedder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from latentmem.agent_memory import (
+    BenchmarkSchemaError,
+    HeuristicPolicy,
+    MemoryManager,
+    Operation,
+    apply_operations,
+    generate_benchmark,
+    load_locomo,
+    load_longmemeval,
+    longmemeval_episodes,
+    parse_operation,
+)
+from latentmem.agent_memory.answer import AnswerAgent, answer_match
+from latentmem.agent_memory.bench import evaluate_policy
+from latentmem.agent_memory.manager import AddOnlyPolicy, same_slot
+from latentmem.agent_memory.train import (
+    MemoryManagerConfig,
+    RewardScorer,
+    decision_rows,
+    train_memory_manager,
+)
+from latentmem.memory import MemoryStoreError, VectorMemory
+from latentmem.training.checkpoint import latest_checkpoint, load_checkpoint
+
+FIXTURES = Path(__file__).parent / "fixtures" / "agent_memory"
+EMBEDDER = "hash:256"
+SCOPE = {"user": "ana"}
+
+
+@pytest.fixture
+def store(tmp_path):
+    with VectorMemory.open(tmp_path / "store", embedder=EMBEDDER) as mem:
+        yield mem
+
+
+# ---- operations ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("ADD", Operation("ADD", None, "The user lives in Lyon.")),
+        ("add: The user moved to Lyon", Operation("ADD", None, ": The user moved to Lyon".strip(": "))),
+        ("UPDATE 3", Operation("UPDATE", 3, "The user lives in Lyon.")),
+        (
+            "  UPDATE [3] The user lives in Lyon now.\nmore",
+            Operation("UPDATE", 3, "The user lives in Lyon now."),
+        ),
+        ("DELETE #3", Operation("DELETE", 3)),
+        ("NOOP because it is known", Operation("NOOP")),
+    ],
+)
+def test_parse_valid_operations(raw, expected):
+    parsed = parse_operation(raw, "The user lives in Lyon.", {3})
+    assert parsed.rejected is None
+    assert parsed.operation.kind == expected.kind and parsed.operation.memory_id == expected.memory_id
+    if expected.text is not None:
+        assert parsed.operation.text.endswith(expected.text.split()[-1])
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "sure! here you go", "UPDATE", "UPDATE lyon", "DELETE 9", "UPDATE 7 x", "REMOVE 3"]
+)
+def test_malformed_or_unknown_id_is_noop(raw):
+    parsed = parse_operation(raw, "The user lives in Lyon.", {3})
+    assert parsed.operation.kind == "NOOP" and parsed.rejected
+
+
+def test_rejected_operations_lose_nothing(store):
+    first = store.add("The user lives in Porto.", SCOPE).id
+    manager = MemoryManager(store, _Fixed(["DELETE 99", "UPDATE", "gibberish"]), k=5)
+    for _ in range(3):
+        decision = manager.observe("The user lives in Lyon.", SCOPE)
+        assert decision.parsed.operation.kind == "NOOP"
+    assert [r.text for r in store.list(SCOPE)] == ["The user lives in Porto."]
+    assert store.get(first, SCOPE).text == "The user lives in Porto."
+
+
+class _Fixed(AddOnlyPolicy):
+    """A policy that answers with the given lines, one per decision."""
+
+    def __init__(self, lines):
+        self.lines = list(lines)
+
+    def decide(self, requests):
+        return [self.lines.pop(0) for _ in requests]
+
+
+def test_update_keeps_history_and_batches_are_one_transaction(store):
+    porto = store.add("The user lives in Porto.", SCOPE).id
+    car = store.add("The user drives a Fiat.", SCOPE).id
+    applied = apply_operations(
+        store,
+        [
+            Operation("UPDATE", porto, "The user lives in Lyon."),
+            Operation("DELETE", car),
+            Operation("UPDATE", car, "x"),
+        ],
+        SCOPE,
+    )
+    assert applied[2].skipped  # deleted by the batch's DELETE: skipped, not a crash
+    assert store.get(porto, SCOPE).text == "The user lives in Lyon."
+    assert [v.text for v in store.history(porto, SCOPE)] == ["The user lives in Porto."]
+    # a failing transaction leaves nothing behind
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add("The user plays the cello.", SCOPE)
+        raise RuntimeError("boom")
+    assert [r.text for r in store.list(SCOPE)] == ["The user lives in Lyon."]
+    with pytest.raises(MemoryStoreError), store.transaction(), store.transaction():
+        pass
+
+
+# ---- policies on the generated benchmark -------------------------------------------------------------
+def test_same_slot():
+    assert same_slot("The user lives in Porto.", "The user lives in Lyon.")
+    assert same_slot("The user works as a nurse.", "The user works as an architect.")
+    assert not same_slot("The user works as a nurse.", "The user works at Nimbus.")
+    assert not same_slot("The user lives in Lyon.", "the user lives in lyon")
+
+
+def test_heuristic_replaces_updates_and_add_only_leaves_stale(tmp_path):
+    episodes = longmemeval_episodes(generate_benchmark(users=4, seed=0))
+    results = {}
+    for policy in (AddOnlyPolicy(), HeuristicPolicy()):
+        with VectorMemory.open(tmp_path / policy.name, embedder=EMBEDDER) as mem:
+            results[policy.name], decisions, _ = evaluate_policy(episodes, policy, mem, None)
+        assert all(d["rejected"] is None for d in decisions)
+    assert results["heuristic"]["stale_share"] == 0.0 and results["heuristic"]["duplicate_share"] == 0.0
+    assert results["add-only"]["stale_share"] > 0.2
+    assert results["heuristic"]["store_size"] < results["add-only"]["store_size"]
+    assert (
+        results["heuristic"]["operations"]["UPDATE"] > 0 and results["heuristic"]["operations"]["DELETE"] == 4
+    )
+
+
+def test_answer_agent_extractive_and_match(store):
+    store.add("The user lives in Lyon.", SCOPE)
+    agent = AnswerAgent(store, k=5, min_score=0.3)
+    assert agent.answer("Which city does the user live in?", SCOPE).text == "The user lives in Lyon."
+    assert answer_match("The user lives in Lyon.", "Lyon") and not answer_match("Lyonnais", "Lyon")
+    assert answer_match("I don't know.", "unknown")
+
+
+# ---- benchmark data and loaders -----------------------------------------------------------------------
+def test_generated_benchmark_is_deterministic_and_in_schema():
+    items = generate_benchmark(users=3, seed=7)
+    assert items == generate_benchmark(users=3, seed=7) and items != generate_benchmark(users=3, seed=8)
+    episodes = longmemeval_episodes(items)
+    assert len(episodes) == 3
+    cats = {q.category for ep in episodes for q in ep.questions}
+    assert cats == {"single-fact", "updated-fact", "multi-hop", "temporal", "abstention"}
+    for ep in episodes:  # every user changes a fact (twice, once) and retracts one
+        values: dict[str, list] = {}
+        for _, turn in ep.fact_turns():
+            values.setdefault(turn.slot, []).append(turn.value)
+        assert sorted(len(set(v)) for v in values.values() if None not in v)[-2:] == [2, 3]
+        assert sum(None in v for v in values.values()) == 1
+
+
+def test_loaders_read_the_fixtures():
+    locomo = load_locomo(FIXTURES / "locomo10.json")
+    assert [ep.id for ep in locomo] == ["conv-1", "conv-2"]
+    conv = locomo[0]
+    assert [s.date for s in conv.sessions] == ["1:56 pm on 8 May, 2023", "10:37 am on 27 June, 2023"]
+    assert conv.sessions[1].turns[0].fact == "Caroline: Big news, I moved to Lyon last week."
+    assert [q.category for q in conv.questions] == ["single-fact", "temporal", "multi-hop", "abstention"]
+    assert conv.questions[3].answer == "unknown" and conv.questions[2].evidence == ("D1:3", "D2:1")
+    lme = load_longmemeval(FIXTURES / "longmemeval_s.json")
+    assert len(lme) == 2  # the first two items share a haystack
+    assert [q.category for q in lme[0].questions] == ["updated-fact", "temporal"]
+    assert lme[0].questions[0].evidence == ("answer_4be1b6b4_2:0",) and lme[0].questions[1].answer == "50"
+    assert lme[1].questions[0].category == "abstention"
+    assert next(t.fact for _, t in lme[0].fact_turns()) == "I live in Porto, can you suggest a weekend trip?"
+
+
+@pytest.mark.parametrize(
+    ("fixture", "break_it", "field"),
+    [
+        ("locomo10.json", lambda d: d[0]["qa"][1].pop("question"), "locomo10.json[0].qa[1].question"),
+        (
+            "locomo10.json",
+            lambda d: d[1]["conversation"]["session_1"][0].pop("dia_id"),
+            "session_1[0].dia_id",
+        ),
+        ("longmemeval_s.json", lambda d: d[2].pop("haystack_dates"), "longmemeval_s.json[2].haystack_dates"),
+        ("longmemeval_s.json", lambda d: d[0].update(question_type="chat"), "[0].question_type"),
+    ],
+)
+def test_schema_errors_name_the_field(tmp_path, fixture, break_it, field):
+    data = json.loads((FIXTURES / fixture).read_text())
+    break_it(data)
+    path = tmp_path / fixture
+    path.write_text(json.dumps(data))
+    loader = load_locomo if fixture.startswith("locomo") else load_longmemeval
+    with pytest.raises(BenchmarkSchemaError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        loader(path)
+
+
+# ---- training the manager ------------------------------------------------------------------------------
+def test_reward_is_outcome_driven(store):
+    episodes = longmemeval_episodes(generate_benchmark(users=1, seed=3))
+    rows = decision_rows(episodes, store, manager_k=5)
+    scorer = RewardScorer(store, None, answer_k=20, min_score=0.2)  # hash embedder scores are low
+    update_rows = [
+        r
+        for r in rows
+        if any(q.category == "updated-fact" for q in r.questions) and r.fact.startswith("The user lives")
+    ]
+    row = update_rows[-1]
+    stale = next(r.id for r in row.snapshot if same_slot(r.text, row.fact))
+    assert scorer(row, f"UPDATE {stale}") > scorer(row, "NOOP")
+    assert scorer(row, "UPDATE") == scorer(row, "NOOP")  # malformed: a NOOP
+    assert store.count({"user": "rollout-1"}) == 0  # scratch scopes are emptied
+
+
+def test_manager_grpo_two_steps_changes_lora_and_resumes(tmp_path, monkeypatch):
+    # a random tiny model writes no valid operation, so every group would tie; vary the reward by output
+    monkeypatch.setattr(RewardScorer, "__call__", lambda self, row, output: float(len(output) % 3))
+    overrides = {
+        "model": "tiny-qwen2", "output_dir": str(tmp_path / "run"),
+        "data": {"users": 1, "eval_users": 1, "embedder": EMBEDDER},
+        "grpo": {"num_generations": 2, "max_new_tokens": 4},
+        "train": {"steps": 2, "batch_size": 4, "lr": 1e-2, "save_every": 1},
+    }  # fmt: skip
+    run = train_memory_manager(MemoryManagerConfig.from_dict(overrides))
+    ckpt = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    assert ckpt.step == 2
+    lora_b = [v for k, v in ckpt.weights.items() if "lora_B" in k]
+    assert lora_b and any(float(v.abs().sum()) > 0 for v in lora_b)  # B starts at 0
+    assert (run / "model" / "adapter_config.json").is_file()
+    overrides["train"]["steps"] = 3
+    train_memory_manager(MemoryManagerConfig.from_dict(overrides))
+    steps = [
+        m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in m
+    ]
+    assert steps == [1, 2, 3]  # resumed after step 2, not restarted
