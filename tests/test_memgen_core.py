@@ -449,3 +449,25 @@ def test_reasoner_mode_equals_peft_disable_adapter(name):
     assert torch.equal(ours, peft_off)
     assert not torch.allclose(ours, adapted)
     assert [n for n, p in mm.named_parameters() if p.requires_grad] == trainable
+
+
+def test_fingerprint_samples_large_matrices_in_range():
+    """A float linspace of indices rounds past the end of a matrix with more than 2^24 entries (SmolLM2's
+    embeddings have 28 M): the fingerprint must sample inside every tensor, the last entry included."""
+    from torch import nn
+
+    from latentmem.memgen.model import FINGERPRINT_VALUES, _fingerprint
+
+    class Big(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(2**16 + 1, 2**8)  # 16,777,472 entries > 2^24
+            self.proj = nn.Linear(4, 4, bias=False)
+
+        def get_input_embeddings(self) -> nn.Embedding:
+            return self.embed
+
+    model = Big()
+    found = _fingerprint(model)
+    assert len(found["embeddings"]) == FINGERPRINT_VALUES
+    assert found["embeddings"][-1] == round(float(model.embed.weight.reshape(-1)[-1]), 6)

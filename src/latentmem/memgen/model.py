@@ -130,7 +130,8 @@ def _fingerprint(model: PreTrainedModel) -> dict[str, Any]:
 
     def sample(w: torch.Tensor) -> list[float]:
         flat = w.detach().reshape(-1)
-        at = torch.linspace(0, flat.numel() - 1, FINGERPRINT_VALUES).round().long()
+        # integer spacing: a float linspace rounds past the last index of a large matrix (float32 has 24 bits)
+        at = torch.arange(FINGERPRINT_VALUES) * (flat.numel() - 1) // (FINGERPRINT_VALUES - 1)
         return [round(v, 6) for v in flat[at.to(flat.device)].float().tolist()]
 
     return {"embeddings": sample(emb), "layer": layer, "layer_values": sample(matrices[layer])}
