@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from latentmem.analyze import plots
+import latentmem.analyze.plots as plots
 from latentmem.analyze.ablate import error_counts, run_ablation, standard_ablations
 from latentmem.analyze.attention import latent_attention
 from latentmem.analyze.capture import ExampleTrace, SlotRef, Trace, capture
