@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model
 
 from latentmem.eval.method import Completions, Context, Method, write_rows
 from latentmem.eval.methods.generate import complete_with_hf
-from latentmem.eval.methods.recipes import SFT_LOSS, grpo_recipe, recipe_dict, recipe_training
+from latentmem.eval.methods.recipes import grpo_recipe, recipe_dict, sft_training
 from latentmem.memgen import LatentMemoryModel
 from latentmem.models import load_model
 from latentmem.seeding import seed_everything
@@ -65,14 +65,7 @@ class LoRASFT(Method):
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def training(self) -> dict[str, Any]:
-        return recipe_training(
-            self.recipe,
-            self.run_dir,
-            algorithm="SFT (latentmem Trainer)",
-            loss_type=SFT_LOSS,
-            start="fresh LoRA (B = 0: the base model)",
-            rows_per_step=self.recipe.train.batch_size,
-        )
+        return sft_training(self.recipe, self.run_dir, "fresh LoRA (B = 0: the base model)")
 
 
 class LoRAGRPO(LoRASFT):

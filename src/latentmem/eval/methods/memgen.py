@@ -12,7 +12,7 @@ from typing import Any
 from latentmem.eval.method import Completions, Method, write_rows
 from latentmem.eval.methods.frozen import SOLVED, solved_examples_store
 from latentmem.eval.methods.generate import complete_with_memgen
-from latentmem.eval.methods.recipes import SFT_LOSS, grpo_recipe, recipe_dict, recipe_training
+from latentmem.eval.methods.recipes import grpo_recipe, recipe_dict, recipe_training, sft_training
 from latentmem.memgen import LatentMemoryModel, RetrievedMemory
 from latentmem.models import load_model
 
@@ -67,14 +67,7 @@ class _MemGenMethod(Method):
         return self.mm.num_trainable()
 
     def training(self) -> dict[str, Any]:
-        return recipe_training(
-            self.recipe,
-            self.run_dir,
-            algorithm="SFT (latentmem Trainer)",
-            loss_type=SFT_LOSS,
-            start="fresh weaver, reasoner frozen",
-            rows_per_step=self.recipe.train.batch_size,
-        )
+        return sft_training(self.recipe, self.run_dir, "fresh weaver, reasoner frozen")
 
 
 class MemGenSFT(_MemGenMethod):

@@ -78,3 +78,16 @@ def recipe_training(
         "start": start,
         "run": str(run_dir),
     }
+
+
+def sft_training(cfg: Any, run_dir: Path, start: str) -> dict[str, Any]:
+    """The `Method.training` record of an SFT arm (weaver or LoRA: the same loop and loss), `start` naming
+    what it starts from."""
+    return recipe_training(
+        cfg,
+        run_dir,
+        algorithm="SFT (latentmem Trainer)",
+        loss_type=SFT_LOSS,
+        start=start,
+        rows_per_step=cfg.train.batch_size,
+    )
