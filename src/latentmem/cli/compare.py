@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Config overrides follow anywhere: budget.lr=1e-3 --memgen.prompt_latents=4 split_seed=1\n\n"
         + example(
             "latentmem compare --task arithmetic --model tiny-qwen2 --methods vanilla,memgen-sft "
-            "--train-budget 5 --n-train 16 --n-test 8 --out runs/compare-tiny"
+            "--train-budget 5 --n-train 16 --n-test 8 --out runs/compare-tiny",
+            "latentmem compare --sequence arithmetic,facts --model tiny-qwen2 --methods "
+            "vanilla,lora-sft,memgen-sft --train-budget 5 --n-train 16 --n-test 8 --out runs/sequence-tiny",
         ),
     )
     p.add_argument("--config", help="a YAML CompareConfig (flags below override it)")
@@ -75,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="after training, also evaluate every method on these tasks; needs vanilla (default: none)",
     )
     p.add_argument(
+        "--sequence",
+        type=_names,
+        metavar="TASK,TASK,...",
+        help="continual learning in place of --task: train each method on these tasks in order (one weaver "
+        "or LoRA carried through) and report every task's accuracy after every stage (default: none)",
+    )
+    p.add_argument(
         "--val-fraction",
         type=float,
         help="validation split held out of the train split, as a share of --n-train, the same for every "
@@ -94,7 +103,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     flags = {
         "task": args.task, "model": args.model, "out": args.out, "n_train": args.n_train, "n_test": args.n_test,
         "methods": args.methods, "seeds": args.seeds, "steps": args.steps,
-        "retention_tasks": args.retention_tasks, "val_fraction": args.val_fraction,
+        "retention_tasks": args.retention_tasks, "val_fraction": args.val_fraction, "sequence": args.sequence,
     }  # fmt: skip
     data.update({k: v for k, v in flags.items() if v is not None})
     if args.task_arg:
@@ -104,9 +113,17 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if cfg.sequence:
+        from latentmem.eval.continual import run_sequence, sequence_table
+
+        results = run_sequence(cfg)
+        print(sequence_table(results))
+        print(json.dumps({k: v["final_mean"] for k, v in results["methods"].items()}))
+        print(cfg.out)
+        return 0
     from latentmem.eval.compare import results_table, run_compare
 
-    cfg = config_from_args(args)
     results = run_compare(cfg)
     print(results_table(results))
     print(json.dumps({k: v["accuracy"] for k, v in results["methods"].items()}))

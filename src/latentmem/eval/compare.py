@@ -74,6 +74,9 @@ class CompareConfig(Config):
     steps: list[int] = field(default_factory=list)  # step counts of the accuracy-vs-steps curve
     retention_tasks: list[str] = field(default_factory=list)  # evaluated after training on `task`
     retention_task_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per retention task
+    # continual learning (`latentmem.eval.continual`): train on these tasks in order, in place of `task`
+    sequence: list[str] = field(default_factory=list)
+    sequence_task_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per sequence task
     eval_batch_size: int = 16
     retrieval_k: int = 3
     budget: Budget = field(default_factory=Budget)
@@ -106,6 +109,16 @@ class CompareConfig(Config):
         unknown = set(self.retention_task_args) - set(self.retention_tasks)
         require(not unknown, "retention_task_args", f"{sorted(unknown)} are not among {self.retention_tasks}")
         require(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        if not self.sequence:
+            require(not self.sequence_task_args, "sequence_task_args", "set only with sequence")
+            return
+        require(len(self.sequence) >= 2, "sequence", f"name two tasks or more, got {self.sequence}")
+        require(len(set(self.sequence)) == len(self.sequence), "sequence", f"listed twice in {self.sequence}")
+        unknown = set(self.sequence_task_args) - set(self.sequence)
+        require(not unknown, "sequence_task_args", f"{sorted(unknown)} are not among {self.sequence}")
+        # a sequence's matrix already evaluates every method on every task after every stage
+        require(not self.retention_tasks, "retention_tasks", "not with sequence: every stage evaluates all")
+        require(not self.steps, "steps", "not with sequence: each stage trains budget.steps")
 
 
 @dataclass
@@ -146,6 +159,16 @@ class Splits:
         return rows[: self.n_train]
 
 
+@dataclass
+class TaskData:
+    """One task a comparison trains or evaluates on: its registry name and arguments, the task, its splits."""
+
+    name: str
+    args: dict[str, Any]
+    task: Task
+    splits: Splits
+
+
 def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     """Run the comparison; returns (and writes) the results."""
     task = get_task(cfg.task, **cfg.task_args)  # task errors before any model loads
@@ -154,6 +177,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         n: t.split("test", cfg.n_test or None, seed=cfg.split_seed) for n, t in retention.items()
     }
     splits = Splits.make(task, cfg, needs_train=any(m != "vanilla" for m in cfg.methods))
+    data = TaskData(cfg.task, cfg.task_args, task, splits)
     out = Path(cfg.out)
     run = RunDir.create(out, cfg, cfg.seeds[0])  # config.yaml holds every seed
     if splits.val:
@@ -177,13 +201,13 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         per_seed, main, kept = [], [], {n: [] for n in retention}
         for i, seed in enumerate(cfg.seeds):
             workdir = out / name / f"seed-{seed}"
-            method = _fitted(name, cfg, task, splits, seed, cfg.budget, workdir)
-            done, item_scores = _evaluate(method, task, splits.test)
-            _write_completions(out / name / "completions.jsonl", splits.test, done, item_scores, seed, i > 0)
+            method = fit_method(name, cfg, data, seed, cfg.budget, workdir)
+            done, item_scores = evaluate_on(method, task, splits.test)
+            write_completions(out / name / "completions.jsonl", splits.test, done, item_scores, seed, i > 0)
             main.append(item_scores)
             for n, rtask in retention.items():
-                rdone, rscores = _evaluate(method, rtask, retention_tests[n])
-                _write_completions(
+                rdone, rscores = evaluate_on(method, rtask, retention_tests[n])
+                write_completions(
                     out / name / f"completions-{n}.jsonl", retention_tests[n], rdone, rscores, seed, i > 0
                 )
                 kept[n].append(rscores)
@@ -216,7 +240,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
             "seeds": per_seed,
         }
         if cfg.steps and first["training"]["steps"] > 0:
-            results["methods"][name]["steps"] = _steps_curve(name, cfg, task, splits, scores[name])
+            results["methods"][name]["steps"] = _steps_curve(name, cfg, data, scores[name])
         _add_stats(results["methods"], scores, retained)
         _write(out, results)
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -224,22 +248,30 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     return results
 
 
-def _fitted(
-    name: str, cfg: CompareConfig, task: Task, splits: Splits, seed: int, budget: Budget, workdir: Path
+def fit_method(
+    name: str,
+    cfg: CompareConfig,
+    data: TaskData,
+    seed: int,
+    budget: Budget,
+    workdir: Path,
+    init_from: Path | None = None,
 ) -> Method:
-    """A fresh `name`, trained (if it trains) under `budget` with seed `seed` on that seed's rows."""
+    """`name`, trained (if it trains) on `data`'s task under `budget` with seed `seed` on that seed's rows:
+    fresh, or continuing from `init_from` (an earlier run's `Method.state_dir`)."""
     seed_everything(seed)
     ctx = Context(
-        model=cfg.model, task=task, task_name=cfg.task, task_args=cfg.task_args, train=splits.train(seed),
-        val=splits.val, budget=budget, memgen=cfg.memgen, workdir=workdir, seed=seed,
-        retrieval_k=cfg.retrieval_k, eval_batch_size=cfg.eval_batch_size,
+        model=cfg.model, task=data.task, task_name=data.name, task_args=data.args,
+        train=data.splits.train(seed), val=data.splits.val, budget=budget, memgen=cfg.memgen,
+        workdir=workdir, seed=seed, retrieval_k=cfg.retrieval_k, eval_batch_size=cfg.eval_batch_size,
+        init_from=init_from,
     )  # fmt: skip
     method = METHODS[name](ctx)
     method.fit()
     return method
 
 
-def _evaluate(method: Method, task: Task, examples: list[Example]) -> tuple[Completions, list[float]]:
+def evaluate_on(method: Method, task: Task, examples: list[Example]) -> tuple[Completions, list[float]]:
     """`method`'s completions of `examples` of `task` (the main task or a retention task) and their
     scores. Methods format prompts from `ctx.task` (system prompt, answer length), so for the call it is
     `task`; what the method learnt or retrieves stays that of the main task, as deployed."""
@@ -252,7 +284,7 @@ def _evaluate(method: Method, task: Task, examples: list[Example]) -> tuple[Comp
     return done, [task.score(ex, c) for ex, c in zip(examples, done.texts, strict=True)]
 
 
-def _write_completions(
+def write_completions(
     path: Path, examples: list[Example], done: Completions, scores: list[float], seed: int, append: bool
 ) -> None:
     """One JSON line per test item of one seed: which item, the prompt, gold answer, completion, score."""
@@ -263,9 +295,7 @@ def _write_completions(
             f.write(json.dumps({**row, "score": s}) + "\n")
 
 
-def _steps_curve(
-    name: str, cfg: CompareConfig, task: Task, splits: Splits, main: np.ndarray
-) -> list[dict[str, Any]]:
+def _steps_curve(name: str, cfg: CompareConfig, data: TaskData, main: np.ndarray) -> list[dict[str, Any]]:
     """Accuracy of `name` trained for each of `cfg.steps` (one run per seed and count, into
     `<method>/seed-<s>/steps-<n>/`); the count `budget.steps` is the main runs' `main` scores."""
     points = []
@@ -277,9 +307,11 @@ def _steps_curve(
             for seed in cfg.seeds:
                 workdir = Path(cfg.out) / name / f"seed-{seed}" / f"steps-{n_steps}"
                 budget = dataclasses.replace(cfg.budget, steps=n_steps)
-                method = _fitted(name, cfg, task, splits, seed, budget, workdir)
-                done, item_scores = _evaluate(method, task, splits.test)
-                _write_completions(workdir / "completions.jsonl", splits.test, done, item_scores, seed, False)
+                method = fit_method(name, cfg, data, seed, budget, workdir)
+                done, item_scores = evaluate_on(method, data.task, data.splits.test)
+                write_completions(
+                    workdir / "completions.jsonl", data.splits.test, done, item_scores, seed, False
+                )
                 rows.append(item_scores)
                 del method
             m = np.array(rows)
@@ -321,12 +353,12 @@ def _add_stats(
             r["retention"][task_name] = entry
 
 
-def _acc(r: dict[str, Any]) -> str:
+def acc_cell(r: dict[str, Any]) -> str:
     low, high = r["ci95"]
     return f"{r['accuracy']:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def _p(r: dict[str, Any], baseline: str) -> str:
+def p_cell(r: dict[str, Any], baseline: str) -> str:
     p = r.get("p_value", {}).get(baseline)
     if p is None:
         return "–"
@@ -352,7 +384,7 @@ def results_table(results: dict[str, Any]) -> str:
     ]
     for name, r in methods.items():
         lines.append(
-            f"| {name} | {_acc(r)} | " + "".join(f"{_p(r, b)} | " for b in baselines)
+            f"| {name} | {acc_cell(r)} | " + "".join(f"{p_cell(r, b)} | " for b in baselines)
             + f"{r['n']} | {r['trainable_params']:,} | {r['train_seconds']:.1f} "
             f"| {r['seconds_per_sample']:.3f} | {r['tokens_per_second']:.1f} |"
         )  # fmt: skip
@@ -378,7 +410,7 @@ def results_table(results: dict[str, Any]) -> str:
         ]
         for name, r in methods.items():
             cells = (
-                [_acc(p) for p in r["steps"]]
+                [acc_cell(p) for p in r["steps"]]
                 if "steps" in r
                 else [f"{r['accuracy']:.3f}"] * len(results["steps"])
             )
@@ -398,7 +430,7 @@ def results_table(results: dict[str, Any]) -> str:
             for t in tasks:
                 e = r["retention"][t]
                 drop = e.get("drop_vs_vanilla")
-                cells += [_acc(e), "–" if drop is None else f"{drop:+.3f}", _p(e, "vanilla")]
+                cells += [acc_cell(e), "–" if drop is None else f"{drop:+.3f}", p_cell(e, "vanilla")]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -426,7 +458,7 @@ def _write(out: Path, results: dict[str, Any]) -> None:
         _plot_steps(out / "steps.png", results)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a server
@@ -436,7 +468,7 @@ def _pyplot():
 
 
 def _plot(path: Path, results: dict[str, Any]) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     names = list(results["methods"])
     rs = [results["methods"][n] for n in names]
     acc = [r["accuracy"] for r in rs]
@@ -459,7 +491,7 @@ def _plot(path: Path, results: dict[str, Any]) -> None:
 
 
 def _plot_steps(path: Path, results: dict[str, Any]) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, r in results["methods"].items():
         if "steps" in r:

@@ -62,6 +62,8 @@ class Context:
     extra: dict[str, Any] = field(default_factory=dict)
     # held out from the train split, disjoint from `train` and the test split: for choosing lr or config
     val: list[Example] = field(default_factory=list)
+    # continual learning: an earlier stage's `Method.state_dir`, which `fit` continues from (None: fresh)
+    init_from: Path | None = None
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Method(ABC):
     """A way of answering a task's prompts, trained or not."""
 
     name: str = ""
+    continues: bool = False  # `fit` can continue from `ctx.init_from` (an earlier run's `state_dir`)
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -90,6 +93,12 @@ class Method(ABC):
     @property
     @abstractmethod
     def trainable_params(self) -> int: ...
+
+    @property
+    def state_dir(self) -> Path | None:
+        """The folder of what `fit` trained, which a later `fit` of the same method continues from through
+        `ctx.init_from` (None: nothing trained)."""
+        return None
 
     def training(self) -> dict[str, Any]:
         """What `fit` ran, for the results: algorithm, loss, schedule, lr, steps, rows seen, start point."""

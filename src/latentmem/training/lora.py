@@ -40,13 +40,23 @@ class LoRAModel(nn.Module):
 
     @classmethod
     def build(cls, cfg: RecipeConfig, device: torch.device, lora: LoraConfig) -> LoRAModel:
-        """`cfg.model` with a fresh adapter `lora` (B = 0: it starts as the base model). Seeded, so every
-        process builds identical initial weights."""
-        if cfg.init_from:
-            raise ConfigError("init_from: the LoRA baseline starts from a fresh adapter; set it to null")
+        """`cfg.model` with a fresh adapter `lora` (B = 0: it starts as the base model), or, with
+        `cfg.init_from`, the adapter saved there (continual learning), which must have `lora`'s rank and
+        target modules. Seeded, so every process builds identical initial weights."""
         model, tokenizer = load_model(cfg.model, device=device, seed=cfg.seed)
         seed_everything(cfg.seed)
-        return cls(get_peft_model(model, lora), tokenizer)
+        if not cfg.init_from:
+            return cls(get_peft_model(model, lora), tokenizer)
+        if not (Path(cfg.init_from) / "adapter_config.json").is_file():
+            raise ConfigError(f"init_from: {cfg.init_from} holds no PEFT adapter (adapter_config.json)")
+        saved = LoraConfig.from_pretrained(cfg.init_from)
+        if saved.r != lora.r or set(saved.target_modules) != set(lora.target_modules):
+            raise ConfigError(
+                f"init_from: the adapter in {cfg.init_from} has rank {saved.r} on "
+                f"{sorted(saved.target_modules)}, this run's LoRA rank {lora.r} on "
+                f"{sorted(lora.target_modules)}; use the memgen settings of that run"
+            )
+        return cls(PeftModel.from_pretrained(model, cfg.init_from, is_trainable=True), tokenizer)
 
     @property
     def reasoner(self) -> PreTrainedModel:

@@ -5,6 +5,7 @@ weaver's, trained by SFT on the same `Trainer`, config and rows as memgen-sft (l
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,6 +44,7 @@ class LoRASFT(Method):
     trained by the same `Trainer`, config and rows as memgen-sft (`training.lora`)."""
 
     name = "lora-sft"
+    continues = True
 
     def fit(self) -> None:
         from latentmem.training.config import SFTConfig
@@ -64,8 +66,15 @@ class LoRASFT(Method):
     def trainable_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir / "model"
+
     def training(self) -> dict[str, Any]:
-        return sft_training(self.recipe, self.run_dir, "fresh LoRA (B = 0: the base model)")
+        start = (
+            f"LoRA of {self.ctx.init_from}" if self.ctx.init_from else "fresh LoRA (B = 0: the base model)"
+        )
+        return sft_training(self.recipe, self.run_dir, start)
 
 
 class LoRAGRPO(LoRASFT):
@@ -75,6 +84,7 @@ class LoRAGRPO(LoRASFT):
     prompt."""
 
     name = "grpo"
+    continues = False  # TRL's trainer builds its own fresh adapter
 
     def fit(self) -> None:
         from datasets import Dataset

@@ -31,7 +31,10 @@ def _grpo_training(s: Any) -> dict[str, Any]:
 
 
 class _MemGenMethod(Method):
-    """Shared by the MemGen methods: train with a recipe into `workdir/<name>`, load its `model/`."""
+    """Shared by the MemGen methods: train with a recipe into `workdir/<name>` (from `ctx.init_from`'s
+    weaver when set), load its `model/`."""
+
+    continues = True
 
     @abstractmethod
     def recipe_config(self, rows: Path) -> Any:
@@ -66,8 +69,18 @@ class _MemGenMethod(Method):
     def trainable_params(self) -> int:
         return self.mm.num_trainable()
 
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir / "model"
+
+    def start(self) -> str:
+        """Where training started, for `training()`."""
+        if self.ctx.init_from:
+            return f"weaver of {self.ctx.init_from}, reasoner frozen"
+        return "fresh weaver, reasoner frozen"
+
     def training(self) -> dict[str, Any]:
-        return sft_training(self.recipe, self.run_dir, "fresh weaver, reasoner frozen")
+        return sft_training(self.recipe, self.run_dir, self.start())
 
 
 class MemGenSFT(_MemGenMethod):
@@ -102,7 +115,7 @@ class MemGenGRPO(_MemGenMethod):
                 self.run_dir,
                 algorithm="GRPO (latentmem Trainer)",
                 loss_type="grpo",
-                start="fresh weaver, reasoner frozen",
+                start=self.start(),
                 rows_per_step=self.recipe.train.batch_size // self.recipe.grpo.num_generations,
             ),
             **_grpo_training(self.recipe.grpo),
@@ -114,6 +127,7 @@ class MemGenRAG(MemGenSFT):
     training examples (M = W([H; E])). In training an example never retrieves itself."""
 
     name = "memgen-rag"
+    continues = False  # its store holds one task's solved examples
 
     def fit(self) -> None:
         self.store = solved_examples_store(self.ctx)

@@ -20,11 +20,13 @@ SFT_LOSS = "token-mean NLL of the target (over the step's answer tokens)"
 def recipe_dict(ctx: Context, rows: Path, name: str) -> dict[str, Any]:
     """The recipe config every trained method of the harness shares (before its own sections): the budget
     on top of `TrainConfig`'s defaults, rows at `rows` with the gold answer in `answer` (for rewards) and
-    the SFT target in `target`, a run folder `workdir/<name>`, and no resume (every arm starts fresh)."""
+    the SFT target in `target`, a run folder `workdir/<name>`, and no resume (every arm starts fresh, or
+    from `ctx.init_from` in continual learning)."""
     return {
         "model": ctx.model,
         "seed": ctx.seed,
         "output_dir": str(ctx.workdir / name),
+        "init_from": str(ctx.init_from) if ctx.init_from else None,
         "memgen": ctx.memgen.to_dict(),
         "data": {
             "path": str(rows),
