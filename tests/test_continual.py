@@ -55,7 +55,8 @@ def seq_tasks(monkeypatch):
 def _cfg(tmp_path, methods, **kw):
     return CompareConfig.from_dict(
         {
-            "sequence": ["affirm-seq-test", "deny-seq-test"],
+            "sequence": ["affirm-seq-test", "deny"],
+            "sequence_task_args": {"deny": {"task": "deny-seq-test"}},  # a label for a registered task
             "model": "tiny-qwen2",
             "methods": methods,
             "out": str(tmp_path / "out"),
@@ -79,7 +80,7 @@ def test_sequence_carries_one_state_and_measures_forgetting(tmp_path):
     results = run_sequence(_cfg(tmp_path, methods))
     out = tmp_path / "out"
     saved = json.loads((out / "results.json").read_text())
-    assert saved["sequence"] == ["affirm-seq-test", "deny-seq-test"] and saved["methods"].keys() == set(
+    assert saved["sequence"] == ["affirm-seq-test", "deny"] and saved["methods"].keys() == set(
         methods
     )
     tasks = saved["sequence"]
@@ -117,7 +118,7 @@ def test_sequence_carries_one_state_and_measures_forgetting(tmp_path):
     assert lora[0, 0] >= 0.75 and lora[1, 1] >= 0.75 and lora[1, 0] <= 0.25, lora
     assert saved["methods"]["lora-sft"]["forgetting_mean"] >= 0.5
     table = (out / "results.md").read_text()
-    assert "**lora-sft**" in table and "| 1: deny-seq-test |" in table and "| memgen-sft |" in table
+    assert "**lora-sft**" in table and "| 1: deny |" in table and "| memgen-sft |" in table
     assert (out / "sequence.png").read_bytes()[:4] == b"\x89PNG"
     assert results["methods"]["lora-sft"]["matrix"] == saved["methods"]["lora-sft"]["matrix"]
 
@@ -154,6 +155,6 @@ def test_sequence_refuses_methods_that_cannot_continue(tmp_path):
         run_sequence(_cfg(tmp_path, ["vanilla", "grpo"]))
     assert not (tmp_path / "out").exists()  # refused before the run folder or any model
     with pytest.raises(ConfigError, match="sequence"):
-        _cfg(tmp_path, ["vanilla"], sequence=["affirm-seq-test"])
+        _cfg(tmp_path, ["vanilla"], sequence=["affirm-seq-test"], sequence_task_args={})
     with pytest.raises(ConfigError, match="retention_tasks"):
         _cfg(tmp_path, ["vanilla"], retention_tasks=["affirm-seq-test"])

@@ -73,7 +73,9 @@ class CompareConfig(Config):
     val_fraction: float = 0.0  # validation split, as a share of n_train (of the train split when 0)
     steps: list[int] = field(default_factory=list)  # step counts of the accuracy-vs-steps curve
     retention_tasks: list[str] = field(default_factory=list)  # evaluated after training on `task`
-    retention_task_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per retention task
+    # per retention task; its key `task` names the registered task when the label is not one, e.g.
+    # {navigate: {task: bigbench, path: navigate/task.json}} (so also in `sequence_task_args`)
+    retention_task_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     # continual learning (`latentmem.eval.continual`): train on these tasks in order, in place of `task`
     sequence: list[str] = field(default_factory=list)
     sequence_task_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per sequence task
@@ -161,18 +163,39 @@ class Splits:
 
 @dataclass
 class TaskData:
-    """One task a comparison trains or evaluates on: its registry name and arguments, the task, its splits."""
+    """One task a comparison trains or evaluates on: its registry name and arguments (which rebuild it, as
+    the GRPO reward does), the task, its splits, and the label results name it by."""
 
     name: str
     args: dict[str, Any]
     task: Task
     splits: Splits
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.name
+
+
+@dataclass
+class LabelledTask:
+    name: str  # in the task registry
+    args: dict[str, Any]
+    task: Task
+
+
+def labelled_task(label: str, args_by_label: dict[str, dict[str, Any]]) -> LabelledTask:
+    """The task a retention or sequence entry `label` names: the registered task `args["task"]` (default:
+    `label` itself) built with the remaining arguments, so that one registered task (bigbench) can appear
+    under several labels."""
+    args = dict(args_by_label.get(label, {}))
+    name = str(args.pop("task", label))
+    return LabelledTask(name, args, get_task(name, **args))
 
 
 def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     """Run the comparison; returns (and writes) the results."""
     task = get_task(cfg.task, **cfg.task_args)  # task errors before any model loads
-    retention = {n: get_task(n, **cfg.retention_task_args.get(n, {})) for n in cfg.retention_tasks}
+    retention = {n: labelled_task(n, cfg.retention_task_args).task for n in cfg.retention_tasks}
     retention_tests = {
         n: t.split("test", cfg.n_test or None, seed=cfg.split_seed) for n, t in retention.items()
     }

@@ -40,12 +40,12 @@ from latentmem.eval.compare import (
     acc_cell,
     evaluate_on,
     fit_method,
+    labelled_task,
     p_cell,
     pyplot,
     write_completions,
 )
 from latentmem.eval.method import METHODS, Method
-from latentmem.eval.task import get_task
 from latentmem.runs import RunDir
 
 Cells = list[list[np.ndarray]]  # [stage][task] -> (seeds, items) scores
@@ -76,19 +76,17 @@ def run_sequence(cfg: CompareConfig) -> dict[str, Any]:
     if not cfg.sequence:
         raise ConfigError("sequence: name the tasks to train on in order, e.g. arithmetic,facts,gsm8k")
     stages = []
-    for name in cfg.sequence:  # task errors before any model loads
-        task = get_task(name, **cfg.sequence_task_args.get(name, {}))
-        stages.append(
-            TaskData(name, cfg.sequence_task_args.get(name, {}), task, Splits.make(task, cfg, True))
-        )
+    for label in cfg.sequence:  # task errors before any model loads
+        t = labelled_task(label, cfg.sequence_task_args)
+        stages.append(TaskData(t.name, t.args, t.task, Splits.make(t.task, cfg, True), label))
     trained = check_sequence_methods(cfg.methods)
     out = Path(cfg.out)
     run = RunDir.create(out, cfg, cfg.seeds[0])
     results: dict[str, Any] = {
         "sequence": list(cfg.sequence),
         "model": cfg.model,
-        "n_test": {s.name: len(s.splits.test) for s in stages},
-        "n_train": {s.name: s.splits.n_train for s in stages},
+        "n_test": {s.label: len(s.splits.test) for s in stages},
+        "n_train": {s.label: s.splits.n_train for s in stages},
         "seeds": list(cfg.seeds),
         "split_seed": cfg.split_seed,
         "budget_per_stage": cfg.budget.to_dict(),
@@ -117,16 +115,16 @@ def _run_method(
         previous: Path | None = None
         training.append([])
         for i, stage in enumerate(stages if trains else stages[:1]):
-            workdir = out / name / f"seed-{seed}" / f"stage-{i}-{stage.name}"
+            workdir = out / name / f"seed-{seed}" / f"stage-{i}-{stage.label}"
             method = fit_method(name, cfg, stage, seed, cfg.budget, workdir, init_from=previous)
             previous = method.state_dir
-            training[-1].append({"stage": i, "task": stage.name, **method.training()})
+            training[-1].append({"stage": i, "task": stage.label, **method.training()})
             for j, other in enumerate(stages):
                 done, scores = evaluate_on(method, other.task, other.splits.test)
-                path = out / name / f"completions-stage{i}-{other.name}.jsonl"
+                path = out / name / f"completions-stage{i}-{other.label}.jsonl"
                 write_completions(path, other.splits.test, done, scores, seed, k > 0)
                 rows[i][j].append(scores)
-                run.log(method=name, seed=seed, stage=i, task=other.name, accuracy=float(np.mean(scores)))
+                run.log(method=name, seed=seed, stage=i, task=other.label, accuracy=float(np.mean(scores)))
             del method  # free its model before the next stage loads
     if not trains:  # untrained: the same answers after every stage
         rows = [rows[0] for _ in stages]
@@ -149,7 +147,7 @@ def backward_transfer(matrix: np.ndarray) -> float:
 def _summarise(results: dict[str, Any], cells: dict[str, Cells], stages: list[TaskData]) -> None:
     """(Re)compute every finished method's matrix, final accuracies, p-values and transfer numbers; run
     after each method so that a baseline evaluated later enters the earlier methods' rows."""
-    names = [s.name for s in stages]
+    names = [s.label for s in stages]
     last = len(stages) - 1
     for name, m in cells.items():
         r = results["methods"][name]
