@@ -104,5 +104,5 @@ def test_bench_memory_reports_both_sides(capsys):
     assert "embedding time excluded" in result["vectors"]
     for side in ("embedded", "numpy"):
         assert result[side]["add_per_s"] > 0 and result[side]["search_ms"] > 0
-    assert result["embedded"]["recall_at_k"] == 1.0  # the default flat index is exact
-    assert result["embedded"]["index"] == "flat" and result["embedded"]["add_one_ms"] > 0
+    assert result["embedded"]["recall_at_k"] == 1.0  # below auto_threshold the default index is exact
+    assert result["embedded"]["index"] == "exact" and result["embedded"]["add_one_ms"] > 0

@@ -3,12 +3,19 @@
 `VectorIndex` maps int64 ids to float32 vectors of one dimension and answers top-k inner-product queries
 (cosine similarity, since vectors are normalised on the way in). Backends:
 
-- `exact`: a numpy matrix; exact, no extra dependency; the default for small collections.
+- `exact`: a numpy matrix; exact, no extra dependency; the default for small collections. It is held
+  transposed, (D, N) with spare columns, so a query is one BLAS matrix-vector product over contiguous
+  rows of length N (the fast gemv kernel, multi-threaded by BLAS): as fast as FAISS's flat scan on one
+  thread, and it uses BLAS's threads where a flat FAISS search of one query uses one.
 - `flat`: FAISS `IndexFlatIP` (exact, BLAS-fast) behind an id map.
 - `hnsw`: FAISS HNSW graph; approximate, fast on large collections; removal is by tombstone.
 - `ivf`: FAISS inverted lists (`IndexIVFFlat`): k-means cells trained on the first `add`, `ivf_nprobe`
-  cells scanned per query; approximate, builds much faster than HNSW on millions of vectors.
-- `auto`: `exact` below `auto_threshold` vectors, otherwise `hnsw`, switching when the collection grows.
+  cells scanned per query; approximate, builds much faster than HNSW on millions of vectors. With the cell
+  count left to the index (`ivf_nlist=0`) it is retrained on its own vectors whenever the collection has
+  grown enough for that count to double, so cells stay near sqrt(N) vectors and a query's cost grows
+  like sqrt(N), not N.
+- `auto`: `exact` below `auto_threshold` vectors, otherwise `auto_kind` (`hnsw` or `ivf`), switching when
+  the collection grows.
 
 `save(path)` writes one file atomically (temporary file + rename); `load(path)` reads it back and raises
 `VectorIndexError` for any file it cannot use (missing, empty, truncated, another format, inconsistent), so
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +35,7 @@ import numpy as np
 from latentmem.errors import LatentMemError
 
 IndexKind = Literal["auto", "exact", "flat", "hnsw", "ivf"]
+ApproximateKind = Literal["hnsw", "ivf"]
 
 
 class VectorIndexError(LatentMemError, ValueError):
@@ -51,6 +60,7 @@ class VectorIndex:
         kind: IndexKind = "auto",
         *,
         auto_threshold: int = 50_000,
+        auto_kind: ApproximateKind = "hnsw",
         hnsw_m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 64,
@@ -61,16 +71,21 @@ class VectorIndex:
             raise VectorIndexError(f"dim must be positive, got {dim}")
         if kind not in ("auto", "exact", "flat", "hnsw", "ivf"):
             raise VectorIndexError(f"unknown index kind {kind!r}; choose auto, exact, flat, hnsw or ivf")
+        if auto_kind not in ("hnsw", "ivf"):
+            raise VectorIndexError(f"unknown auto_kind {auto_kind!r}; choose hnsw or ivf")
         if ivf_nlist < 0 or ivf_nprobe <= 0:
             raise VectorIndexError(
                 f"ivf_nlist must be >= 0 (0 = chosen from the first add) and ivf_nprobe > 0, "
                 f"got {ivf_nlist} and {ivf_nprobe}"
             )
-        self.dim, self.kind, self.auto_threshold = dim, kind, auto_threshold
+        self.dim, self.kind, self.auto_threshold, self.auto_kind = dim, kind, auto_threshold, auto_kind
         self.hnsw_m, self.ef_construction, self.ef_search = hnsw_m, ef_construction, ef_search
-        self.ivf_nlist, self.ivf_nprobe = ivf_nlist, ivf_nprobe
+        # `ivf_nlist` becomes the cell count in use once the index is trained; `_ivf_grows` remembers that
+        # it was left to the index, which then retrains as the collection grows.
+        self.ivf_nlist, self.ivf_nprobe, self._ivf_grows = ivf_nlist, ivf_nprobe, ivf_nlist == 0
         self._ids = np.empty(0, dtype=np.int64)  # row -> id, for every row of the backend
-        self._vecs = np.empty((0, dim), dtype=np.float32)  # exact backend only
+        # exact backend only: (D, capacity) float32; columns [0, rows) are the rows of `_ids`
+        self._cols = np.empty((dim, 0), dtype=np.float32)
         self._row_of: dict[int, int] = {}  # id -> row (live rows only)
         self._faiss = None
         # An opaque label saved with the index and read back by `load`, for the owner to check that a
@@ -84,7 +99,7 @@ class VectorIndex:
     def backend(self) -> str:
         if self.kind != "auto":
             return self.kind
-        return "hnsw" if self._faiss is not None else "exact"
+        return self.auto_kind if self._faiss is not None else "exact"
 
     def __len__(self) -> int:
         return len(self._row_of)
@@ -117,17 +132,20 @@ class VectorIndex:
             raise VectorIndexError("ids must be new and unique")
         if not normalized:
             vectors = l2_normalize(vectors)
-        if self.kind == "auto" and self._faiss is None and len(self) + len(ids) >= self.auto_threshold:
-            self._migrate_to_faiss("hnsw")
         if self.kind == "ivf" and self._faiss is None:
-            self._faiss = self._new_ivf(vectors)
+            self._faiss = self._new_faiss("ivf", vectors)
         start = len(self._ids)
         if self._faiss is None:
-            self._vecs = np.concatenate([self._vecs, vectors])
+            self._append_columns(vectors)
         else:
             self._faiss.add(vectors)
         self._ids = np.concatenate([self._ids, ids])
         self._row_of.update({int(i): start + n for n, i in enumerate(ids)})
+        # After the add, so that a new approximate index is trained on every vector, these included.
+        if self.kind == "auto" and self._faiss is None and len(self) >= max(self.auto_threshold, 1):
+            self._rebuild(self.auto_kind)
+        elif self.backend == "ivf" and self._ivf_grows and _ivf_cells(len(self)) >= 2 * self.ivf_nlist:
+            self._rebuild("ivf")
 
     def remove(self, ids: np.ndarray | list[int]) -> None:
         """Remove ids; unknown ids are an error (nothing is removed then)."""
@@ -144,14 +162,17 @@ class VectorIndex:
         """The stored (normalised) vector of `id_`, (D,)."""
         if int(id_) not in self._row_of:
             raise VectorIndexError(f"unknown id {id_}")
-        row = self._row_of[int(id_)]
-        return self._vecs[row].copy() if self._faiss is None else self._faiss.reconstruct(row)
+        return self._columns(np.array([self._row_of[int(id_)]]))[:, 0].copy()
 
     # ---- search ---------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, among: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by cosine. `queries` (Q, D) -> (scores (Q, k) float32, ids (Q, k) int64).
 
-        When fewer than k vectors exist, the tail is padded with score -inf and id -1.
+        When fewer than k vectors exist, the tail is padded with score -inf and id -1. `among` searches
+        only those ids (ids not in the index are ignored), exactly on every backend: their stored vectors
+        are scored one by one, for a caller that picked a few ids itself (the records of one scope).
         """
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim == 1:
@@ -163,18 +184,34 @@ class VectorIndex:
         if k <= 0:
             raise VectorIndexError(f"k must be positive, got {k}")
         queries = l2_normalize(queries)
-        n_dead = len(self._ids) - len(self)
-        fetch = min(k + n_dead, len(self._ids))
+        candidates = None  # the rows scored, when not all of them
+        if among is not None:
+            row_of = self._row_of
+            candidates = np.array(sorted(row_of[i] for i in map(int, among) if i in row_of), dtype=np.int64)
+            fetch = min(k, len(candidates))
+        else:
+            n_dead = len(self._ids) - len(self)
+            fetch = min(k + n_dead, len(self._ids))
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
         if fetch == 0:
             return scores, out_ids
-        if self._faiss is None:
-            sims = queries @ self._vecs.T  # (Q, N)
-            if n_dead:
-                sims[:, self._ids < 0] = -np.inf
-            rows = np.argpartition(-sims, fetch - 1, axis=1)[:, :fetch]
+        if candidates is not None or self._faiss is None:
+            # Gathering a column of the exact matrix reads D scattered floats (~5 us at D=384), scanning
+            # a row ~0.1 us: below 1/32 of the rows gather, above it scan every row and pick.
+            if candidates is not None and (self._faiss is not None or 32 * len(candidates) < len(self._ids)):
+                sims = queries @ self._columns(candidates)  # (Q, M)
+            else:
+                sims = queries @ self._cols[:, : len(self._ids)]  # (Q, N)
+                if candidates is not None:
+                    sims = sims[:, candidates]
+                elif n_dead:
+                    sims[:, self._ids < 0] = -np.inf
+            n = sims.shape[1]
+            rows = np.argpartition(sims, n - fetch, axis=1)[:, n - fetch :]
             row_scores = np.take_along_axis(sims, rows, axis=1)
+            if candidates is not None:
+                rows = candidates[rows]
         else:
             if self.backend == "hnsw":
                 self._faiss.hnsw.efSearch = max(self.ef_search, fetch)
@@ -195,14 +232,12 @@ class VectorIndex:
         """Every live entry at once: ids (N,) int64 and normalised vectors (N, D) float32, in insertion order."""
         live = np.flatnonzero(self._ids >= 0)
         if self._faiss is None:
-            vecs = self._vecs[live]
-        elif len(live) == len(self._ids):
-            vecs = (
-                self._faiss.reconstruct_n(0, len(live)) if len(live) else np.empty((0, self.dim), np.float32)
-            )
+            vecs = self._cols[:, live].T
+        elif len(self._ids):
+            vecs = self._faiss.reconstruct_n(0, len(self._ids))[live]
         else:
-            vecs = np.stack([self._faiss.reconstruct(int(r)) for r in live])
-        return self._ids[live].copy(), np.asarray(vecs, dtype=np.float32)
+            vecs = np.empty((0, self.dim), np.float32)
+        return self._ids[live].copy(), np.ascontiguousarray(vecs, dtype=np.float32)
 
     # ---- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -220,12 +255,14 @@ class VectorIndex:
                     self.ef_search,
                     self.ivf_nlist,
                     self.ivf_nprobe,
+                    self._ivf_grows,
                 ]
             ),
             "kind": np.array(self.kind),
+            "auto_kind": np.array(self.auto_kind),
             "tag": np.array(self.tag),
             "ids": self._ids,
-            "vecs": self._vecs,
+            "vecs": np.ascontiguousarray(self._cols[:, : len(self._ids)].T),  # (N, D): the file's layout
         }
         if self._faiss is not None:
             payload["faiss"] = faiss.serialize_index(self._faiss)
@@ -260,14 +297,16 @@ class VectorIndex:
         if not isinstance(data, np.lib.npyio.NpzFile):  # a plain .npy array
             raise VectorIndexError("not an .npz archive")
         with data:
-            # files written before the IVF kind existed carry five settings
-            dim, threshold, m, efc, efs, nlist, nprobe = [int(v) for v in data["meta"]] + [0, 16][
+            # files written before the IVF kind carry five settings, before IVF growth seven: the defaults
+            # fill in (an older IVF index keeps its cell count)
+            dim, threshold, m, efc, efs, nlist, nprobe, grows = [int(v) for v in data["meta"]] + [0, 16, 0][
                 len(data["meta"]) - 5 :
             ]
             index = cls(
                 dim,
                 str(data["kind"]),
                 auto_threshold=threshold,
+                auto_kind=str(data["auto_kind"]) if "auto_kind" in data.files else "hnsw",
                 hnsw_m=m,
                 ef_construction=efc,
                 ef_search=efs,
@@ -275,14 +314,18 @@ class VectorIndex:
                 ivf_nprobe=nprobe,
             )
             index.tag = str(data["tag"]) if "tag" in data.files else ""
+            index._ivf_grows = bool(grows)
             index._ids = data["ids"].astype(np.int64).reshape(-1)
-            index._vecs = data["vecs"].astype(np.float32)
+            vecs = data["vecs"].astype(np.float32)
+            if vecs.ndim != 2 or vecs.shape[1] != dim:
+                raise VectorIndexError(f"stored vectors of shape {vecs.shape}, not (N, {dim})")
+            index._cols = np.ascontiguousarray(vecs.T)
             if "faiss" in data.files:
                 import faiss
 
                 index._faiss = faiss.deserialize_index(data["faiss"])
-        rows = len(index._vecs) if index._faiss is None else index._faiss.ntotal
-        if index._vecs.shape[1:] != (dim,) or rows != len(index._ids):
+        rows = len(vecs) if index._faiss is None else index._faiss.ntotal
+        if rows != len(index._ids):
             raise VectorIndexError(f"{len(index._ids)} ids for {rows} stored vectors of dimension {dim}")
         if index._faiss is not None and index._faiss.d != dim:
             raise VectorIndexError(f"the FAISS index has dimension {index._faiss.d}, the file says {dim}")
@@ -290,7 +333,10 @@ class VectorIndex:
         return index
 
     # ---- internals ------------------------------------------------------------------------------
-    def _new_faiss(self, backend: str):
+    def _new_faiss(self, backend: str, training: np.ndarray | None = None):
+        """An empty FAISS index of `backend`; an IVF one is trained on `training` (N, D) first."""
+        if backend == "ivf":
+            return self._new_ivf(training)
         faiss = _import_faiss(backend)
         if backend == "flat":
             return faiss.IndexFlatIP(self.dim)
@@ -300,15 +346,15 @@ class VectorIndex:
         return index
 
     def _new_ivf(self, training: np.ndarray):
-        """An IVF index trained (k-means) on `training` (N, D): the first vectors ever added.
+        """An IVF index trained (k-means) on `training` (N, D): the first vectors ever added, or every live
+        vector when the index is rebuilt (see `_rebuild`).
 
-        `ivf_nlist=0` picks about sqrt(N) cells, capped so each cell gets >= 39 training points (FAISS's
-        minimum for stable k-means). At most 64 points per cell train the k-means: enough for the cells'
-        centres, and it keeps a 1M-vector build to seconds on two cores.
+        A cell count left to the index is `_ivf_cells(N)`, about sqrt(N). At most 64 points per cell train
+        the k-means: enough for the cells' centres, and it keeps a 1M-vector build to seconds on two cores.
         """
         faiss = _import_faiss("ivf")
         n = len(training)
-        nlist = self.ivf_nlist or max(1, min(int(np.sqrt(n)), n // 39))
+        nlist = _ivf_cells(n) if self._ivf_grows else self.ivf_nlist
         if n < nlist:
             raise VectorIndexError(
                 f"an ivf index with ivf_nlist={nlist} needs at least {nlist} vectors in its first add, "
@@ -322,19 +368,42 @@ class VectorIndex:
         index.train(sample)
         return index
 
-    def _migrate_to_faiss(self, backend: str) -> None:
-        live = self._ids >= 0
-        self._faiss = self._new_faiss(backend)
-        if live.any():
-            self._faiss.add(self._vecs[live])
-        self._ids = self._ids[live]
-        self._vecs = np.empty((0, self.dim), dtype=np.float32)
+    def _columns(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors of these rows (ascending, for locality) as columns, (D, M)."""
+        if self._faiss is None:
+            return np.take(self._cols, rows, axis=1)
+        return self._faiss.reconstruct_batch(rows).T
+
+    def _rebuild(self, backend: str) -> None:
+        """Move every live vector into a new FAISS index of `backend` (an IVF one trained on them all),
+        dropping tombstones: `auto` leaving `exact`, or an IVF index that outgrew its cells."""
+        ids, vecs = self.matrix()
+        self._faiss = self._new_faiss(backend, vecs)
+        self._faiss.add(vecs)
+        self._ids = ids
+        self._cols = np.empty((self.dim, 0), dtype=np.float32)
         self._row_of = {int(i): r for r, i in enumerate(self._ids)}
 
+    def _append_columns(self, vectors: np.ndarray) -> None:
+        """Write `vectors` (M, D) into the exact matrix after its rows, doubling its capacity when full (an
+        amortised O(1) copy per vector, as a list appends)."""
+        rows = len(self._ids)
+        if rows + len(vectors) > self._cols.shape[1]:
+            grown = np.empty((self.dim, max(2 * self._cols.shape[1], rows + len(vectors))), dtype=np.float32)
+            grown[:, :rows] = self._cols[:, :rows]
+            self._cols = grown
+        self._cols[:, rows : rows + len(vectors)] = vectors.T
+
     def _compact(self) -> None:
-        live = self._ids >= 0
-        self._ids, self._vecs = self._ids[live], self._vecs[live]
+        live = np.flatnonzero(self._ids >= 0)
+        self._ids, self._cols = self._ids[live], np.ascontiguousarray(self._cols[:, live])
         self._row_of = {int(i): r for r, i in enumerate(self._ids)}
+
+
+def _ivf_cells(n: int) -> int:
+    """The IVF cell count for `n` vectors when left to the index: about sqrt(n), capped so that each cell
+    gets >= 39 training points (FAISS's minimum for stable k-means)."""
+    return max(1, min(int(np.sqrt(n)), n // 39))
 
 
 def _import_faiss(backend: str):
@@ -345,3 +414,18 @@ def _import_faiss(backend: str):
             f"the {backend!r} index needs faiss: pip install 'latentmem[rag]' (or use kind='exact')"
         ) from None
     return faiss
+
+
+def synthetic_bank(n: int, dim: int, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """(n, dim) float32 unit vectors; built in chunks to keep peak memory near the output's size."""
+    out = np.empty((n, dim), dtype=np.float32)
+    centres = (
+        l2_normalize(rng.standard_normal((max(1, int(np.sqrt(n))), dim))) if kind == "clustered" else None
+    )
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        noise = rng.standard_normal((m, dim), dtype=np.float32)
+        if centres is not None:  # noise of the centre's norm: cosine to the centre about 0.7
+            noise = noise / np.sqrt(dim) + centres[rng.integers(0, len(centres), m)]
+        out[start : start + m] = l2_normalize(noise)
+    return out

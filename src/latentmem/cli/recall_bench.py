@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from latentmem.cli.common import example
-from latentmem.vector_index import VectorIndex, l2_normalize
+from latentmem.vector_index import VectorIndex, l2_normalize, synthetic_bank
 
 
 def register(targets: argparse._SubParsersAction) -> None:
@@ -44,21 +44,6 @@ def register(targets: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="draws the bank and the queries")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
-
-
-def synthetic_bank(n: int, dim: int, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """(n, dim) float32 unit vectors; built in chunks to keep peak memory near the output's size."""
-    out = np.empty((n, dim), dtype=np.float32)
-    centres = (
-        l2_normalize(rng.standard_normal((max(1, int(np.sqrt(n))), dim))) if kind == "clustered" else None
-    )
-    for start in range(0, n, 100_000):
-        m = min(100_000, n - start)
-        noise = rng.standard_normal((m, dim), dtype=np.float32)
-        if centres is not None:  # noise of the centre's norm: cosine to the centre about 0.7
-            noise = noise / np.sqrt(dim) + centres[rng.integers(0, len(centres), m)]
-        out[start : start + m] = l2_normalize(noise)
-    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,21 +1,28 @@
 """`latentmem bench memory`: the embedded vector store against brute-force numpy, in one run.
 
-Vectors are precomputed random unit vectors (queries are noisy copies of stored ones), so the numbers
-measure storage and search, not the embedder: MiniLM embedded about 65 short texts per second on the
-shared two-core machine of the README's table, so embedding 100k texts would take ~25 minutes and
-dominate both sides equally.
+Vectors are precomputed synthetic unit vectors (`--data`, the generator of `latentmem bench recall`), so
+the numbers measure storage and search, not the embedder: MiniLM embedded about 65 short texts per second
+on the shared two-core machine of the README's table, so embedding 100k texts would take ~25 minutes and
+dominate both sides equally. `clustered` (default) draws vectors around sqrt(N) centres, as text
+embeddings form topical clusters; `uniform` draws i.i.d. directions, the worst case for an approximate
+index. Queries are stored vectors plus noise (cosine about 0.9 to their source).
+
+Two stores share one SQLite database: the one under test (`--index`, the store's default `auto`: exact up
+to 50k records, IVF above) and an exact reference (`exact`). Reported:
 
 - `add_per_s`: records stored per second, added in batches of `--batch` (a bulk import). The store commits
   each batch to SQLite (texts, scope, metadata, vectors), checks exact duplicates and updates its index
   (and now and then its index file); numpy appends rows to an array in memory, durable nowhere. The bulk
-  import skips the near-duplicate check, which costs one search per added text: O(N) each with an exact
-  index, so O(N^2) for a whole import.
+  import skips the near-duplicate check, which costs one search per added text.
+- `search`: wall time of one top-k query (`min_ms`, `median_ms` over every query of every repeat) for
+  numpy, the exact store and the store under test (`approximate`, which names the index that answered:
+  below `auto_threshold` that is still `exact`), and the ratios store / numpy of the same run. The
+  store's time includes the scope check and fetching the k records from SQLite; numpy's is a
+  matrix-vector product and a partial sort. Each repeat times numpy, then the exact store, then the
+  store under test, so a change of load on a shared machine reaches all three.
+- `recall_at_k`: how many of numpy's exact top-k a store returns (the same in every repeat).
 - `add_one_ms`: adding single texts to the full store under the default duplicate rule (exact duplicates
   only), as an agent does (one transaction, one duplicate look-up, one insert each).
-- `search_ms`: mean wall time of one top-k query. The store's includes the scope check and fetching the k
-  records from SQLite; numpy's is a matrix-vector product and a partial sort over all vectors.
-- `recall_at_k`: how many of numpy's exact top-k the store returns (1 with the exact `flat` index; below
-  1 with `--index hnsw`).
 - `reopen_s`: opening the store again and answering a first query (the index loads from its latest
   snapshot file and replays the writes logged after it).
 """
@@ -24,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,19 +43,27 @@ import numpy as np
 from latentmem.memory.config import VectorMemoryConfig
 from latentmem.memory.embedders import HashingEmbedder
 from latentmem.memory.vector import VectorMemory
+from latentmem.vector_index import l2_normalize, synthetic_bank
 
-VECTORS_NOTE = "precomputed random unit vectors; embedding time excluded"
+VECTORS_NOTE = "precomputed synthetic unit vectors; embedding time excluded"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("memory", help="embedded vector memory vs brute-force numpy (add/s, search ms)")
     p.add_argument("--n", type=int, default=100_000, help="records to add (100000)")
     p.add_argument("--dim", type=int, default=384, help="vector dimension (384, MiniLM's)")
-    p.add_argument("--queries", type=int, default=200, help="search queries timed (200)")
+    p.add_argument(
+        "--data", default="clustered", choices=["clustered", "uniform"], help="synthetic vectors (clustered)"
+    )
+    p.add_argument("--queries", type=int, default=200, help="search queries per repeat (200)")
+    p.add_argument("--repeats", type=int, default=3, help="times every query is timed on each side (3)")
     p.add_argument("--k", type=int, default=10, help="results per query (10)")
     p.add_argument("--batch", type=int, default=1000, help="records per add call (1000)")
     p.add_argument(
-        "--index", default="flat", choices=["auto", "exact", "flat", "hnsw"], help="index kind (flat)"
+        "--index",
+        default="auto",
+        choices=["auto", "exact", "flat", "hnsw", "ivf"],
+        help="index kind of the store under test (auto, the store's default)",
     )
     p.add_argument("--single-adds", type=int, default=50, help="single adds timed after the import (50)")
     p.add_argument(
@@ -70,16 +87,21 @@ def run(args: argparse.Namespace) -> int:
         result = bench(args, Path(args.store))
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"n={result['n']} dim={result['dim']} k={result['k']} ({result['vectors']})")
-        for side in ("embedded", "numpy"):
-            r = result[side]
-            print(f"{side:>9}: add {r['add_per_s']:>10.0f}/s   search {r['search_ms']:8.3f} ms")
-        store = result["embedded"]
-        print(
-            f"store: recall@{result['k']} {store['recall_at_k']:.3f}, one add "
-            f"{store['add_one_ms']:.2f} ms, reopen {store['reopen_s']:.2f} s ({store['index']} index)"
-        )
+        return 0
+    print(f"n={result['n']} dim={result['dim']} k={result['k']} {result['data']} ({result['vectors']})")
+    search = result["search"]
+    for side in ("numpy", "exact", "approximate"):
+        s = search[side]
+        recall = "" if side == "numpy" else f"   recall@{result['k']} {s['recall_at_k']:.3f} ({s['index']})"
+        print(f"{side:>12}: search min {s['min_ms']:7.3f} ms  median {s['median_ms']:7.3f} ms{recall}")
+    for side in ("exact", "approximate"):
+        r = search[f"{side}_over_numpy"]
+        print(f"{side:>12} / numpy: min {r['min']:.2f}  median {r['median']:.2f}")
+    store = result["embedded"]
+    print(
+        f"store: add {store['add_per_s']:.0f}/s (numpy {result['numpy']['add_per_s']:.0f}/s), one add "
+        f"{store['add_one_ms']:.2f} ms, reopen {store['reopen_s']:.2f} s ({store['index']} index)"
+    )
     return 0
 
 
@@ -93,18 +115,17 @@ class Workload:
     texts: list[str]
 
     @classmethod
-    def random(cls, n: int, dim: int, n_queries: int, seed: int) -> Workload:
+    def synthetic(cls, n: int, dim: int, n_queries: int, data: str, seed: int) -> Workload:
+        """`data` vectors as `latentmem bench recall` draws them, and queries near stored ones."""
         rng = np.random.default_rng(seed)
-        vectors = rng.standard_normal((n, dim), dtype=np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        picks = rng.integers(0, n, n_queries)
-        queries = vectors[picks] + 0.05 * rng.standard_normal((n_queries, dim), dtype=np.float32)
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        vectors = synthetic_bank(n, dim, data, rng)
+        noise = rng.standard_normal((n_queries, dim), dtype=np.float32) / np.sqrt(dim)
+        queries = l2_normalize(vectors[rng.integers(0, n, n_queries)] + 0.5 * noise)
         return cls(vectors, queries, [f"memory number {i}" for i in range(n)])
 
 
-def bench_numpy(work: Workload, batch: int, k: int) -> tuple[float, float, list[set[int]]]:
-    """Brute force: (add seconds, total search seconds, each query's exact top-k rows)."""
+def numpy_add(work: Workload, batch: int) -> tuple[np.ndarray, float]:
+    """Brute force's "store": the rows appended to one array in batches; (matrix, seconds)."""
     n, dim = work.vectors.shape
     start = time.perf_counter()
     buffer, size = np.empty((batch, dim), dtype=np.float32), 0
@@ -116,78 +137,128 @@ def bench_numpy(work: Workload, batch: int, k: int) -> tuple[float, float, list[
             buffer = grown
         buffer[size : size + len(rows)] = rows
         size += len(rows)
-    add_s = time.perf_counter() - start
-    matrix = buffer[:size]
-    truth, search_s = [], 0.0
-    for q in work.queries:
+    return buffer[:size], time.perf_counter() - start
+
+
+def numpy_search(matrix: np.ndarray, query: np.ndarray, k: int) -> list[int]:
+    """Brute force: the rows of the k largest inner products, best first."""
+    sims = matrix @ query
+    top = np.argpartition(-sims, k)[:k]
+    return top[np.argsort(-sims[top])].tolist()
+
+
+def timed(
+    search: Callable[[np.ndarray], list[int]], queries: np.ndarray
+) -> tuple[list[float], list[list[int]]]:
+    """Each query's wall time (ms) and answer (rows of the workload)."""
+    times, answers = [], []
+    for q in queries:
         start = time.perf_counter()
-        sims = matrix @ q
-        top = np.argpartition(-sims, k)[:k]
-        top = top[np.argsort(-sims[top])]
-        search_s += time.perf_counter() - start
-        truth.append(set(top.tolist()))
-    return add_s, search_s, truth
+        answers.append(search(q))
+        times.append(1000 * (time.perf_counter() - start))
+    return times, answers
 
 
-def bench_store(args: argparse.Namespace, work: Workload, truth: list[set[int]], directory: Path) -> dict:
-    """The embedded store on the same workload: bulk import, search (and recall against `truth`), single
-    adds under the default duplicate rule, reopen."""
-    import_config = VectorMemoryConfig(index_kind=args.index, near_duplicate_threshold=None)
-    config = VectorMemoryConfig(index_kind=args.index)  # the default duplicate rule, for single adds
-    embedder = HashingEmbedder(args.dim)  # names the vector space; the vectors are passed in precomputed
+def store_import(args: argparse.Namespace, work: Workload, directory: Path, embedder) -> tuple[float, dict]:
+    """Bulk-import the workload into the store under test; (seconds, record id -> workload row)."""
+    config = VectorMemoryConfig(index_kind=args.index, near_duplicate_threshold=None)
     row_of_id: dict[int, int] = {}
-    with VectorMemory.open(directory, embedder=embedder, config=import_config) as mem:
+    with VectorMemory.open(directory, embedder=embedder, config=config) as mem:
         start = time.perf_counter()
         for lo in range(0, args.n, args.batch):
             chunk = slice(lo, lo + args.batch)
             results = mem.add_many(work.texts[chunk], user="bench", vectors=work.vectors[chunk])
             row_of_id.update((r.id, lo + j) for j, r in enumerate(results))
-        add_s = time.perf_counter() - start
-        search_s, found = 0.0, 0
-        for q, want in zip(work.queries, truth, strict=True):
-            start = time.perf_counter()
-            hits = mem.search(q, user="bench", k=args.k)
-            search_s += time.perf_counter() - start
-            found += len({row_of_id[h.record.id] for h in hits} & want)
-        index_backend = mem.backend.index_backend
+        return time.perf_counter() - start, row_of_id
+
+
+def compare_search(
+    args: argparse.Namespace, work: Workload, matrix: np.ndarray, stores: dict, row_of_id: dict
+) -> dict:
+    """numpy and each store (name -> open `VectorMemory`) on the same queries, `--repeats` times in turn."""
+
+    def store_search(mem: VectorMemory) -> Callable[[np.ndarray], list[int]]:
+        return lambda q: [row_of_id[h.record.id] for h in mem.search(q, user="bench", k=args.k)]
+
+    searches = {"numpy": lambda q: numpy_search(matrix, q, args.k)}
+    searches.update({name: store_search(mem) for name, mem in stores.items()})
+    for mem in stores.values():
+        mem.search(work.queries[0], user="bench", k=args.k)  # load the index outside the timing
+    times: dict[str, list[float]] = {name: [] for name in searches}
+    answers: dict[str, list[list[int]]] = {}
+    for _ in range(args.repeats):
+        for name, search in searches.items():
+            ms, answers[name] = timed(search, work.queries)
+            times[name] += ms
+    out = {name: {"min_ms": min(ms), "median_ms": statistics.median(ms)} for name, ms in times.items()}
+    for name, mem in stores.items():
+        found = sum(len(set(a) & set(t)) for a, t in zip(answers[name], answers["numpy"], strict=True))
+        out[name].update(recall_at_k=found / (args.k * len(work.queries)), index=mem.backend.index_backend)
+        out[f"{name}_over_numpy"] = {
+            stat: out[name][f"{stat}_ms"] / out["numpy"][f"{stat}_ms"] for stat in ("min", "median")
+        }
+    return out
+
+
+def single_adds_and_reopen(args: argparse.Namespace, directory: Path, embedder) -> tuple[float, float]:
+    """(ms per single add under the default duplicate rule, seconds to reopen and answer a first query)."""
+    config = VectorMemoryConfig(index_kind=args.index)
     extra = np.random.default_rng(args.seed + 1).standard_normal(
         (args.single_adds, args.dim), dtype=np.float32
     )
+    query = extra[0]
     with VectorMemory.open(directory, embedder=embedder, config=config) as mem:
-        mem.search(work.queries[0], user="bench", k=args.k)  # load the index outside the timing
+        mem.search(query, user="bench", k=args.k)  # load the index outside the timing
         start = time.perf_counter()
         for i, vector in enumerate(extra):
             mem.add(f"single add {i}", user="bench", vector=vector)
         add_one_s = (time.perf_counter() - start) / max(args.single_adds, 1)
     start = time.perf_counter()
     with VectorMemory.open(directory, embedder=embedder, config=config) as reopened:
-        reopened.search(work.queries[0], user="bench", k=args.k)
-    return {
-        "add_per_s": args.n / add_s,
-        "add_one_ms": 1000 * add_one_s,
-        "search_ms": 1000 * search_s / args.queries,
-        "recall_at_k": found / (args.k * args.queries),
-        "index": index_backend,
-        "near_duplicate_threshold": config.near_duplicate_threshold,
-        "reopen_s": time.perf_counter() - start,
-    }
+        reopened.search(query, user="bench", k=args.k)
+    return 1000 * add_one_s, time.perf_counter() - start
 
 
 def bench(args: argparse.Namespace, directory: Path) -> dict:
-    """Both sides on one workload, in one process (the numbers are ratios of the same run)."""
+    """Both sides on one workload, in one process (the ratios are of the same run)."""
     import faiss
 
     faiss.omp_set_num_threads(args.faiss_threads)
-    work = Workload.random(args.n, args.dim, args.queries, args.seed)
-    numpy_add_s, numpy_search_s, truth = bench_numpy(work, args.batch, args.k)
+    work = Workload.synthetic(args.n, args.dim, args.queries, args.data, args.seed)
+    matrix, numpy_add_s = numpy_add(work, args.batch)
+    embedder = HashingEmbedder(args.dim)  # names the vector space; the vectors are passed in precomputed
+    add_s, row_of_id = store_import(args, work, directory, embedder)
+    configs = {
+        "exact": VectorMemoryConfig(index_kind="exact"),
+        "approximate": VectorMemoryConfig(index_kind=args.index),
+    }
+    stores = {name: VectorMemory.open(directory, embedder=embedder, config=c) for name, c in configs.items()}
+    try:
+        search = compare_search(args, work, matrix, stores, row_of_id)
+    finally:
+        for mem in stores.values():
+            mem.close()
+    add_one_ms, reopen_s = single_adds_and_reopen(args, directory, embedder)
+    tested = search["approximate"]
     return {
         "n": args.n,
         "dim": args.dim,
+        "data": args.data,
         "k": args.k,
         "queries": args.queries,
+        "repeats": args.repeats,
         "batch": args.batch,
         "faiss_threads": args.faiss_threads,
         "vectors": VECTORS_NOTE,
-        "embedded": bench_store(args, work, truth, directory),
-        "numpy": {"add_per_s": args.n / numpy_add_s, "search_ms": 1000 * numpy_search_s / args.queries},
+        "search": search,
+        "embedded": {
+            "add_per_s": args.n / add_s,
+            "add_one_ms": add_one_ms,
+            "search_ms": tested["median_ms"],
+            "recall_at_k": tested["recall_at_k"],
+            "index": tested["index"],
+            "near_duplicate_threshold": VectorMemoryConfig().near_duplicate_threshold,
+            "reopen_s": reopen_s,
+        },
+        "numpy": {"add_per_s": args.n / numpy_add_s, "search_ms": search["numpy"]["median_ms"]},
     }
