@@ -8,26 +8,34 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from latentmem.memgen import LatentMemoryModel, MemGenConfig
-from latentmem.memory.vector import VectorMemory
 from latentmem.models import load_model
 from latentmem.serve.app import ServeSettings, create_app
 from latentmem.serve.backend import GenerationBackend
 from latentmem.serve.batching import BatchingBackend
 from latentmem.serve.keys import KEYS_FILE, KeyStore
-from latentmem.serve.stores import CONVERSATIONS_FILE, Stores
+from latentmem.serve.stores import CONVERSATIONS_FILE, StoreLocation, Stores
 
 EMBEDDER = "hash:32"  # the weaver below reads 32-dim memory vectors: the store's own
 
 
-def save_weaver(directory: Path) -> Path:
-    """A tiny MemGen weaver (prompt and inference latents, reads memory vectors) saved to `directory`."""
+def save_weaver(directory: Path, **config: Any) -> Path:
+    """A tiny MemGen weaver (prompt and inference latents, reads memory vectors; `config` overrides
+    `MemGenConfig` fields) saved to `directory`."""
     model, tok = load_model("tiny-qwen2", seed=0)
     config = MemGenConfig(
-        prompt_latents=2, inference_latents=2, max_inference_insertions=2, lora_r=2, memory_dim=32
+        **{
+            "prompt_latents": 2,
+            "inference_latents": 2,
+            "max_inference_insertions": 2,
+            "lora_r": 2,
+            "memory_dim": 32,
+            **config,
+        }
     )
     LatentMemoryModel(model, tok, config).save_pretrained(directory)
     return directory
@@ -41,14 +49,21 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    tmp: Path, *, weaver: Path | None = None, backend: GenerationBackend | None = None, **settings
+    tmp: Path,
+    *,
+    weaver: Path | None = None,
+    backend: GenerationBackend | None = None,
+    store: str | None = None,
+    **settings,
 ) -> Iterator[tuple[str, KeyStore]]:
     """(base URL, key store) of a server over tiny-qwen2 (as "tiny-qwen2", batched as `latentmem serve`
-    batches it) and `weaver` (as "weaver"), or over `backend`, with its store in `tmp`; shut down (the
+    batches it) and `weaver` (as "weaver"), or over `backend`, with its memories at `store` (a `--store`
+    value; default: an embedded store in `tmp`) and its keys and sessions in `tmp`; shut down (the
     backend closed) on exit."""
     if backend is None:
         backend = BatchingBackend.load("tiny-qwen2", memgen={"weaver": weaver} if weaver else None)
-    stores = Stores(lambda: VectorMemory.open(tmp / "store", embedder=EMBEDDER), tmp / CONVERSATIONS_FILE)
+    location = StoreLocation.parse(store or str(tmp / "store"))
+    stores = Stores(lambda: location.open_memory(EMBEDDER), tmp / CONVERSATIONS_FILE)
     keys = KeyStore(tmp / KEYS_FILE)
     app = create_app(backend, stores, keys, ServeSettings(host="127.0.0.1", **settings))
     port = free_port()

@@ -1,6 +1,8 @@
 """The server end to end: a real uvicorn server over tiny-qwen2 and a tiny MemGen weaver, driven by the
 official `openai` client (chat, streaming) and `httpx` (memory API, errors)."""
 
+import re
+
 import httpx
 import openai
 import pytest
@@ -160,6 +162,51 @@ def test_memory_in_the_prompt_session_and_write(client, http):
     assert in_session.usage.prompt_tokens > alone.usage.prompt_tokens + 8
 
 
+def test_memory_options_as_headers(client, http):
+    http.post("/v1/memories", json={"text": "Lea collects stamps", "user_id": "lea"})
+    ask = [{"role": "user", "content": "what does Lea collect?"}]
+    headers = {"X-Memory-Retrieve": "1", "X-Memory-Session": "h1", "X-Memory-Write": "true"}
+    out = client.chat.completions.create(
+        model="tiny-qwen2", messages=ask, max_tokens=2, user="lea", extra_headers=headers
+    )
+    report = out.model_extra["memory"]
+    assert len(report["used"]) == 1 and report["session"] == "h1" and len(report["written"]) == 1
+    # Header and body together: they merge, and an option given both ways must agree.
+    agreeing = client.chat.completions.create(
+        model="tiny-qwen2",
+        messages=ask,
+        max_tokens=1,
+        user="lea",
+        extra_headers={"X-Memory-Session": "h1", "x-memory-write": "0"},
+        extra_body={"memory": {"session": "h1", "retrieve": 1}},
+    )
+    report = agreeing.model_extra["memory"]
+    assert len(report["used"]) == 1 and report["session"] == "h1" and report["written"] == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "body_memory", "param"),
+    [
+        ({"X-Memory-Retrieve": "three"}, None, "X-Memory-Retrieve"),
+        ({"X-Memory-Retrieve": "-1"}, None, "X-Memory-Retrieve"),
+        ({"X-Memory-Write": "maybe"}, None, "X-Memory-Write"),
+        ({"X-Memory-Session": ""}, None, "X-Memory-Session"),
+        ({"X-Memory-Session": "a"}, {"session": "b"}, "X-Memory-Session"),
+    ],
+)
+def test_a_bad_or_conflicting_memory_header_is_422_naming_it(client, headers, body_memory, param):
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.chat.completions.create(
+            model="tiny-qwen2",
+            messages=HELLO,
+            max_tokens=1,
+            user="lea",
+            extra_headers=headers,
+            extra_body={"memory": body_memory} if body_memory else None,
+        )
+    assert caught.value.body["param"] == param and param in caught.value.body["message"]
+
+
 # ---- errors ----------------------------------------------------------------------------------------
 
 
@@ -314,3 +361,8 @@ def test_metrics_in_prometheus_text(http, client):
     assert 'latentmem_request_seconds_bucket{le="0.005",route="/v1/memories/{memory_id}"}' in text
     assert 'latentmem_tokens_total{kind="completion",model="weaver"}' in text
     assert 'latentmem_latent_insertions_total{model="weaver"}' in text
+    # The backend's load: weaver calls ran (batched or not), nothing decodes or waits now.
+    assert 'latentmem_decoding{model="tiny-qwen2"} 0.0' in text
+    assert 'latentmem_waiting{model="weaver"} 0.0' in text
+    rows = re.search(r'latentmem_batch_rows_total\{model="weaver"\} (\d+)', text)
+    assert rows and int(rows.group(1)) >= 1

@@ -12,6 +12,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from latentmem.memory.vector import VectorMemory
@@ -19,7 +20,7 @@ from latentmem.sampling import SamplingConfig
 from latentmem.serve.backend import Finished, GenerationRequest, InProcessBackend, Tokens
 from latentmem.serve.batching import BatchingBackend
 from latentmem.serve.errors import ServerBusyError
-from serve_fixtures import EMBEDDER, free_port, running_server
+from serve_fixtures import EMBEDDER, free_port, running_server, save_weaver
 
 MODEL = "tiny-qwen2"
 
@@ -48,6 +49,10 @@ async def _tokens(backend, request: GenerationRequest, delay: float = 0.0) -> li
 
 
 PROMPTS = [f"note {i}: " + "the quick brown fox " * i for i in range(6)]
+
+
+def _busy(backend) -> bool:
+    return any(load.decoding or load.waiting for load in backend.load_now())
 
 
 def test_batched_replies_equal_replies_decoded_alone(backends):
@@ -90,7 +95,7 @@ def test_a_row_that_is_left_is_freed_at_the_next_step(backends):
     try:
         asyncio.run(run())
         deadline = time.monotonic() + 10
-        while batching.load_now() != (0, 0):
+        while _busy(batching):
             assert time.monotonic() < deadline, batching.load_now()
             time.sleep(0.01)
     finally:
@@ -129,12 +134,14 @@ def test_full_server_answers_429_and_a_disconnect_frees_the_row(tmp_path):
         running_server(tmp_path, backend=backend) as (url, _),
         httpx.Client(base_url=url, timeout=30) as http,
     ):
-        with http.stream("POST", "/v1/chat/completions", json={**ask, "stream": True}) as response:
-            next(response.iter_lines())  # the reply has started: the only row is taken
-            busy = http.post("/v1/chat/completions", json=ask)
-            assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
-            assert busy.json()["error"]["code"] == "server_busy"
-        gate.set()  # the client left: its row frees at the next step and the server keeps serving
+        try:
+            with http.stream("POST", "/v1/chat/completions", json={**ask, "stream": True}) as response:
+                next(response.iter_lines())  # the reply has started: the only row is taken
+                busy = http.post("/v1/chat/completions", json=ask)
+                assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+                assert busy.json()["error"]["code"] == "server_busy"
+        finally:  # (also when an assertion fails: a shut gate would hold the server's shutdown)
+            gate.set()  # the client left: its row frees at the next step and the server keeps serving
         deadline = time.monotonic() + 20
         while (after := http.post("/v1/chat/completions", json={**ask, "max_tokens": 2})).status_code == 429:
             assert time.monotonic() < deadline
@@ -250,3 +257,74 @@ def test_finished_event_reports_why(backends):
 
     events = asyncio.run(run())
     assert events[-1] == Finished("length") and sum(len(e.ids) for e in events[:-1]) == 2
+
+
+# ---- MemGen weavers: static batching ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weaver_backends(tmp_path_factory):
+    # Letters as delimiters: the random tiny model then inserts latents while it decodes.
+    directory = tmp_path_factory.mktemp("weaver") / "weaver"
+    weaver = {"weaver": save_weaver(directory, delimiters=("e", "o", "s", "t"), max_inference_insertions=8)}
+    batching = BatchingBackend.load(MODEL, memgen=weaver, max_batch=8, max_queue=3)
+    alone = InProcessBackend.load(MODEL, memgen=weaver)
+    yield batching, alone
+    batching.close()
+    alone.close()
+
+
+async def _events(backend, request: GenerationRequest) -> tuple[list[int], Finished]:
+    tokens = []
+    async for event in backend.stream(request):
+        if isinstance(event, Tokens):
+            tokens += event.ids
+        else:
+            return tokens, event
+    raise AssertionError("no Finished event")
+
+
+def _weaver_requests(backend, n_tokens, memories) -> list[GenerationRequest]:
+    """Greedy weaver requests; `memories[i]` memory vectors (32-dim) for row i (0: none)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for prompt, n, m in zip(PROMPTS, n_tokens, memories, strict=True):
+        ids = backend.get("weaver").tokenizer(prompt)["input_ids"]
+        vectors = rng.standard_normal((m, 32)).astype(np.float32) if m else None
+        out.append(GenerationRequest("weaver", prompt, ids, n, memory_vectors=vectors))
+    return out
+
+
+def test_weaver_requests_waiting_together_are_one_generate_call_and_read_as_alone(weaver_backends):
+    batching, alone = weaver_backends
+    lengths, memories = [5 + 4 * i for i in range(len(PROMPTS))], [0, 1, 0, 3, 2, 0]
+
+    async def run():
+        one_by_one = [await _events(alone, r) for r in _weaver_requests(alone, lengths, memories)]
+        requests = _weaver_requests(batching, lengths, memories)
+        together = await asyncio.gather(*[_events(batching, r) for r in requests])
+        return one_by_one, list(together)
+
+    one_by_one, together = asyncio.run(run())
+    assert together == one_by_one
+    assert len({len(tokens) for tokens, _ in together}) > 1  # rows of different lengths
+    assert any(len(f.insertions) > 1 for _, f in together)  # latents inserted while decoding too
+    (load,) = [load for load in batching.load_now() if load.model == "weaver"]
+    # The first request may start alone; the rest waited for it and decoded in one call.
+    assert load.rows == len(PROMPTS) and load.batches <= 2 and (load.decoding, load.waiting) == (0, 0)
+
+
+def test_weaver_admission_beyond_the_batch_and_queue_is_refused(weaver_backends):
+    batching, _ = weaver_backends
+
+    async def run():
+        requests = _weaver_requests(batching, [4] * 6, [0] * 6) * 2  # 12 > max_batch 8 + max_queue 3
+        streams = [batching.stream(r) for r in requests[:11]]  # admitted at once, before any is read
+        with pytest.raises(ServerBusyError) as refused:
+            batching.stream(requests[11])
+        for stream in streams:
+            await stream.aclose()
+        return refused.value
+
+    refused = asyncio.run(run())
+    assert refused.status == 429 and refused.headers() == {"Retry-After": "1"}

@@ -2,6 +2,7 @@
 
 latentmem serve --model tiny-qwen2 --store ~/.latentmem/server
 latentmem serve --model smollm2-135m-instruct --memgen weaver=runs/sft/final --recall facts=runs/recall
+latentmem serve --model tiny-qwen2 --store qdrant://localhost:6333/memories --state-dir ~/.latentmem/server
 latentmem serve keys create --store ~/.latentmem/server --user alice [--agent a1] [--admin]
 latentmem serve keys list --store ~/.latentmem/server
 latentmem serve keys revoke --store ~/.latentmem/server KEY_ID
@@ -106,8 +107,16 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store",
         default=DEFAULT_STORE,
+        metavar="DIR|URL",
+        help=f"the memories: a directory (with sessions and keys beside them; {DEFAULT_STORE}), "
+        "qdrant://HOST[:PORT][/COLLECTION] (a Qdrant server) or qdrant+local:///ABS/PATH (Qdrant's local mode)",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=None,
         metavar="DIR",
-        help=f"the store directory: memories, sessions and keys ({DEFAULT_STORE})",
+        help=f"where keys and sessions (SQLite) live (default: the --store directory; {DEFAULT_STORE} "
+        "for a Qdrant store)",
     )
 
 
@@ -121,10 +130,16 @@ def _pairs(items: list[str], flag: str) -> dict[str, Path]:
     return out
 
 
+def _state_dir(args: argparse.Namespace) -> Path:
+    from latentmem.serve.stores import StoreLocation
+
+    return StoreLocation.parse(args.store).state_dir(args.state_dir)
+
+
 def _keys(args: argparse.Namespace):
     from latentmem.serve.keys import KEYS_FILE, KeyStore
 
-    return KeyStore(Path(args.store).expanduser() / KEYS_FILE)
+    return KeyStore(_state_dir(args) / KEYS_FILE)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -133,14 +148,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
         from latentmem.serve.app import ServeSettings, create_app, is_loopback
         from latentmem.serve.batching import BatchingBackend
-        from latentmem.serve.stores import CONVERSATIONS_FILE, Stores
+        from latentmem.serve.stores import CONVERSATIONS_FILE, StoreLocation, Stores
     except ImportError as exc:
         raise ConfigError(
             f"serving needs the serve extra ({exc.name} is missing): pip install 'latentmem[serve]'"
         ) from None
-    from latentmem.memory.vector import VectorMemory
 
-    store = Path(args.store).expanduser()
+    location = StoreLocation.parse(args.store)  # a malformed URL fails here, before any model loads
+    state = location.state_dir(args.state_dir)
     keys = _keys(args)
     if not keys.has_active():
         if not is_loopback(args.host):
@@ -150,7 +165,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 "--user NAME), or bind a loopback address (--host 127.0.0.1)"
             )
         print(
-            f"latentmem serve: no API keys in {store}, so every request is trusted; listening on loopback only "
+            f"latentmem serve: no API keys in {state}, so every request is trusted; listening on loopback only "
             f"({args.host}). Create keys with `latentmem serve keys create --store {args.store} --user NAME`.",
             file=sys.stderr,
         )
@@ -165,7 +180,7 @@ def run_serve(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
     )
-    stores = Stores(lambda: VectorMemory.open(store, embedder=args.embedder), store / CONVERSATIONS_FILE)
+    stores = Stores(lambda: location.open_memory(args.embedder), state / CONVERSATIONS_FILE)
     settings = ServeSettings(
         host=args.host,
         max_body_bytes=args.max_body_bytes,

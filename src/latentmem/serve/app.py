@@ -136,7 +136,7 @@ def create_app(
 ) -> FastAPI:
     """The server over `backend` (generation), `stores` (memories, sessions) and `keys`."""
     settings = settings or ServeSettings()
-    metrics = Metrics()
+    metrics = Metrics(backend.load_now)
     auth = Authenticator(keys, loopback=is_loopback(settings.host))
     recent = RecentChats()
     app = FastAPI(title="latentmem", summary="Memory for agents over HTTP", version="0.1.0")

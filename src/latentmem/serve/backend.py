@@ -21,11 +21,12 @@ the same on each.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -33,8 +34,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from latentmem.decoding import KVDecoder
-from latentmem.errors import ConfigError
+from latentmem.decoding import KVDecoder, left_padded
+from latentmem.errors import ConfigError, LatentMemError
 from latentmem.memgen.generate import GenerationConfig
 from latentmem.memgen.model import LatentMemoryModel, RetrievedMemory
 from latentmem.models import load_model, max_positions
@@ -116,6 +117,19 @@ class Finished:
 GenerationEvent = Tokens | Finished
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelLoad:
+    """A snapshot of one served model's work: requests `decoding` and `waiting` now, and since the start
+    the `batches` run (decode steps of a continuously batched model, `generate` calls otherwise) and
+    the `rows` they carried in all (rows / batches: the mean batch size)."""
+
+    model: str
+    decoding: int
+    waiting: int
+    batches: int
+    rows: int
+
+
 class GenerationBackend(Protocol):
     """What the server calls to generate; see the module docstring."""
 
@@ -136,6 +150,19 @@ class GenerationBackend(Protocol):
     def close(self) -> None:
         """Stop accepting work and release the models."""
         ...
+
+    def load_now(self) -> list[ModelLoad]:
+        """What each model decodes and has waiting now, and its batches so far (for `/metrics`)."""
+        ...
+
+
+def not_served(name: str, served: int) -> NotFoundError:
+    """The 404 for a model name that is not served here."""
+    return NotFoundError(
+        f"The model `{name}` does not exist; GET /v1/models lists the {served} served here",
+        param="model",
+        code="model_not_found",
+    )
 
 
 # ---- the in-process backend ------------------------------------------------------------------------
@@ -205,22 +232,66 @@ class _MemGenRunner:
         )
 
     def run(self, request: GenerationRequest, emit: Emit) -> Finished:
-        device = self.model.device
-        ids = torch.tensor([request.prompt_ids], device=device)
-        memory = None
-        if request.memory_vectors is not None and len(request.memory_vectors):
-            memory = RetrievedMemory.stack([request.memory_vectors], self.model.config.memory_dim)
-        config = GenerationConfig(max_new_tokens=request.max_new_tokens, sampling=request.sampling)
-        result = self.model.generate(
-            ids, torch.ones_like(ids), config, generator=_generator(request.seed, device), memory=memory
-        )
-        tokens = result.sequences[0, : int(result.lengths[0])].tolist()
+        ((tokens, finished),) = self.run_batch([request])
         emit(Tokens(tokens))
+        return finished
+
+    @staticmethod
+    def batchable(a: GenerationRequest, b: GenerationRequest) -> bool:
+        """Whether `a` and `b` may share one `generate` call with each reply as it would be alone:
+        greedy with the same settings (one call has one `SamplingConfig`, and a sampled reply follows its
+        own seed's generator, which a shared call cannot give every row)."""
+        return a.model == b.model and not a.sampling.do_sample and a.sampling == b.sampling
+
+    def fits(self, requests: Sequence[GenerationRequest]) -> bool:
+        """Whether `requests` together pass MemGen's window check (`check_generation_window`), which
+        grows with the batch (its padded prompt, longest reply and insertion steps)."""
+        memories = max(0 if r.memory_vectors is None else len(r.memory_vectors) for r in requests)
+        try:
+            self.model.check_generation_window(
+                max(len(r.prompt_ids) for r in requests),
+                len(requests),
+                max(r.max_new_tokens for r in requests),
+                memories,
+            )
+        except LatentMemError:
+            return False
+        return True
+
+    @torch.no_grad()
+    def run_batch(self, requests: Sequence[GenerationRequest]) -> list[tuple[list[int], Finished]]:
+        """(tokens, Finished) per request from one `generate` call over the left-padded prompts; more
+        than one request only when they are pairwise `batchable`. Each row is cut to its own
+        `max_new_tokens`, and keeps only the insertions its shorter loop would have made (none after its
+        last token), so a row reads as if it were generated alone."""
+        device = self.model.device
+        ids, mask = left_padded([r.prompt_ids for r in requests], self.model.tokenizer.pad_token_id)
+        memory = None
+        if any(r.memory_vectors is not None and len(r.memory_vectors) for r in requests):
+            rows = [np.zeros((0, 0)) if r.memory_vectors is None else r.memory_vectors for r in requests]
+            memory = RetrievedMemory.stack(rows, self.model.config.memory_dim)
+        config = GenerationConfig(
+            max_new_tokens=max(r.max_new_tokens for r in requests), sampling=requests[0].sampling
+        )
+        # One request: its own seed; a batch is greedy (`batchable`) and draws nothing.
+        generator = _generator(requests[0].seed, device) if len(requests) == 1 else None
+        result = self.model.generate(
+            ids.to(device), mask.to(device), config, generator=generator, memory=memory
+        )
         prompt_latents = self.model.config.prompt_latents
-        insertions = [LatentInsertion(-1, prompt_latents)] if prompt_latents else []
-        insertions += [LatentInsertion(i, self.inference_latents) for i in result.insertions[0]]
-        reason: FinishReason = "stop" if tokens and tokens[-1] in self.eos else "length"
-        return Finished(reason, insertions=tuple(insertions))
+        out = []
+        for b, request in enumerate(requests):
+            n = min(int(result.lengths[b]), request.max_new_tokens)
+            tokens = result.sequences[b, :n].tolist()
+            insertions = [LatentInsertion(-1, prompt_latents)] if prompt_latents else []
+            insertions += [
+                LatentInsertion(i, self.inference_latents)
+                for i in result.insertions[b]
+                if i < request.max_new_tokens - 1
+            ]
+            reason: FinishReason = "stop" if tokens and tokens[-1] in self.eos else "length"
+            out.append((tokens, Finished(reason, insertions=tuple(insertions))))
+        return out
 
 
 class _RecallRunner:
@@ -299,6 +370,10 @@ class InProcessBackend:
 
     def __init__(self, runners: Mapping[str, _Runner]) -> None:
         self._runners = dict(runners)
+        self._waiting: collections.Counter[str] = collections.Counter()
+        self._done: collections.Counter[str] = collections.Counter()
+        self._running: str | None = None
+        self._counting = threading.Lock()  # the event loop and the worker both update the counts
         # One worker: requests queue here in arrival order and the models never run concurrently.
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="latentmem-generate")
 
@@ -316,12 +391,15 @@ class InProcessBackend:
     def _runner(self, name: str) -> _Runner:
         runner = self._runners.get(name)
         if runner is None:
-            raise NotFoundError(
-                f"The model `{name}` does not exist; GET /v1/models lists the {len(self._runners)} served here",
-                param="model",
-                code="model_not_found",
-            )
+            raise not_served(name, len(self._runners))
         return runner
+
+    def load_now(self) -> list[ModelLoad]:
+        with self._counting:  # one request per `run`: each is a batch of one
+            return [
+                ModelLoad(n, int(self._running == n), self._waiting[n], self._done[n], self._done[n])
+                for n in self._runners
+            ]
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         runner = self._runner(request.model)
@@ -332,14 +410,23 @@ class InProcessBackend:
             loop.call_soon_threadsafe(queue.put_nowait, event)
 
         def work() -> None:
+            with self._counting:
+                self._waiting[request.model] -= 1
             if request.cancel.is_set():  # the client left while the request waited for the worker
                 emit(Finished("stop"))
                 return
+            self._running = request.model
             try:
                 emit(runner.run(request, emit))
             except BaseException as exc:  # handed to the awaiting request, which raises it there
                 emit(_Failed(exc))
+            finally:
+                self._running = None
+                with self._counting:
+                    self._done[request.model] += 1
 
+        with self._counting:
+            self._waiting[request.model] += 1
         self._executor.submit(work)
         try:
             while True:

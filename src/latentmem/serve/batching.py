@@ -1,6 +1,17 @@
-"""Continuous batching: requests for the plain reasoner that arrive while it is busy are decoded together.
+"""Batching: requests for the same model that arrive while it is busy are decoded together.
 
-One worker thread owns the model and one `KVDecoder` holding every running row. Each loop turn it
+`BatchingBackend` (what `latentmem serve` runs) routes each request by model name to one of three workers,
+each a thread of its own that owns its models:
+
+- the plain reasoner: *continuous* batching (`_ContinuousWorker`, below);
+- MemGen weavers: *static* batching (`_MemGenWorker`): when the weavers' worker becomes free it takes the
+  oldest waiting request and every other waiting one for the same weaver that may share its `generate`
+  call (greedy, same settings: `_MemGenRunner.batchable`; a sampled request runs alone, on its own seed),
+  up to `max_batch`, and decodes them in one batched `latentmem.memgen.generate` call. A request that
+  arrives during that call waits for the next one: MemGen's decoder has no step at which a row could join;
+- recall memories: one request at a time (`InProcessBackend`), unbounded as before.
+
+The continuous loop: one `KVDecoder` holds every running row. Each loop turn it
 
 1. admits waiting requests up to `max_batch` rows: each is prefilled alone (B=1, no padding: its prompt
    is computed exactly as one-at-a-time serving computes it), then its cache rows join the running batch
@@ -13,19 +24,19 @@ One worker thread owns the model and one `KVDecoder` holding every running row. 
 
 So a new request joins at the next step and a finished one frees its row at once. A row's output does not
 depend on its neighbours: its prompt is computed alone, and in the batched steps padding slots are masked
-out (attention weight exactly 0); a test checks that greedy replies are identical alone and batched.
+out (attention weight exactly 0); a test checks that greedy replies are identical alone and batched. A
+MemGen batch prefills its prompts left-padded (masked slots, positions counted over valid slots only);
+the same test checks its greedy replies, latent insertions included, against one-at-a-time decoding.
 
-The alternative, a new batch cohort per arrival wave decoded in its own forward passes, keeps caches
-untouched but runs one forward per cohort per step, which is what batching is meant to avoid; merging
-costs one copy of the cache per admission instead.
+The alternative for the reasoner, a new batch cohort per arrival wave decoded in its own forward passes,
+keeps caches untouched but runs one forward per cohort per step, which is what batching is meant to
+avoid; merging costs one copy of the cache per admission instead.
 
-Admission is bounded: at most `max_batch` rows decode and `max_queue` more wait; beyond that `stream`
-raises `ServerBusyError` (429 with `Retry-After`) at once, before any byte of a response is sent. `close`
-refuses new work (503), lets every admitted request finish, then stops the worker.
-
-MemGen weavers and recall memories are served by the per-request `InProcessBackend` beside this one
-(their decoders insert latents or memory vectors per row; batching them is not built yet), unbounded
-as before.
+Admission is bounded per worker: at most `max_batch` requests decode and `max_queue` more wait; beyond
+that `stream` raises `ServerBusyError` (429 with `Retry-After`) at once, before any byte of a response is
+sent. `close` refuses new work (503), lets every admitted request finish, then stops the workers.
+`load_now` reports, per model, what decodes and waits now and how many batches ran with how many rows (the
+server's `/metrics`).
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ import collections
 import contextlib
 import dataclasses
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import torch
@@ -49,14 +60,17 @@ from latentmem.serve.backend import (
     GenerationEvent,
     GenerationRequest,
     InProcessBackend,
+    ModelLoad,
     ServedModel,
     Tokens,
     _Failed,
     _generator,
+    _MemGenRunner,
     _ReasonerRunner,
     load_runners,
+    not_served,
 )
-from latentmem.serve.errors import NotFoundError, ServerBusyError
+from latentmem.serve.errors import ServerBusyError
 
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_QUEUE = 64
@@ -79,80 +93,38 @@ class _Row:
     generated: int = 0
 
 
-class BatchingBackend:
-    """The plain reasoner with continuous batching (see the module docstring), plus an optional
-    `fallback` backend for every other model. Build with `load`."""
+class _Worker:
+    """A thread that owns some models, with bounded admission, a queue of waiting rows and the hand-off
+    of events to the readers' event loops. Subclasses write `_serve` (the thread's loop)."""
 
     def __init__(
-        self,
-        reasoner: _ReasonerRunner,
-        fallback: InProcessBackend | None = None,
-        *,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        max_queue: int = DEFAULT_MAX_QUEUE,
-        retry_after: int = 1,
+        self, name: str, device: torch.device, *, max_batch: int, max_queue: int, retry_after: int
     ) -> None:
         if max_batch < 1:
             raise ConfigError(f"max_batch: must be >= 1, got {max_batch}")
         if max_queue < 0:
             raise ConfigError(f"max_queue: must be >= 0, got {max_queue}")
-        self._reasoner, self._fallback = reasoner, fallback
+        self.device = device
         self.max_batch, self.max_queue, self.retry_after = max_batch, max_queue, retry_after
         self._waiting: collections.deque[_Row] = collections.deque()
         self._admitted = 0  # rows waiting or decoding; guarded by `_wake`
         self._closing = False
+        # batches run and the rows they carried, per model (written by the worker only)
+        self._batches: collections.Counter[str] = collections.Counter()
+        self._batch_rows: collections.Counter[str] = collections.Counter()
         # The worker's events not yet handed to their readers' event loops (see `_flush`).
         self._outbox: dict[
             asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, GenerationEvent | _Failed]]
         ] = {}
         self._wake = threading.Condition()
-        self._thread = threading.Thread(target=self._serve, name="latentmem-batching", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f"latentmem-{name}", daemon=True)
         self._thread.start()
-
-    @classmethod
-    def load(
-        cls,
-        reasoner: str,
-        *,
-        max_batch: int = DEFAULT_MAX_BATCH,
-        max_queue: int = DEFAULT_MAX_QUEUE,
-        **options: Any,
-    ) -> BatchingBackend:
-        """Load what `load_runners(reasoner, **options)` loads; batch the reasoner, serve the rest
-        (MemGen weavers, recall memories) one request at a time beside it."""
-        runners = load_runners(reasoner, **options)
-        name, first = next(iter(runners.items()))  # load_runners puts the reasoner first
-        assert isinstance(first, _ReasonerRunner)
-        rest = {n: r for n, r in runners.items() if n != name}
-        fallback = InProcessBackend(rest) if rest else None
-        return cls(first, fallback, max_batch=max_batch, max_queue=max_queue)
-
-    # ---- GenerationBackend ---------------------------------------------------------------------------
-
-    def models(self) -> list[ServedModel]:
-        return [self._reasoner.info, *(self._fallback.models() if self._fallback else [])]
-
-    def get(self, name: str) -> ServedModel:
-        if name == self._reasoner.info.name:
-            return self._reasoner.info
-        if self._fallback is not None:
-            return self._fallback.get(name)
-        raise NotFoundError(
-            f"The model `{name}` does not exist; GET /v1/models lists the 1 served here",
-            param="model",
-            code="model_not_found",
-        )
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Admit `request` now (or raise `ServerBusyError`), then return its events. Called from the
         event loop that will read them."""
-        if request.model != self._reasoner.info.name:
-            self.get(request.model)  # 404 for an unknown name
-            assert self._fallback is not None
-            return self._fallback.stream(request)
         events: asyncio.Queue[GenerationEvent | _Failed] = asyncio.Queue()
-        device = self._reasoner.model.device
-        generator = _generator(request.seed, device)
+        generator = _generator(request.seed, self.device)
         row = _Row(request, asyncio.get_running_loop(), events, generator, list(request.prompt_ids))
         with self._wake:
             if self._closing:
@@ -169,21 +141,25 @@ class BatchingBackend:
         return self._events(request, events)
 
     def close(self) -> None:
-        """Refuse new requests, finish every admitted one, then stop the worker (and the fallback)."""
+        """Refuse new requests, finish every admitted one, then stop the thread."""
         with self._wake:
             self._closing = True
             self._wake.notify()
         self._thread.join()
-        if self._fallback is not None:
-            self._fallback.close()
 
-    def load_now(self) -> tuple[int, int]:
-        """(rows decoding or about to, requests waiting for a row): a snapshot of the load."""
+    def load_now(self, names: list[str]) -> list[ModelLoad]:
+        """A snapshot of each model of `names` (this worker's)."""
         with self._wake:
-            waiting = len(self._waiting)
-            return self._admitted - waiting, waiting
+            waiting = collections.Counter(row.request.model for row in self._waiting)
+            decoding = self._decoding()
+        return [ModelLoad(n, decoding[n], waiting[n], self._batches[n], self._batch_rows[n]) for n in names]
 
-    # ---- the worker ----------------------------------------------------------------------------------
+    def _decoding(self) -> collections.Counter[str]:
+        """Rows decoding now, per model; called under `_wake`."""
+        raise NotImplementedError
+
+    def _serve(self) -> None:
+        raise NotImplementedError
 
     @staticmethod
     async def _events(
@@ -229,6 +205,76 @@ class BatchingBackend:
         self._send(row, event)
         with self._wake:
             self._admitted -= 1
+
+    def _count_batch(self, model: str, rows: int) -> None:
+        self._batches[model] += 1
+        self._batch_rows[model] += rows
+
+
+class _MemGenWorker(_Worker):
+    """MemGen weavers, static batching (see the module docstring): one `generate` call at a time, over
+    the oldest waiting request and the waiting ones that may share its call."""
+
+    def __init__(self, runners: Mapping[str, _MemGenRunner], **limits: Any) -> None:
+        self._runners = dict(runners)
+        self._running: tuple[str, int] | None = None  # (model, rows) of the call in progress
+        device = next(iter(self._runners.values())).model.device
+        super().__init__("memgen-batching", device, **limits)
+
+    def _decoding(self) -> collections.Counter[str]:
+        return collections.Counter(dict([self._running])) if self._running else collections.Counter()
+
+    def _take_batch(self) -> list[_Row] | None:
+        """The next batch (blocking while nobody waits); None: closed and idle."""
+        with self._wake:
+            while not self._waiting and not self._closing:
+                self._wake.wait()
+            if not self._waiting:
+                return None
+            first = self._waiting.popleft()
+            runner, batch = self._runners[first.request.model], [first]
+            for row in list(self._waiting):
+                if len(batch) == self.max_batch:
+                    break
+                candidate = [*(r.request for r in batch), row.request]
+                if runner.batchable(first.request, row.request) and runner.fits(candidate):
+                    batch.append(row)
+                    self._waiting.remove(row)
+            self._running = (first.request.model, len(batch))
+            return batch
+
+    def _serve(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            # A client that left while waiting is answered without decoding.
+            live = [row for row in batch if not row.request.cancel.is_set()]
+            for row in batch:
+                if row.request.cancel.is_set():
+                    self._finish(row, Finished("stop"))
+            if live:
+                model = live[0].request.model
+                try:
+                    results = self._runners[model].run_batch([row.request for row in live])
+                    self._count_batch(model, len(live))
+                    for row, (tokens, finished) in zip(live, results, strict=True):
+                        self._send(row, Tokens(tokens))
+                        self._finish(row, finished)
+                except Exception as exc:  # the batch's failure: every row of it reports it
+                    for row in live:
+                        self._finish(row, _Failed(exc))
+            with self._wake:
+                self._running = None
+            self._flush()
+
+
+class _ContinuousWorker(_Worker):
+    """The plain reasoner, continuous batching (see the module docstring)."""
+
+    def __init__(self, reasoner: _ReasonerRunner, **limits: Any) -> None:
+        self._reasoner = reasoner
+        super().__init__("batching", reasoner.model.device, **limits)
+
+    def _decoding(self) -> collections.Counter[str]:
+        return collections.Counter({self._reasoner.info.name: self._admitted - len(self._waiting)})
 
     def _take_waiting(self, free: int) -> list[_Row] | None:
         """Up to `free` waiting requests (blocking while there is nothing to do); None: closed and idle."""
@@ -286,6 +332,7 @@ class BatchingBackend:
     ) -> tuple[KVDecoder | None, list[_Row], torch.Tensor]:
         """Pick and emit every row's next token, let finished rows go, feed the rest one step."""
         tokens = self._select(rows, logits)
+        self._count_batch(self._reasoner.info.name, len(rows))
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
             row.history.append(token)
@@ -321,3 +368,79 @@ class BatchingBackend:
             history = torch.tensor([row.history], device=logits.device)
             tokens.append(int(select_next(logits[i : i + 1], sampling, row.generator, history)))
         return tokens
+
+
+class BatchingBackend:
+    """Every served model behind its batching worker (see the module docstring). Build with `load`."""
+
+    def __init__(
+        self,
+        reasoner: _ReasonerRunner,
+        memgen: Mapping[str, _MemGenRunner] | None = None,
+        others: InProcessBackend | None = None,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        retry_after: int = 1,
+    ) -> None:
+        """`reasoner` batched continuously, the weavers of `memgen` batched statically, `others` (recall
+        memories) one request at a time; `max_batch` and `max_queue` bound each batching worker."""
+        limits = {"max_batch": max_batch, "max_queue": max_queue, "retry_after": retry_after}
+        self._reasoner = reasoner
+        self._workers: list[tuple[_Worker, list[str]]] = [
+            (_ContinuousWorker(reasoner, **limits), [reasoner.info.name])
+        ]
+        if memgen:
+            self._workers.append((_MemGenWorker(memgen, **limits), list(memgen)))
+        self._others = others
+        self._infos = {reasoner.info.name: reasoner.info, **{n: r.info for n, r in (memgen or {}).items()}}
+        self._route: dict[str, _Worker] = {n: w for w, names in self._workers for n in names}
+
+    @classmethod
+    def load(
+        cls,
+        reasoner: str,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        **options: Any,
+    ) -> BatchingBackend:
+        """Load what `load_runners(reasoner, **options)` loads and put each model behind its worker."""
+        runners = load_runners(reasoner, **options)
+        name, first = next(iter(runners.items()))  # load_runners puts the reasoner first
+        assert isinstance(first, _ReasonerRunner)
+        memgen = {n: r for n, r in runners.items() if isinstance(r, _MemGenRunner)}
+        rest = {n: r for n, r in runners.items() if n != name and n not in memgen}
+        others = InProcessBackend(rest) if rest else None
+        return cls(first, memgen, others, max_batch=max_batch, max_queue=max_queue)
+
+    # ---- GenerationBackend ---------------------------------------------------------------------------
+
+    def models(self) -> list[ServedModel]:
+        return [*self._infos.values(), *(self._others.models() if self._others else [])]
+
+    def get(self, name: str) -> ServedModel:
+        if name in self._infos:
+            return self._infos[name]
+        if self._others is not None:
+            return self._others.get(name)
+        raise not_served(name, len(self._infos))
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        worker = self._route.get(request.model)
+        if worker is not None:
+            return worker.stream(request)
+        self.get(request.model)  # 404 for an unknown name
+        assert self._others is not None
+        return self._others.stream(request)
+
+    def close(self) -> None:
+        """Refuse new requests, finish every admitted one, then stop the workers."""
+        for worker, _ in self._workers:
+            worker.close()
+        if self._others is not None:
+            self._others.close()
+
+    def load_now(self) -> list[ModelLoad]:
+        rows = [load for worker, names in self._workers for load in worker.load_now(names)]
+        return rows + (self._others.load_now() if self._others else [])

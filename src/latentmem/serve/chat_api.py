@@ -10,6 +10,9 @@ scope (`auth.Principal.scope`):
   session's recent turns (a `LastTurns` window) before them;
 - write: the exchange (the last user message and the reply) is stored as a memory.
 
+The same options can come as headers (`X-Memory-Retrieve`, `X-Memory-Session`, `X-Memory-Write`,
+`X-Memory-Agent`; see `memory_options`), for clients that can set headers but not body fields.
+
 The response's `memory` field says which memories were used and written, and where a weaver inserted
 latents (or recall memory recalled). Stop sequences are applied here, on the decoded text, for every
 backend alike; text that could be the start of a stop sequence is held back until it is known not to be.
@@ -20,11 +23,12 @@ backend alike; text that could be the start of a stop sequence is held back unti
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from transformers import PreTrainedTokenizerBase
 
 from latentmem.chat import render_chat
@@ -104,6 +108,45 @@ class StopScanner:
         return out
 
 
+# The `memory` field's options as headers (HTTP header names are case-insensitive).
+MEMORY_HEADERS = {
+    "retrieve": "X-Memory-Retrieve",
+    "session": "X-Memory-Session",
+    "write": "X-Memory-Write",
+    "agent": "X-Memory-Agent",
+}
+
+
+def memory_options(field: MemoryOptions | None, headers: Mapping[str, str]) -> MemoryOptions:
+    """A request's memory options: its `memory` field and its `X-Memory-*` headers together.
+
+    Headers are validated like the field (a bad value is a 422 naming the header; `X-Memory-Write`
+    takes true/false, 1/0, yes/no). An option given both ways must have the same value, else 422 naming
+    the header: neither a client's default headers nor one request's body silently overrides the other.
+    """
+    given = {name: headers[header] for name, header in MEMORY_HEADERS.items() if header in headers}
+    if not given:
+        return field or MemoryOptions()
+    try:
+        from_headers = MemoryOptions.model_validate(given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        header = MEMORY_HEADERS[str(error["loc"][0])]
+        raise InvalidParameterError(f"{header}: {error['msg']}", param=header, code=error["type"]) from None
+    if field is None:
+        return from_headers
+    for name in given:
+        ours, theirs = getattr(from_headers, name), getattr(field, name)
+        if name in field.model_fields_set and ours != theirs:
+            raise InvalidParameterError(
+                f"{MEMORY_HEADERS[name]}: {ours!r} differs from the body's memory.{name} {theirs!r}; give "
+                "one, or the same value in both",
+                param=MEMORY_HEADERS[name],
+                code="conflicting_value",
+            )
+    return field.model_copy(update={name: getattr(from_headers, name) for name in given})
+
+
 def _sampling(body: ChatCompletionRequest) -> SamplingConfig:
     # OpenAI's temperature 0 is greedy decoding; top_p applies only when sampling, as in OpenAI's API.
     if body.temperature == 0:
@@ -119,9 +162,10 @@ def _session_key(scope: Scope, session: str) -> str:
 class _Exchange:
     """One chat request from the prompt to what is stored after the reply."""
 
-    def __init__(self, body: ChatCompletionRequest, served: ServedModel, scope: Scope | None) -> None:
-        self.body, self.served, self.scope = body, served, scope
-        self.options = body.memory or MemoryOptions()
+    def __init__(
+        self, body: ChatCompletionRequest, options: MemoryOptions, served: ServedModel, scope: Scope | None
+    ) -> None:
+        self.body, self.options, self.served, self.scope = body, options, served, scope
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.new_messages = [m for m in body.messages if m.template_role() != "system"]
@@ -289,9 +333,9 @@ def chat_router(
         )
 
     @router.post("/chat/completions", response_model=ChatCompletion)
-    async def chat_completions(body: ChatCompletionRequest, principal: Caller):
+    async def chat_completions(body: ChatCompletionRequest, principal: Caller, http: Request):
         served = backend.get(body.model)
-        options = body.memory or MemoryOptions()
+        options = memory_options(body.memory, http.headers)
         # No session in the scope: memories belong to the user and agent, so that a fact learnt in one
         # session is recalled in the next (the session is kept in the memory's metadata).
         scope = principal.scope(body.user, options.agent, None)
@@ -299,7 +343,7 @@ def chat_router(
             raise InvalidParameterError(
                 "memory needs a scope: send `user` (or use a key bound to one)", param="user"
             )
-        exchange = _Exchange(body, served, scope)
+        exchange = _Exchange(body, options, served, scope)
         request = await prepare(exchange)
         scanner = StopScanner(served.tokenizer, body.stop_sequences())
         # Asked for here, before any response starts: a backend that is full refuses now (429), which a
