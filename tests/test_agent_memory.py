@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from latentmem.agent_memory import (
     BenchmarkSchemaError,
@@ -22,10 +23,14 @@ from latentmem.agent_memory import (
 )
 from latentmem.agent_memory.answer import AnswerAgent, answer_match
 from latentmem.agent_memory.bench import evaluate_policy
-from latentmem.agent_memory.manager import AddOnlyPolicy, same_slot
+from latentmem.agent_memory.constraint import OperationConstraint, operation_options
+from latentmem.agent_memory.generation import ChatGenerator
+from latentmem.agent_memory.manager import AddOnlyPolicy, ModelPolicy, same_slot, shown_ids
 from latentmem.agent_memory.train import (
     MemoryManagerConfig,
     RewardScorer,
+    build_manager_model,
+    completion_logprobs,
     decision_rows,
     train_memory_manager,
 )
@@ -219,6 +224,9 @@ def test_reward_is_outcome_driven(store):
     assert scorer(row, f"UPDATE {stale}") > scorer(row, "NOOP")
     assert scorer(row, "UPDATE") == scorer(row, "NOOP")  # malformed: a NOOP
     assert store.count({"user": "rollout-1"}) == 0  # scratch scopes are emptied
+    scored = []
+    scorer._score = lambda row, parsed: scored.append(parsed) or 0.0  # cached: never scored again
+    assert scorer(row, "NOOP because") == scorer(row, "NOOP") and scored == []
 
 
 def test_manager_grpo_two_steps_changes_lora_and_resumes(tmp_path, monkeypatch):
@@ -227,7 +235,7 @@ def test_manager_grpo_two_steps_changes_lora_and_resumes(tmp_path, monkeypatch):
     overrides = {
         "model": "tiny-qwen2", "output_dir": str(tmp_path / "run"),
         "data": {"users": 1, "eval_users": 1, "embedder": EMBEDDER},
-        "grpo": {"num_generations": 2, "max_new_tokens": 4},
+        "grpo": {"num_generations": 2},
         "train": {"steps": 2, "batch_size": 4, "lr": 1e-2, "save_every": 1},
     }  # fmt: skip
     run = train_memory_manager(MemoryManagerConfig.from_dict(overrides))
@@ -242,3 +250,72 @@ def test_manager_grpo_two_steps_changes_lora_and_resumes(tmp_path, monkeypatch):
         m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in m
     ]
     assert steps == [1, 2, 3]  # resumed after step 2, not restarted
+
+
+# ---- constrained decoding -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_manager():
+    cfg = MemoryManagerConfig.from_dict({"model": "tiny-qwen2"})
+    return build_manager_model(cfg, torch.device("cpu"), cfg.lora.peft_config())
+
+
+def test_constraint_allows_only_operations_over_the_shown_ids(tiny_manager):
+    tok = tiny_manager.tokenizer
+    constraint = OperationConstraint(tok, [{3, 12}])
+    assert operation_options({12, 3}) == ["ADD", "NOOP", "UPDATE 3", "DELETE 3", "UPDATE 12", "DELETE 12"]
+    # walking the trie from the empty prefix reaches exactly the options, each ended by EOS
+    done, stack = [], [()]
+    while stack:
+        prefix = stack.pop()
+        for token in constraint.allowed(0, prefix):
+            if token == constraint.eos:
+                done.append(tok.decode(list(prefix)))
+            else:
+                stack.append((*prefix, token))
+    assert sorted(done) == sorted(operation_options({3, 12}))
+    assert constraint.allowed(0, [constraint.eos, tok.pad_token_id]) == [constraint.eos]
+
+
+def test_model_policy_writes_only_valid_operations(store, tiny_manager):
+    # a random tiny model writes gibberish unconstrained; constrained, every output is an operation
+    for text in ("The user lives in Porto.", "The user drives a Fiat."):
+        store.add(text, SCOPE)
+    policy = ModelPolicy(ChatGenerator(tiny_manager.peft, tiny_manager.tokenizer))
+    manager = MemoryManager(store, policy, k=5)
+    for fact in ("The user lives in Lyon.", "The user no longer drives a car.", "The user plays the cello."):
+        decision = manager.observe(fact, SCOPE)
+        assert decision.parsed.rejected is None
+        assert decision.parsed.raw in operation_options(shown_ids(decision.request))
+
+
+def test_rollout_and_learner_logprobs_agree_before_the_first_update(tiny_manager):
+    """The GRPO ratio is 1 before an update: the learner's masked log-probs of the sampled completion
+    equal those of the distribution the constrained sampler drew from (HF's processed scores)."""
+    generator = ChatGenerator(tiny_manager.peft, tiny_manager.tokenizer)
+    prompts = ["New fact: The user lives in Lyon.\nOperation:", "New fact: The user drives a Fiat."]
+    shown = [frozenset({3, 12}), frozenset({7})]
+    ids, mask = generator.encode([p for p in prompts for _ in range(3)])
+    constraint = OperationConstraint(tiny_manager.tokenizer, [s for s in shown for _ in range(3)])
+    torch.manual_seed(0)
+    temperature = 0.7
+    out = tiny_manager.peft.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=constraint.max_new_tokens, do_sample=True,
+        temperature=temperature, top_k=0, top_p=1.0, logits_processor=constraint.processors(ids.shape[1]),
+        pad_token_id=tiny_manager.tokenizer.pad_token_id, output_scores=True, return_dict_in_generate=True,
+    )  # fmt: skip
+    completion = out.sequences[:, ids.shape[1] :]
+    rollout = torch.stack(out.scores, 1).float().log_softmax(-1).gather(2, completion[:, :, None]).squeeze(2)
+    with torch.no_grad():
+        learner, cmask = completion_logprobs(tiny_manager, ids, mask, completion, temperature, constraint)
+    assert cmask.sum() > cmask.shape[0]  # every completion has its EOS, some more tokens
+    torch.testing.assert_close(learner[cmask], rollout[cmask], atol=1e-4, rtol=1e-4)
+    assert torch.exp(learner[cmask] - rollout[cmask]).sub(1).abs().max() < 1e-3  # ratio 1
+    # the mask matters: without it the learner would score another distribution
+    logits = tiny_manager(torch.cat([ids, completion], 1), torch.cat([mask, cmask.long()], 1))
+    free = (logits[:, ids.shape[1] - 1 : -1].float() / temperature).log_softmax(-1)
+    free = free.gather(2, completion[:, :, None]).squeeze(2)
+    assert (free[cmask] - rollout[cmask]).abs().max() > 0.1
+    texts = generator.decode(completion)
+    assert all(
+        t in operation_options(s) for t, s in zip(texts, [s for s in shown for _ in range(3)], strict=True)
+    )

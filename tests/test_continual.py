@@ -29,7 +29,7 @@ class Affirm(Task):
     answer = "yes"
 
     def load(self, split):
-        words = WORDS[:8] if split == "train" else WORDS[8:] + ["paris", "blue"]
+        words = WORDS[:8] if split == "train" else [*WORDS[8:], "paris", "blue"]
         return [Example(f"Is {w} a word?", self.answer) for w in words]
 
     def target(self, example):
@@ -80,9 +80,7 @@ def test_sequence_carries_one_state_and_measures_forgetting(tmp_path):
     results = run_sequence(_cfg(tmp_path, methods))
     out = tmp_path / "out"
     saved = json.loads((out / "results.json").read_text())
-    assert saved["sequence"] == ["affirm-seq-test", "deny"] and saved["methods"].keys() == set(
-        methods
-    )
+    assert saved["sequence"] == ["affirm-seq-test", "deny"] and saved["methods"].keys() == set(methods)
     tasks = saved["sequence"]
     for name in methods:
         r = saved["methods"][name]

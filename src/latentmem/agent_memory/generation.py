@@ -1,13 +1,15 @@
-"""Chat-model text generation for the manager and the answer agent: batched, greedy or sampled."""
+"""Chat-model text generation for the manager and the answer agent: batched, greedy or sampled, free or
+constrained to the operation format (`constraint.py`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from latentmem.agent_memory.constraint import OperationConstraint
 from latentmem.chat import render_chat
 
 
@@ -32,14 +34,17 @@ class ChatGenerator:
         attention_mask: torch.Tensor,
         max_new_tokens: int,
         temperature: float | None = None,
+        constraint: OperationConstraint | None = None,
     ) -> torch.Tensor:
         """(B, N) completion ids, padded with pad after EOS: greedy, or sampled at `temperature` from the
-        full softmax(z / temperature) (no top-k / top-p: GRPO scores exactly that distribution)."""
+        full softmax(z / temperature) (no top-k / top-p: GRPO scores exactly that distribution); with
+        `constraint` (one request per row), from the allowed tokens only."""
         sample = temperature is not None
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
+            logits_processor=constraint.processors(input_ids.shape[1]) if constraint else None,
             do_sample=sample,
             temperature=temperature if sample else None,
             top_k=0 if sample else None,
@@ -57,4 +62,15 @@ class ChatGenerator:
         for start in range(0, len(prompts), self.batch_size):
             ids, mask = self.encode(prompts[start : start + self.batch_size])
             out += self.decode(self.generate_ids(ids, mask, max_new_tokens))
+        return out
+
+    def operations(self, prompts: Sequence[str], shown_ids: Sequence[Collection[int]]) -> list[str]:
+        """The greedy operation line of each manager prompt, decoding constrained to the operations over
+        the ids it showed (`shown_ids`, one collection per prompt), in batches of `batch_size`."""
+        out: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            ids, mask = self.encode(prompts[start : start + self.batch_size])
+            constraint = OperationConstraint(self.tokenizer, shown_ids[start : start + self.batch_size])
+            completion = self.generate_ids(ids, mask, constraint.max_new_tokens, constraint=constraint)
+            out += self.decode(completion)
         return out

@@ -9,7 +9,8 @@ same validating parser whoever wrote it):
   memory; the same subject and slot with a new value (the texts differ only in their last words, e.g.
   "The user lives in Porto." -> "... Lyon.") or a near-duplicate embedding -> UPDATE (recency wins);
   otherwise ADD.
-- `prompted`: the chat model, greedy, on `manager_prompt`.
+- `prompted`: the chat model, greedy, on `manager_prompt`, its decoding constrained to the operations
+  over the ids shown (`constraint.py`).
 - `rl`: the same prompt and decoding through a LoRA trained with GRPO (`agent_memory.train`).
 """
 
@@ -121,15 +122,20 @@ class HeuristicPolicy(Policy):
 
 @dataclass
 class ModelPolicy(Policy):
-    """The chat model's greedy operation on `manager_prompt` (`prompted`; with a trained LoRA, `rl`)."""
+    """The chat model's greedy operation on `manager_prompt` (`prompted`; with a trained LoRA, `rl`),
+    decoded under `constraint.OperationConstraint` over the ids shown, as in GRPO training."""
 
     generator: ChatGenerator
     name: str = "prompted"
-    max_new_tokens: int = 24
 
     def decide(self, requests: Sequence[Request]) -> list[str]:
         prompts = [manager_prompt(r.fact, r.related) for r in requests]
-        return self.generator.greedy(prompts, self.max_new_tokens)
+        return self.generator.operations(prompts, [shown_ids(r) for r in requests])
+
+
+def shown_ids(request: Request) -> frozenset[int]:
+    """The ids of the memories `request` shows: the only ones its operation may name."""
+    return frozenset(h.record.id for h in request.related)
 
 
 def load_rl_generator(model: str, manager_dir: str | Path, batch_size: int = 8) -> ChatGenerator:
@@ -209,8 +215,7 @@ class MemoryManager:
         raws = self.policy.decide(requests)
         out = []
         for (fact, scope, metadata), req, raw in zip(items, requests, raws, strict=True):
-            shown = {h.record.id for h in req.related}
-            parsed = parse_operation(raw, fact, shown, max_chars=self.store.config.max_chars)
+            parsed = parse_operation(raw, fact, shown_ids(req), max_chars=self.store.config.max_chars)
             applied = apply_operations(self.store, [parsed.operation], scope, metadata=metadata)
             out.append(Decision(req, parsed, applied))
         return out

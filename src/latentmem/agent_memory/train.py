@@ -6,17 +6,22 @@ through a reference manager (`heuristic`); before each fact, the scope's memorie
 fact whose turn is evidence of some question, with the prompt the manager sees (`manager_prompt` over the
 snapshot's top-k) and the questions answerable at that point (all their evidence stated by then).
 
+Rollouts: G operations per row, sampled at `grpo.temperature` under `constraint.OperationConstraint` (ADD,
+NOOP, UPDATE id, DELETE id over the ids the row shows), the decoding the `rl` policy uses at inference.
+
 Reward (outcome-driven, as Memory-R1): for each of G sampled operations, the snapshot is copied into a
 fresh scope of a scratch store, the operation parsed (`operations.py`: malformed -> NOOP) and applied,
 and the answer agent answers the row's questions from it; the reward is its mean exact match. The
 questions cover other memories too, so an operation that wrecks one (an UPDATE of the wrong id) loses
 reward. The answer agent is the extractive one by default (`data.answerer`; `model` uses the frozen chat
-model, the adapter off, at a model call per question and rollout).
+model, the adapter off, at a model call per question and rollout). Either is deterministic, so a row's
+reward depends only on the operation applied: each (row, operation) is scored once, then cached (a row
+has at most 2 + 2 * manager_k operations).
 
 Update: group-relative advantages (`training.rollout.group_advantages`) and one policy-gradient update per
-rollout batch, L = -1/N_global sum_i A_i * mean_t log pi(o_it), log-probs of softmax(z / temperature), the
-distribution the rollouts were drawn from. With one update per batch the GRPO ratio is 1, so its clipped
-objective has exactly this gradient. The optimisation loop (accumulation, processes, checkpoints, resume,
+rollout batch, L = -1/N_global sum_i A_i * mean_t log pi(o_it), log-probs of softmax(z / temperature) over
+the tokens the constraint allows, the distribution the rollouts were drawn from. With one update per
+batch the GRPO ratio is 1, so its clipped objective has exactly this gradient. The optimisation loop (accumulation, processes, checkpoints, resume,
 run folder, metrics.jsonl) is the shared `training.loop.Trainer`; the adapter is `training.lora.LoRAModel`,
 saved to `<output_dir>/model` where `latentmem bench agent-memory --policies rl --manager DIR` reads it.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +43,12 @@ from peft import LoraConfig, get_peft_model
 from latentmem.agent_memory.answer import AnswerAgent, answer_match
 from latentmem.agent_memory.bench import scope_of
 from latentmem.agent_memory.bench_data import generate_benchmark
+from latentmem.agent_memory.constraint import OperationConstraint
 from latentmem.agent_memory.episodes import Episode, Question
 from latentmem.agent_memory.generation import ChatGenerator
 from latentmem.agent_memory.loaders import longmemeval_episodes
-from latentmem.agent_memory.manager import HeuristicPolicy, MemoryManager, manager_prompt
-from latentmem.agent_memory.operations import apply_operations, parse_operation
+from latentmem.agent_memory.manager import HeuristicPolicy, MemoryManager, manager_prompt, shown_ids
+from latentmem.agent_memory.operations import Parsed, apply_operations, parse_operation
 from latentmem.config import Config, require
 from latentmem.memory.base import MemoryRecord, Scope
 from latentmem.memory.vector import VectorMemory
@@ -76,14 +83,12 @@ class ManagerData(Config):
 @dataclass
 class ManagerGRPO(Config):
     num_generations: int = 4  # G
-    max_new_tokens: int = 12
     temperature: float = 1.0
 
     def validate(self) -> None:
         require(
             self.num_generations >= 2, "grpo.num_generations", "must be >= 2 (advantages compare a group)"
         )
-        require(self.max_new_tokens >= 1, "grpo.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         require(self.temperature > 0, "grpo.temperature", f"must be > 0, got {self.temperature}")
 
 
@@ -130,8 +135,10 @@ class MemoryManagerConfig(Config):
 
 @dataclass(frozen=True)
 class DecisionRow:
-    """One fact to decide on: the memories before it, the prompt over its top-k, the questions scored."""
+    """One fact to decide on: the memories before it, the prompt over its top-k, the questions scored.
+    `key` (episode and turn) names the row, e.g. in the reward cache."""
 
+    key: str
     fact: str
     source: str  # the turn's key, the written memory's metadata
     snapshot: tuple[MemoryRecord, ...]  # the scope's memories before the fact, oldest first
@@ -155,10 +162,11 @@ def decision_rows(episodes: Sequence[Episode], store: VectorMemory, manager_k: i
             if any(turn.key in q.evidence for q in asked):
                 rows.append(
                     DecisionRow(
+                        f"{ep.id}/{turn.key}",
                         turn.fact,
                         turn.key,
                         tuple(store.list(scope)),
-                        frozenset(h.record.id for h in request.related),
+                        shown_ids(request),
                         manager_prompt(turn.fact, request.related),
                         asked,
                     )
@@ -168,15 +176,24 @@ def decision_rows(episodes: Sequence[Episode], store: VectorMemory, manager_k: i
 
 
 class RewardScorer:
-    """Scores operations on rows: each in a fresh scope of a scratch store (module docstring)."""
+    """Scores operations on rows: each in a fresh scope of a scratch store, once per (row, operation)
+    (module docstring)."""
 
     def __init__(
         self, store: VectorMemory, answerer: ChatGenerator | None, answer_k: int, min_score: float = 0.5
     ) -> None:
         self.store, self.answerer, self.answer_k, self.min_score = store, answerer, answer_k, min_score
         self._scopes = 0
+        self._cache: dict[tuple[str, str], float] = {}
 
     def __call__(self, row: DecisionRow, output: str) -> float:
+        parsed = parse_operation(output, row.fact, row.shown_ids, max_chars=self.store.config.max_chars)
+        key = (row.key, parsed.operation.format())
+        if key not in self._cache:
+            self._cache[key] = self._score(row, parsed)
+        return self._cache[key]
+
+    def _score(self, row: DecisionRow, parsed: Parsed) -> float:
         self._scopes += 1
         scope = Scope(user=f"rollout-{self._scopes}")
         try:
@@ -187,7 +204,6 @@ class RewardScorer:
                 vectors=np.stack([r.vector for r in row.snapshot]) if row.snapshot else None,
             )
             id_map = {r.id: a.id for r, a in zip(row.snapshot, added, strict=True)}
-            parsed = parse_operation(output, row.fact, row.shown_ids, max_chars=self.store.config.max_chars)
             apply_operations(
                 self.store, [parsed.operation], scope, metadata={"source": row.source}, id_map=id_map
             )
@@ -214,13 +230,15 @@ def completion_logprobs(
     prompt_mask: torch.Tensor,
     completion: torch.Tensor,
     temperature: float,
+    constraint: OperationConstraint,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N) log-probs of the completion tokens under softmax(z / temperature), and their (B, N) mask."""
+    """(B, N) log-probs of the completion tokens under softmax(z / temperature) over the tokens
+    `constraint` allows (the rollout's distribution), 0 after EOS; and their (B, N) mask."""
     mask = completion_mask(completion, model.tokenizer.eos_token_id)
     ids = torch.cat([prompt_ids, completion], 1)
     attn = torch.cat([prompt_mask, mask.long()], 1)
-    logits = model(ids, attn)[:, prompt_ids.shape[1] - 1 : -1].float() / temperature
-    return logits.log_softmax(-1).gather(2, completion[:, :, None]).squeeze(2), mask
+    logits = model(ids, attn)[:, prompt_ids.shape[1] - 1 : -1]
+    return constraint.logprobs(logits, completion, temperature).masked_fill(~mask, 0.0), mask
 
 
 def build_manager_model(cfg: MemoryManagerConfig, device: torch.device, lora: LoraConfig) -> LoRAModel:
@@ -262,20 +280,28 @@ def train_memory_manager(cfg: MemoryManagerConfig) -> Path:
         def micro_step(ctx: StepContext) -> Metrics:
             rows = [train_rows[i] for i in ctx.indices for _ in range(G)]
             ids, mask = generator.encode([r.prompt for r in rows])
+            constraint = OperationConstraint(model.tokenizer, [r.shown_ids for r in rows])
             torch.manual_seed(ctx.generator(torch.device("cpu")).initial_seed())  # HF sampling: global RNG
-            completion = generator.generate_ids(ids, mask, s.max_new_tokens, temperature=s.temperature)
-            r = rewards(rows, generator.decode(completion))
+            completion = generator.generate_ids(
+                ids, mask, constraint.max_new_tokens, temperature=s.temperature, constraint=constraint
+            )
+            outputs = generator.decode(completion)
+            r = rewards(rows, outputs)
             adv = group_advantages(r, G)
-            logp, cmask = completion_logprobs(model, ids, mask, completion, s.temperature)
-            per_seq = (logp * cmask).sum(1) / cmask.sum(1).clamp(min=1)
+            logp, cmask = completion_logprobs(model, ids, mask, completion, s.temperature, constraint)
+            per_seq = logp.sum(1) / cmask.sum(1).clamp(min=1)
             n_global = len(ctx.step_indices) * G
             loss = -(adv * per_seq).sum() / n_global
             loss.backward()
-            return {"loss": loss.item(), "reward": float(r.sum()) / n_global}
+            kinds = Counter(o.partition(" ")[0] for o in outputs)  # constrained: always an operation
+            return {"loss": loss.item(), "reward": float(r.sum()) / n_global} | {
+                f"share_{kind}": kinds[kind.upper()] / n_global
+                for kind in ("add", "update", "delete", "noop")
+            }
 
         def evaluate(indices: list[int]) -> Metrics:
             rows = [eval_rows[i] for i in indices]
-            outputs = generator.greedy([r.prompt for r in rows], s.max_new_tokens) if rows else []
+            outputs = generator.operations([r.prompt for r in rows], [r.shown_ids for r in rows])
             total = float(rewards(rows, outputs).sum()) if rows else 0.0
             return {"eval_reward": total / len(eval_rows)}
 
