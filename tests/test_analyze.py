@@ -142,7 +142,10 @@ def _check_cluster_ablation(setup, clustering, c, mode, mean) -> tuple[int, int]
         prefix += upto > 0
         assert a.token_ids[:upto] == p.token_ids[:upto]
         for x, y in zip(a.blocks[: first + 1], p.blocks[: first + 1], strict=True):
-            assert x.step == y.step and torch.equal(x.woven, y.woven)
+            # the same latents up to float rounding: other rows' ablations change the batch's cache layout
+            # (dropped slots, compaction), so the kernels may sum in another order
+            assert x.step == y.step
+            torch.testing.assert_close(x.woven, y.woven, atol=1e-5, rtol=1e-5)
     return untouched, prefix
 
 

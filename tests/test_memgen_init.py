@@ -24,6 +24,13 @@ OPTIONS = [
     {"proj_out": "low_rank", "proj_out_rank": 4},
     {"proj_out": "diagonal"},
     {"latent_norm": "rms", "query_init": "tokens", "proj_out": "diagonal"},
+    {"prompt_latents_at": "before_header"},
+    {
+        "latent_norm": "rms",
+        "latent_start": "token",
+        "latent_start_token": ".",
+        "prompt_latents_at": "before_header",
+    },
 ]
 
 
@@ -54,6 +61,54 @@ def test_latent_norm_matches_token_embeddings():
             assert mm.latent_norm.gain.requires_grad
         else:
             assert abs(got / target - 1) > 0.3, (got, target)  # the option changes something
+
+
+def test_latent_start_token_writes_that_token_then_learns():
+    """`latent_start: token`: a fresh weaver's latents are exactly the start token's embedding whatever the
+    context (the weaver's share starts at zero, as a LoRA's B = 0), the gain gets a gradient at once, and
+    after one step the latents depend on the context again."""
+    mm, tok = _memgen(
+        "tiny-qwen2", prompt_latents=4, latent_norm="rms", latent_start="token", latent_start_token="."
+    )
+    dot = tok.encode(".", add_special_tokens=False)[0]
+    emb = mm.reasoner.get_input_embeddings().weight[dot]
+    latents = _latents(mm, tok)
+    assert torch.equal(latents, emb.expand_as(latents).to(latents.dtype))
+    latents.sum().backward()
+    assert mm.latent_norm.gain.grad.abs().sum() > 0 and mm.latent_norm.offset.grad.abs().sum() > 0
+    with torch.no_grad():
+        mm.latent_norm.gain.add_(0.1)
+    moved = _latents(mm, tok)
+    assert not torch.allclose(moved[0], moved[1])  # rows of different prompts now differ
+    with pytest.raises(ConfigError, match="latent_start"):
+        MemGenConfig(latent_start="token")  # needs latent_norm rms
+    with pytest.raises(LatentMemError, match="latent_start_token"):
+        _memgen("tiny-qwen2", latent_norm="rms", latent_start="token", latent_start_token="hello world!")
+
+
+def test_prompt_latents_before_the_assistant_header():
+    """`prompt_latents_at: before_header`: generation puts the prompt block before the chat template's
+    assistant header (the plan says where, and the header's tokens follow it), the training forward
+    replays that plan exactly (the equality test over OPTIONS), and a prompt without the header is
+    refused rather than spliced somewhere else."""
+    mm, tok = _memgen("tiny-qwen2", prompt_latents=4, inference_latents=0, prompt_latents_at="before_header")
+    header = list(mm.header_ids)
+    assert tok.decode(header) == "<|im_start|>assistant\n"
+    ids, mask = _batch(tok)
+    res = mm.generate(ids, mask, GenerationConfig(max_new_tokens=4))
+    T, h = ids.shape[1], len(header)
+    assert res.plan.prompt_end.tolist() == [T - 1 - h] * len(ids)
+    assert all(ids[b, T - h :].tolist() == header for b in range(len(ids)))
+    end, _ = _memgen("tiny-qwen2", prompt_latents=4, inference_latents=0)
+    other = end.generate(ids, mask, GenerationConfig(max_new_tokens=4))
+    assert other.plan.prompt_end.tolist() == [T - 1] * len(ids) and not torch.equal(
+        other.logprobs, res.logprobs
+    )
+    with pytest.raises(LatentMemError, match="assistant header"):
+        mm.generate(ids[:, :-1], mask[:, :-1], GenerationConfig(max_new_tokens=2))
+    # prompt latents off: nothing moves
+    none, _ = _memgen("tiny-qwen2", prompt_latents=0, prompt_latents_at="before_header")
+    assert none.header_ids == ()
 
 
 def test_query_init_from_tokens_uses_real_embeddings():
@@ -100,7 +155,7 @@ def test_training_forward_matches_generation_with_options(name, options):
     )
 
 
-@pytest.mark.parametrize("options", OPTIONS[-2:], ids=["diagonal+rms+tokens", "low_rank"][::-1])
+@pytest.mark.parametrize("options", OPTIONS[-3:], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_save_load_round_trip_with_options(options, tmp_path):
     mm, tok = _memgen("tiny-qwen2", prompt_latents=4, inference_latents=3, **options)
     with torch.no_grad():

@@ -74,3 +74,22 @@ def render_chat(
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt
     )
+
+
+def generation_header(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """The token ids the chat template appends to open the assistant's turn (ChatML:
+    `<|im_start|>assistant\n`), as they tokenise at the end of a rendered prompt: the difference between
+    a prompt rendered with and without the generation prompt."""
+    from latentmem.errors import LatentMemError
+
+    def ids(header: bool) -> list[int]:
+        text = render_chat(tokenizer, "x", add_generation_prompt=header)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    with_header, without = ids(True), ids(False)
+    if len(with_header) <= len(without) or with_header[: len(without)] != without:
+        raise LatentMemError(
+            "prompt_latents_at: this tokenizer's chat template adds no separate assistant header to the "
+            "prompt; use prompt_latents_at: end"
+        )
+    return tuple(with_header[len(without) :])

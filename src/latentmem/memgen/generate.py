@@ -136,8 +136,12 @@ class _Reasoner:
 
     def step(self, tok_embeds: torch.Tensor, alive: torch.Tensor, hidden: bool) -> DecodeOut:
         """One token per row (B, 1, D); finished rows (`alive` (B,) False) feed an invalid slot."""
+        return self.feed(tok_embeds, alive[:, None], hidden)
+
+    def feed(self, embeds: torch.Tensor, valid: torch.Tensor, hidden: bool = False) -> DecodeOut:
+        """Tokens (B, n, D) with their validity (B, n) bool, appended to the cache in one call."""
         with self.model.reasoner_mode():
-            return self.decoder.extend(tok_embeds, alive[:, None], hidden=hidden)
+            return self.decoder.extend(embeds, valid, hidden=hidden)
 
     def insert(
         self, latents: torch.Tensor, rows: torch.Tensor, step: int, logits: torch.Tensor
@@ -240,9 +244,9 @@ class _TriggerLog:
         self.n_inserted += insert
         return insert
 
-    def plan(self, T: int, prompt_block: bool) -> tuple[InsertionPlan, torch.Tensor]:
+    def plan(self, T: int, prompt_block: bool, header: int) -> tuple[InsertionPlan, torch.Tensor]:
         """The records as an InsertionPlan over cat([prompt, generated], 1), and the trigger's probability
-        at each candidate (B, C)."""
+        at each candidate (B, C); the prompt block sits before the last `header` prompt tokens."""
         B = len(self.n_delims)
         rows: list[list[tuple[int, int, int, float]]] = [[] for _ in range(B)]
         if self.at:
@@ -254,7 +258,7 @@ class _TriggerLog:
                     if cand[r][k]
                 ]
         plan = InsertionPlan(
-            prompt_end=torch.full((B,), T - 1 if prompt_block else -1, dtype=torch.long),
+            prompt_end=torch.full((B,), T - 1 - header if prompt_block else -1, dtype=torch.long),
             candidates=pad_rows([[c[0] for c in row] for row in rows], -1),
             delimiter_count=pad_rows([[c[1] for c in row] for row in rows], 0),
             decisions=pad_rows([[c[2] for c in row] for row in rows], 0).bool(),
@@ -268,6 +272,22 @@ def _eos_ids(model) -> torch.Tensor:
     gen_eos = model.reasoner.generation_config.eos_token_id
     ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
     return torch.tensor(sorted(i for i in ids if i is not None), device=model.device)
+
+
+def _header_length(model, input_ids: torch.Tensor) -> int:
+    """How many trailing prompt tokens follow the prompt latents: the assistant header's length when they
+    go before it (`prompt_latents_at: before_header`), which every (left-padded) prompt must end with."""
+    header = model.header_ids
+    if not header:
+        return 0
+    expected = torch.tensor(header, device=input_ids.device)
+    h = len(header)
+    if input_ids.shape[1] <= h or not bool((input_ids[:, -h:] == expected).all()):
+        raise LatentMemError(
+            f"prompt_latents_at: every prompt must end with the assistant header {list(header)} (render it "
+            "with the chat template's generation prompt, left-padded), or use prompt_latents_at: end"
+        )
+    return h
 
 
 def _check_inputs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
@@ -322,11 +342,16 @@ def generate(
     reads_hidden = model.trigger.head is not None
 
     embeds = reasoner.decoder.embed(input_ids)
-    weaver.push(*model.weaver_inputs(embeds, attention_mask, memory))
-    logits = reasoner.prefill(embeds, attention_mask)
+    # the prompt up to the prompt latents: all of it, or all but the assistant header that follows them
+    cut = T - _header_length(model, input_ids)
+    weaver.push(*model.weaver_inputs(embeds[:, :cut], attention_mask[:, :cut], memory))
+    logits = reasoner.prefill(embeds[:, :cut], attention_mask[:, :cut])
     if mc.prompt_latents > 0:
         every_row = torch.ones(B, dtype=torch.bool, device=model.device)
         logits = reasoner.insert(weaver.weave(model.prompt_queries, every_row), every_row, -1, logits)
+    if cut < T:
+        weaver.push(model.proj_in(embeds[:, cut:]), attention_mask[:, cut:])
+        logits = reasoner.feed(embeds[:, cut:], attention_mask[:, cut:].bool()).logits[:, -1]
     for step in range(cfg.max_new_tokens):
         tok = tokens.pick(logits, generator)
         if step == cfg.max_new_tokens - 1 or bool(tokens.finished.all()):
@@ -344,4 +369,4 @@ def generate(
                 latents = weaver.weave(model.inference_queries, insert)
                 logits = reasoner.insert(latents, insert, step, logits)
         reasoner.compact()
-    return tokens.result(*trigger.plan(T, mc.prompt_latents > 0))
+    return tokens.result(*trigger.plan(T, mc.prompt_latents > 0, T - cut))

@@ -16,13 +16,14 @@ position ids count the valid slots before each slot, in training and in generati
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from latentmem.decoding import IGNORE, pad_rows, positions_from_valid
-from latentmem.errors import ConfigError
+from latentmem.errors import ConfigError, LatentMemError
 from latentmem.memgen.config import MemGenConfig
 from latentmem.memgen.trigger import rule_decides
 
@@ -72,18 +73,35 @@ class InsertionPlan:
 
 
 def scan_candidates(
-    input_ids: torch.Tensor, labels: torch.Tensor, is_delimiter: torch.Tensor, cfg: MemGenConfig
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    is_delimiter: torch.Tensor,
+    cfg: MemGenConfig,
+    header: Sequence[int] = (),
 ) -> tuple[torch.Tensor, list[list[int]], list[list[int]]]:
     """Prompt ends and candidate delimiters (with their delimiter counts) of a labelled batch.
 
-    The answer region is where `labels != IGNORE` (-100). Mirrors generation: a delimiter answer token is a candidate
-    when another answer token follows it; the insertion budget is applied by `plan_insertions`.
+    The answer region is where `labels != IGNORE` (-100). The prompt latents follow the prompt's last token,
+    or with `header` (the assistant header's ids, `prompt_latents_at: before_header`) the token before it,
+    which every prompt must end with. Mirrors generation: a delimiter answer token is a candidate when
+    another answer token follows it; the insertion budget is applied by `plan_insertions`.
     """
     ids, labs, delim = input_ids.tolist(), labels.tolist(), is_delimiter.tolist()
     prompt_end, candidates, counts = [], [], []
-    for row_ids, row_labels in zip(ids, labs, strict=True):
+    h = len(header)
+    for b, (row_ids, row_labels) in enumerate(zip(ids, labs, strict=True)):
         answer = [i for i, lab in enumerate(row_labels) if lab != IGNORE]
-        prompt_end.append(answer[0] - 1 if answer and cfg.prompt_latents > 0 else -1)
+        if (
+            answer
+            and cfg.prompt_latents > 0
+            and h
+            and tuple(row_ids[answer[0] - h : answer[0]]) != tuple(header)
+        ):
+            raise LatentMemError(
+                f"prompt_latents_at: row {b}'s prompt does not end with the assistant header {list(header)}; "
+                "render prompts with the chat template's generation prompt, or use prompt_latents_at: end"
+            )
+        prompt_end.append(answer[0] - 1 - h if answer and cfg.prompt_latents > 0 else -1)
         cands, cnts, seen = [], [], 0
         if cfg.inserts_during_decoding:
             for i in answer:
@@ -103,12 +121,13 @@ def plan_insertions(
     is_delimiter: torch.Tensor,
     cfg: MemGenConfig,
     decisions: list[list[bool]] | None = None,
+    header: Sequence[int] = (),
 ) -> InsertionPlan:
     """The insertion plan of a labelled batch under a deterministic trigger policy (always, never,
     every_n), or with explicit per-candidate `decisions` (e.g. recorded during a rollout with a learned
     trigger). A row stops having candidates once `max_inference_insertions` latents blocks are in, as in
     generation."""
-    prompt_end, candidates, counts = scan_candidates(input_ids, labels, is_delimiter.cpu(), cfg)
+    prompt_end, candidates, counts = scan_candidates(input_ids, labels, is_delimiter.cpu(), cfg, header)
     if decisions is None and cfg.trigger.policy == "learned":
         raise ConfigError(
             "trigger.policy: a learned trigger decides at run time: pass the decisions recorded by generate() "

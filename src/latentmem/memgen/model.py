@@ -27,6 +27,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import get_layer_types_and_kwargs
 
+from latentmem.chat import generation_header
 from latentmem.decoding import IGNORE, positions_from_valid
 from latentmem.errors import LatentMemError, ModelLoadError
 from latentmem.memgen.config import DEFAULT_LORA_TARGETS, MemGenConfig
@@ -153,16 +154,25 @@ class EmbeddingRMSNorm(nn.Module):
     per-dimension RMS of `embeddings` (V, D_r), so a latent's norm starts at the embeddings' RMS norm.
 
     Why: a dense random `proj_out` writes latents of norm ~34 into SmolLM2, whose token embeddings have
-    norm ~3, and the answer NLL nearly triples at initialisation (issue 13: 0.73 -> 2.02)."""
+    norm ~3, and the answer NLL nearly triples at initialisation (issue 13: 0.73 -> 2.02).
 
-    def __init__(self, embeddings: torch.Tensor, eps: float = 1e-6) -> None:
+    With `start_token` (config `latent_start: token`) the gain starts at zero and a learned offset at that
+    token's embedding: x / rms(x) * gain + offset, so a fresh weaver writes copies of one real token (which
+    the reasoner reads as text, a newline harming least of those measured) and its own contribution grows
+    from zero as a LoRA's does from B = 0; the gain's gradient is non-zero from the first step."""
+
+    def __init__(self, embeddings: torch.Tensor, eps: float = 1e-6, start_token: int | None = None) -> None:
         super().__init__()
         self.eps = eps
-        self.gain = nn.Parameter(embeddings.detach().float().pow(2).mean(0).sqrt())
+        emb = embeddings.detach().float()
+        rms = emb.pow(2).mean(0).sqrt()
+        self.gain = nn.Parameter(rms if start_token is None else torch.zeros_like(rms))
+        self.offset = None if start_token is None else nn.Parameter(emb[start_token].clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., D_r) -> (..., D_r)."""
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.gain
+        out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.gain
+        return out if self.offset is None else out + self.offset
 
 
 class DiagonalProjection(nn.Module):
@@ -176,6 +186,19 @@ class DiagonalProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weight + self.bias
+
+
+def start_token(tokenizer: PreTrainedTokenizerBase, cfg: MemGenConfig) -> int | None:
+    """The id of `cfg.latent_start_token` when latents start as that token (`latent_start: token`)."""
+    if cfg.latent_start != "token":
+        return None
+    ids = tokenizer.encode(cfg.latent_start_token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise LatentMemError(
+            f"latent_start_token: {cfg.latent_start_token!r} is {len(ids)} tokens for this tokenizer; "
+            "choose a string that is one token (e.g. '\\n')"
+        )
+    return ids[0]
 
 
 def output_projection(cfg: MemGenConfig, d_w: int, d_r: int) -> nn.Module:
@@ -256,9 +279,17 @@ class LatentMemoryModel(nn.Module):
         self.proj_in = nn.Identity() if self.shared else nn.Linear(d_r, d_w)
         self.proj_out = output_projection(cfg, d_w, d_r)
         self.latent_norm = (
-            EmbeddingRMSNorm(reasoner.get_input_embeddings().weight) if cfg.latent_norm == "rms" else None
+            EmbeddingRMSNorm(reasoner.get_input_embeddings().weight, start_token=start_token(tokenizer, cfg))
+            if cfg.latent_norm == "rms"
+            else None
         )
         self.proj_memory = nn.Linear(cfg.memory_dim, d_w) if cfg.memory_dim else None
+        # the assistant header the prompt latents go before (`prompt_latents_at: before_header`); () = none
+        self.header_ids = (
+            generation_header(tokenizer)
+            if cfg.prompt_latents > 0 and cfg.prompt_latents_at == "before_header"
+            else ()
+        )
         self.trigger = Trigger(cfg.trigger, d_r)
         vocab_rows = reasoner.get_input_embeddings().num_embeddings
         self.register_buffer(
@@ -406,9 +437,9 @@ class LatentMemoryModel(nn.Module):
     def plan(
         self, input_ids: torch.Tensor, labels: torch.Tensor, decisions: list[list[bool]] | None = None
     ) -> InsertionPlan:
-        return plan_insertions(input_ids, labels, self.is_delimiter, self.config, decisions).to(
-            input_ids.device
-        )
+        return plan_insertions(
+            input_ids, labels, self.is_delimiter, self.config, decisions, self.header_ids
+        ).to(input_ids.device)
 
     def check_window(self, window: int | None, slots: int, what: str) -> None:
         """Refuse a sequence of `slots` slots that does not fit inside a sliding attention `window`.
