@@ -39,8 +39,13 @@ async def _session_run(store: str) -> dict:
     return locals()
 
 
-def test_mcp_tools_over_stdio(tmp_path):
-    r = asyncio.run(asyncio.wait_for(_session_run(str(tmp_path / "store")), timeout=120))
+@pytest.mark.parametrize("kind", ["embedded", "qdrant-local"])
+def test_mcp_tools_over_stdio(tmp_path, kind):
+    """The same tools over the embedded store and over Qdrant (local mode), named as `serve --store` is."""
+    if kind == "qdrant-local":
+        pytest.importorskip("qdrant_client", reason="needs qdrant-client (the rag extra)")
+    store = str(tmp_path / "store") if kind == "embedded" else f"qdrant+local://{tmp_path / 'qdrant'}"
+    r = asyncio.run(asyncio.wait_for(_session_run(store), timeout=120))
     assert r["tools"] == ["add_memory", "delete_memory", "list_memories", "search_memories"]
     assert r["bees"]["event"] == "added"
     hits = r["found"]["result"]
@@ -50,3 +55,12 @@ def test_mcp_tools_over_stdio(tmp_path):
     assert [m["id"] for m in r["after"]["result"]] == [r["bees"]["id"]]
     assert [m["memory"] for m in r["bobs"]["result"]] == ["Bob keeps bees too"]
     assert r["refused"].is_error  # another user's memory is not found in alice's scope
+    if kind == "qdrant-local":
+        assert (tmp_path / "qdrant").is_dir() and not (tmp_path / "store").exists()
+
+
+def test_mcp_refuses_a_malformed_store_url(capsys):
+    from latentmem.cli import main
+
+    assert main(["mcp", "--store", "qdrant://db:port"]) == 2
+    assert "--store 'qdrant://db:port'" in capsys.readouterr().err
