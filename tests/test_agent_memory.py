@@ -30,10 +30,11 @@ from latentmem.agent_memory.train import (
     MemoryManagerConfig,
     RewardScorer,
     build_manager_model,
-    completion_logprobs,
     decision_rows,
+    option_logprobs,
     train_memory_manager,
 )
+from latentmem.errors import ConfigError
 from latentmem.memory import MemoryStoreError, VectorMemory
 from latentmem.training.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -229,13 +230,14 @@ def test_reward_is_outcome_driven(store):
     assert scorer(row, "NOOP because") == scorer(row, "NOOP") and scored == []
 
 
-def test_manager_grpo_two_steps_changes_lora_and_resumes(tmp_path, monkeypatch):
-    # a random tiny model writes no valid operation, so every group would tie; vary the reward by output
+@pytest.mark.parametrize("objective", ["grpo", "best"])
+def test_manager_grpo_two_steps_changes_lora_and_resumes(tmp_path, monkeypatch, objective):
+    # the reward varies by output, so groups rarely tie (and never with every operation in the group)
     monkeypatch.setattr(RewardScorer, "__call__", lambda self, row, output: float(len(output) % 3))
     overrides = {
         "model": "tiny-qwen2", "output_dir": str(tmp_path / "run"),
         "data": {"users": 1, "eval_users": 1, "embedder": EMBEDDER},
-        "grpo": {"num_generations": 2},
+        "grpo": {"num_generations": 2, "objective": objective},
         "train": {"steps": 2, "batch_size": 4, "lr": 1e-2, "save_every": 1},
     }  # fmt: skip
     run = train_memory_manager(MemoryManagerConfig.from_dict(overrides))
@@ -288,9 +290,10 @@ def test_model_policy_writes_only_valid_operations(store, tiny_manager):
         assert decision.parsed.raw in operation_options(shown_ids(decision.request))
 
 
-def test_rollout_and_learner_logprobs_agree_before_the_first_update(tiny_manager):
-    """The GRPO ratio is 1 before an update: the learner's masked log-probs of the sampled completion
-    equal those of the distribution the constrained sampler drew from (HF's processed scores)."""
+def test_option_logprobs_are_the_constrained_samplers_distribution(tiny_manager):
+    """GRPO samples its rollouts from `option_logprobs` (one prefill shared by every option): each
+    option's log-prob must equal the sum of the token log-probs HF's constrained sampler drew it with,
+    and a request's options must make up its whole distribution."""
     generator = ChatGenerator(tiny_manager.peft, tiny_manager.tokenizer)
     prompts = ["New fact: The user lives in Lyon.\nOperation:", "New fact: The user drives a Fiat."]
     shown = [frozenset({3, 12}), frozenset({7})]
@@ -304,18 +307,43 @@ def test_rollout_and_learner_logprobs_agree_before_the_first_update(tiny_manager
         pad_token_id=tiny_manager.tokenizer.pad_token_id, output_scores=True, return_dict_in_generate=True,
     )  # fmt: skip
     completion = out.sequences[:, ids.shape[1] :]
-    rollout = torch.stack(out.scores, 1).float().log_softmax(-1).gather(2, completion[:, :, None]).squeeze(2)
+    tokens = torch.stack(out.scores, 1).float().log_softmax(-1).gather(2, completion[:, :, None]).squeeze(2)
+    eos = tiny_manager.tokenizer.eos_token_id
+    done = (completion == eos).long().cumsum(1) - (completion == eos).long() > 0  # after the first EOS
+    rollout = tokens.masked_fill(done, 0.0).sum(1)
     with torch.no_grad():
-        learner, cmask = completion_logprobs(tiny_manager, ids, mask, completion, temperature, constraint)
-    assert cmask.sum() > cmask.shape[0]  # every completion has its EOS, some more tokens
-    torch.testing.assert_close(learner[cmask], rollout[cmask], atol=1e-4, rtol=1e-4)
-    assert torch.exp(learner[cmask] - rollout[cmask]).sub(1).abs().max() < 1e-3  # ratio 1
-    # the mask matters: without it the learner would score another distribution
-    logits = tiny_manager(torch.cat([ids, completion], 1), torch.cat([mask, cmask.long()], 1))
-    free = (logits[:, ids.shape[1] - 1 : -1].float() / temperature).log_softmax(-1)
-    free = free.gather(2, completion[:, :, None]).squeeze(2)
-    assert (free[cmask] - rollout[cmask]).abs().max() > 0.1
+        scores = option_logprobs(tiny_manager, ids, mask, constraint, temperature)
     texts = generator.decode(completion)
-    assert all(
-        t in operation_options(s) for t, s in zip(texts, [s for s in shown for _ in range(3)], strict=True)
-    )
+    for b, text in enumerate(texts):
+        idx, _ = scores.of_row(b)
+        lines = [scores.lines[j] for j in idx]
+        assert sorted(lines) == sorted(operation_options(shown[b // 3]))
+        torch.testing.assert_close(scores.logp[idx].exp().sum(), torch.tensor(1.0), atol=1e-4, rtol=0)
+        torch.testing.assert_close(scores.logp[idx[lines.index(text)]], rollout[b], atol=1e-4, rtol=1e-4)
+    # the constraint matters: the free distribution puts mass elsewhere
+    logits = tiny_manager(torch.cat([ids, completion], 1), torch.cat([mask, (~done).long()], 1))
+    free = (logits[:, ids.shape[1] - 1 : -1].float() / temperature).log_softmax(-1)
+    free = free.gather(2, completion[:, :, None]).squeeze(2).masked_fill(done, 0.0).sum(1)
+    assert (free - rollout).abs().max() > 0.1
+
+
+def test_stale_penalty_and_probes_sharpen_the_reward(store):
+    """The pure outcome reward lets ADD keep a stale memory for little cost and an UPDATE of a memory
+    not asked about yet go free; the stale penalty and the slot probes make both cost reward."""
+    episodes = longmemeval_episodes(generate_benchmark(users=1, seed=3))
+    rows = {r.key: r for r in decision_rows(episodes, store, manager_k=5, probes=True)}
+    plain = {r.key for r in decision_rows(episodes, store, manager_k=5)}
+    assert plain < set(rows)  # probes: every fact is a row
+    change = next(r for k, r in rows.items() if k in plain and r.fact.startswith("The user lives"))
+    stale = next(r.id for r in change.snapshot if same_slot(r.text, change.fact))
+    assert change.slots.is_stale(next(r.text for r in change.snapshot if r.id == stale))
+    pure = RewardScorer(store, None, answer_k=20, min_score=0.2)
+    shaped = RewardScorer(store, None, answer_k=20, min_score=0.2, stale_penalty=1.0)
+    gap = pure(change, f"UPDATE {stale}") - pure(change, "ADD")
+    assert shaped(change, f"UPDATE {stale}") - shaped(change, "ADD") > gap
+    first = next(r for k, r in rows.items() if k not in plain and r.snapshot and r.questions)
+    assert any(q.category == "probe" for q in first.questions)
+    other = first.snapshot[0].id
+    assert pure(first, f"UPDATE {other}") < pure(first, "ADD")  # the overwritten slot is probed
+    with pytest.raises(ConfigError, match="reward.stale_penalty"):
+        MemoryManagerConfig.from_dict({"reward": {"stale_penalty": -1}})

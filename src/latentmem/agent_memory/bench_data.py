@@ -79,6 +79,7 @@ SLOTS = (
         "The user no longer plays an instrument.", "I gave up music, I stopped playing completely.",
     ),
 )  # fmt: skip
+SLOT_QUESTIONS = {s.name: s.question for s in SLOTS}  # what manager training probes (`train.slot_probes`)
 COMPANIES = ("Nimbus", "Corvid", "Halcyon", "Brightline", "Ostara", "Quillon")
 HQ_CITIES = ("Berlin", "Madrid", "Toronto", "Nairobi", "Seoul", "Lisbon")
 EVENTS = (  # (fact phrase, question phrase)

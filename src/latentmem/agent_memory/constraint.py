@@ -10,8 +10,8 @@ each as the tokenizer writes that string, EOS appended. ADD and UPDATE carry no 
 fact, so the manager chooses the operation and the memory, not the wording (a 135M model that rewrites
 facts mostly damages them). The rule lives in one place, `OperationConstraint.allowed` (a token trie per
 request); generation applies it through transformers' `PrefixConstrainedLogitsProcessor`, and the GRPO
-learner applies the same rule to its recomputed logits (`mask`), so the rollout's distribution and the
-learner's are one: before the first update their ratio is 1.
+learner applies the same rule to the logits of every option (`mask`, `options`), so the distribution it
+samples its rollouts from is the one token-by-token constrained sampling draws from.
 """
 
 from __future__ import annotations
@@ -41,11 +41,14 @@ class OperationConstraint:
             raise AgentMemoryError("constrained operations need a tokenizer with an EOS token")
         self.eos = int(tokenizer.eos_token_id)
         self._next: list[dict[tuple[int, ...], list[int]]] = []
+        self.options: list[list[tuple[str, tuple[int, ...]]]] = []  # per request: (line, its ids + EOS)
         longest = 0
         for ids in shown_ids:
             table: dict[tuple[int, ...], set[int]] = {}
+            self.options.append([])
             for option in operation_options(ids):
                 seq = (*tokenizer.encode(option, add_special_tokens=False), self.eos)
+                self.options[-1].append((option, seq))
                 longest = max(longest, len(seq))
                 for i, token in enumerate(seq):
                     table.setdefault(seq[:i], set()).add(token)
@@ -69,22 +72,34 @@ class OperationConstraint:
 
         return LogitsProcessorList([PrefixConstrainedLogitsProcessor(allowed, num_beams=1)])
 
-    def mask(self, completion: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    def mask(
+        self, completion: torch.Tensor, vocab_size: int, requests: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """(B, N, V) bool: the tokens allowed at each position of the (B, N) `completion` ids, i.e. the
-        logits the processor kept when that completion was generated."""
+        logits the processor kept when that completion was generated. Completion b is of request
+        `requests[b]` (default: b), so that several completions may share a request."""
         B, N = completion.shape
-        if len(self) != B:
+        requests = list(range(len(self))) if requests is None else list(requests)
+        if len(requests) != B or any(not 0 <= r < len(self) for r in requests):
             raise AgentMemoryError(f"constraint over {len(self)} requests applied to {B} completions")
         out = torch.zeros(B, N, vocab_size, dtype=torch.bool, device=completion.device)
         rows = completion.tolist()
-        for b in range(B):
+        for b, r in enumerate(requests):
             for t in range(N):
-                out[b, t, self.allowed(b, rows[b][:t])] = True
+                out[b, t, self.allowed(r, rows[b][:t])] = True
         return out
 
-    def logprobs(self, logits: torch.Tensor, completion: torch.Tensor, temperature: float) -> torch.Tensor:
+    def logprobs(
+        self,
+        logits: torch.Tensor,
+        completion: torch.Tensor,
+        temperature: float,
+        requests: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """(B, N) log-probs of the `completion` tokens under softmax over the allowed tokens of
-        `logits` (B, N, V) / `temperature`: the distribution the constrained rollout sampled from. A
-        token outside the allowed set (padding after EOS) gets -inf; callers mask those positions."""
-        masked = logits.float().masked_fill(~self.mask(completion, logits.shape[-1]), float("-inf"))
+        `logits` (B, N, V) / `temperature`: the distribution the constrained rollout sampled from
+        (`requests` as in `mask`). A token outside the allowed set (padding after EOS) gets -inf;
+        callers mask those positions."""
+        allowed = self.mask(completion, logits.shape[-1], requests)
+        masked = logits.float().masked_fill(~allowed, float("-inf"))
         return (masked / temperature).log_softmax(-1).gather(2, completion[:, :, None]).squeeze(2)

@@ -1,5 +1,5 @@
-"""Chat-model text generation for the manager and the answer agent: batched, greedy or sampled, free or
-constrained to the operation format (`constraint.py`)."""
+"""Chat-model text generation for the manager and the answer agent: batched, greedy, free or constrained
+to the operation format (`constraint.py`)."""
 
 from __future__ import annotations
 
@@ -33,22 +33,20 @@ class ChatGenerator:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         max_new_tokens: int,
-        temperature: float | None = None,
         constraint: OperationConstraint | None = None,
     ) -> torch.Tensor:
-        """(B, N) completion ids, padded with pad after EOS: greedy, or sampled at `temperature` from the
-        full softmax(z / temperature) (no top-k / top-p: GRPO scores exactly that distribution); with
-        `constraint` (one request per row), from the allowed tokens only."""
-        sample = temperature is not None
+        """(B, N) greedy completion ids, padded with pad after EOS; with `constraint` (one request per
+        row), from the allowed tokens only. (GRPO does not sample here: `train.option_logprobs` scores
+        every allowed operation at once and samples from those.)"""
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
             logits_processor=constraint.processors(input_ids.shape[1]) if constraint else None,
-            do_sample=sample,
-            temperature=temperature if sample else None,
-            top_k=0 if sample else None,
-            top_p=1.0 if sample else None,
+            do_sample=False,
+            temperature=None,  # unset the model's sampling defaults: greedy exactly
+            top_k=None,
+            top_p=None,
             pad_token_id=self.tokenizer.pad_token_id,
         )
         return out[:, input_ids.shape[1] :]

@@ -4,25 +4,38 @@
 Rows (`decision_rows`): the generated benchmark's episodes (their own seed, apart from the bench's) run
 through a reference manager (`heuristic`); before each fact, the scope's memories are snapshot. A row is a
 fact whose turn is evidence of some question, with the prompt the manager sees (`manager_prompt` over the
-snapshot's top-k) and the questions answerable at that point (all their evidence stated by then).
+snapshot's top-k) and the questions answerable at that point (all their evidence stated by then). With
+`reward.probes`, every fact is a row and its questions include the slots' own questions as they stand
+then (`slot_probes`), so that overwriting a memory whose question comes only later still costs reward.
 
-Rollouts: G operations per row, sampled at `grpo.temperature` under `constraint.OperationConstraint` (ADD,
-NOOP, UPDATE id, DELETE id over the ids the row shows), the decoding the `rl` policy uses at inference.
+Rollouts: `option_logprobs` scores every operation `constraint.OperationConstraint` allows the row (ADD,
+NOOP, UPDATE id, DELETE id over the ids it shows; at most 2 + 2 * manager_k) under token-by-token
+softmax(z / temperature) over the allowed tokens, the decoding the `rl` policy uses at inference, from one
+prefill of the prompt whose KV cache the options share; the G rollouts are drawn from that exact
+distribution (`grpo.objective: grpo`), or every option is scored (`best`). So a step costs one prefill per
+row, not one per sampled completion, and the entropy of each row's operation distribution is exact
+(`grpo.entropy_coef` weighs a bonus on it).
 
-Reward (outcome-driven, as Memory-R1): for each of G sampled operations, the snapshot is copied into a
+Reward (outcome-driven, as Memory-R1): for each operation scored, the snapshot is copied into a
 fresh scope of a scratch store, the operation parsed (`operations.py`: malformed -> NOOP) and applied,
 and the answer agent answers the row's questions from it; the reward is its mean exact match. The
 questions cover other memories too, so an operation that wrecks one (an UPDATE of the wrong id) loses
-reward. The answer agent is the extractive one by default (`data.answerer`; `model` uses the frozen chat
-model, the adapter off, at a model call per question and rollout). Either is deterministic, so a row's
-reward depends only on the operation applied: each (row, operation) is scored once, then cached (a row
-has at most 2 + 2 * manager_k operations).
+reward. With `reward.stale_penalty` > 0 (a shaped term: the generated benchmark knows which values are
+outdated), a question also loses that much when the answer agent selected a stale memory for it, so
+keeping the old value beside the new one costs reward even when the new one happens to rank first; 0 is
+the pure outcome reward. The answer agent is the extractive one by default (`data.answerer`; `model` uses
+the frozen chat model, the adapter off, at a model call per question and rollout). Either is
+deterministic, so a row's reward depends only on the operation applied: each (row, operation) is scored
+once, then cached.
 
-Update: group-relative advantages (`training.rollout.group_advantages`) and one policy-gradient update per
-rollout batch, L = -1/N_global sum_i A_i * mean_t log pi(o_it), log-probs of softmax(z / temperature) over
-the tokens the constraint allows, the distribution the rollouts were drawn from. With one update per
-batch the GRPO ratio is 1, so its clipped objective has exactly this gradient. The optimisation loop (accumulation, processes, checkpoints, resume,
-run folder, metrics.jsonl) is the shared `training.loop.Trainer`; the adapter is `training.lora.LoRAModel`,
+Update (`grpo.objective`): `grpo`, group-relative advantages (`training.rollout.group_advantages`) and one
+policy-gradient update per rollout batch, L = -1/N_global sum_i A_i * mean_t log pi(o_it) - entropy_coef *
+mean_rows H(pi(. | row)), log-probs of the distribution the rollouts were drawn from; with one update per
+batch the GRPO ratio is 1, so its clipped objective has exactly this gradient. `best`, every allowed
+operation of the row is scored and L = -mean_rows log sum_{o best} pi(o) (minus the same entropy term): an
+exhaustive best-of-N (expert iteration) step, still driven by the reward alone (rows whose operations
+all tie give no gradient). The optimisation loop (accumulation, processes, checkpoints, resume, run
+folder, metrics.jsonl) is the shared `training.loop.Trainer`; the adapter is `training.lora.LoRAModel`,
 saved to `<output_dir>/model` where `latentmem bench agent-memory --policies rl --manager DIR` reads it.
 """
 
@@ -42,14 +55,16 @@ from peft import LoraConfig, get_peft_model
 
 from latentmem.agent_memory.answer import AnswerAgent, answer_match
 from latentmem.agent_memory.bench import scope_of
-from latentmem.agent_memory.bench_data import generate_benchmark
+from latentmem.agent_memory.bench_data import SLOT_QUESTIONS, generate_benchmark
 from latentmem.agent_memory.constraint import OperationConstraint
-from latentmem.agent_memory.episodes import Episode, Question
+from latentmem.agent_memory.episodes import ABSTAIN, Episode, Question
 from latentmem.agent_memory.generation import ChatGenerator
 from latentmem.agent_memory.loaders import longmemeval_episodes
 from latentmem.agent_memory.manager import HeuristicPolicy, MemoryManager, manager_prompt, shown_ids
 from latentmem.agent_memory.operations import Parsed, apply_operations, parse_operation
+from latentmem.agent_memory.store_audit import SlotState
 from latentmem.config import Config, require
+from latentmem.decoding import positions_from_valid
 from latentmem.memory.base import MemoryRecord, Scope
 from latentmem.memory.vector import VectorMemory
 from latentmem.models import load_model
@@ -81,15 +96,44 @@ class ManagerData(Config):
 
 
 @dataclass
+class ManagerReward(Config):
+    """What a rollout is scored on (module docstring). `stale_penalty`: taken off a question's exact
+    match when the answer agent selected a stale memory for it (0: the pure outcome reward); `probes`:
+    every fact is a row, also scored on the slots' questions as they stand then (`slot_probes`)."""
+
+    stale_penalty: float = 0.0
+    probes: bool = False
+
+    def validate(self) -> None:
+        require(self.stale_penalty >= 0, "reward.stale_penalty", f"must be >= 0, got {self.stale_penalty}")
+
+
+@dataclass
 class ManagerGRPO(Config):
+    """`objective`: `grpo`, G rollouts per row drawn at `temperature`, group-relative advantages; `best`,
+    every operation the row allows is scored (at most 2 + 2 * manager_k, each (row, operation) once) and
+    the loss is -log pi(the best-scoring ones), an exhaustive best-of-N step (expert iteration). Why
+    `best`: under `grpo` the policy fell to all-ADD within 10 steps (README), since ADD is the best
+    operation on most rows, and on the rest it only beats the average of the UPDATE / DELETE samples while
+    the id is still a guess; the best-of-all target names the right id. `entropy_coef` weighs a bonus on
+    the entropy of each row's operation distribution (exact)."""
+
     num_generations: int = 4  # G
     temperature: float = 1.0
+    entropy_coef: float = 0.0
+    objective: Literal["grpo", "best"] = "grpo"
 
     def validate(self) -> None:
         require(
             self.num_generations >= 2, "grpo.num_generations", "must be >= 2 (advantages compare a group)"
         )
         require(self.temperature > 0, "grpo.temperature", f"must be > 0, got {self.temperature}")
+        require(self.entropy_coef >= 0, "grpo.entropy_coef", f"must be >= 0, got {self.entropy_coef}")
+        require(
+            self.objective in ("grpo", "best"),
+            "grpo.objective",
+            f"must be grpo or best, got {self.objective!r}",
+        )
 
 
 @dataclass
@@ -117,6 +161,7 @@ class MemoryManagerConfig(Config):
     seed: int = 0
     output_dir: str = "runs/memory-manager"
     data: ManagerData = field(default_factory=ManagerData)
+    reward: ManagerReward = field(default_factory=ManagerReward)
     grpo: ManagerGRPO = field(default_factory=ManagerGRPO)
     lora: ManagerLoRA = field(default_factory=ManagerLoRA)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -145,21 +190,41 @@ class DecisionRow:
     shown_ids: frozenset[int]
     prompt: str
     questions: tuple[Question, ...]
+    slots: SlotState  # the slots as of this fact (included): what is stale once it is applied
 
 
-def decision_rows(episodes: Sequence[Episode], store: VectorMemory, manager_k: int) -> list[DecisionRow]:
-    """The rows of `episodes` (module docstring), their facts managed by `heuristic` in `store`."""
+def slot_probes(slots: SlotState, asked: Sequence[Question]) -> tuple[Question, ...]:
+    """Questions on the generated benchmark's slots as they stand (`slots.current`): its own question
+    for each slot, gold the current value ("unknown" once retracted), unless `asked` asks it already.
+    Without them a fact's reward covers only the questions answerable by then, so overwriting a memory
+    whose slot is asked about only after a later change (an UPDATE of the wrong id) would cost nothing."""
+    texts = {q.question for q in asked}
+    return tuple(
+        Question(f"probe/{slot}", "probe", SLOT_QUESTIONS[slot], value or ABSTAIN)
+        for slot, value in slots.current
+        if slot in SLOT_QUESTIONS and SLOT_QUESTIONS[slot] not in texts
+    )
+
+
+def decision_rows(
+    episodes: Sequence[Episode], store: VectorMemory, manager_k: int, probes: bool = False
+) -> list[DecisionRow]:
+    """The rows of `episodes` (module docstring), their facts managed by `heuristic` in `store`; with
+    `probes`, every fact is a row, scored on `slot_probes` too."""
     manager = MemoryManager(store, HeuristicPolicy(), k=manager_k)
     rows = []
     for ep in episodes:
         scope = scope_of(ep)
-        order = {turn.key: i for i, (_, turn) in enumerate(ep.fact_turns())}
-        for i, (_, turn) in enumerate(ep.fact_turns()):
+        turns = [turn for _, turn in ep.fact_turns()]
+        order = {turn.key: i for i, turn in enumerate(turns)}
+        for i, turn in enumerate(turns):
             asked = tuple(  # answerable now: every evidence turn stated by this fact
                 q for q in ep.questions if q.evidence and all(order.get(e, i + 1) <= i for e in q.evidence)
             )
+            slots = SlotState.of(turns[: i + 1])
+            questions = asked + (slot_probes(slots, asked) if probes else ())
             request = manager.request(turn.fact, scope)
-            if any(turn.key in q.evidence for q in asked):
+            if any(turn.key in q.evidence for q in asked) or (probes and questions):
                 rows.append(
                     DecisionRow(
                         f"{ep.id}/{turn.key}",
@@ -168,7 +233,8 @@ def decision_rows(episodes: Sequence[Episode], store: VectorMemory, manager_k: i
                         tuple(store.list(scope)),
                         shown_ids(request),
                         manager_prompt(turn.fact, request.related),
-                        asked,
+                        questions,
+                        slots,
                     )
                 )
             manager.observe(turn.fact, scope, metadata={"source": turn.key})
@@ -177,12 +243,19 @@ def decision_rows(episodes: Sequence[Episode], store: VectorMemory, manager_k: i
 
 class RewardScorer:
     """Scores operations on rows: each in a fresh scope of a scratch store, once per (row, operation)
-    (module docstring)."""
+    (module docstring). `stale_penalty` (reward.stale_penalty) is taken off a question's exact match
+    when a stale memory is among those the answer agent selected for it (0: the pure outcome reward)."""
 
     def __init__(
-        self, store: VectorMemory, answerer: ChatGenerator | None, answer_k: int, min_score: float = 0.5
+        self,
+        store: VectorMemory,
+        answerer: ChatGenerator | None,
+        answer_k: int,
+        min_score: float = 0.5,
+        stale_penalty: float = 0.0,
     ) -> None:
         self.store, self.answerer, self.answer_k, self.min_score = store, answerer, answer_k, min_score
+        self.stale_penalty = stale_penalty
         self._scopes = 0
         self._cache: dict[tuple[str, str], float] = {}
 
@@ -210,35 +283,69 @@ class RewardScorer:
             agent = AnswerAgent(self.store, self.answerer, k=self.answer_k, min_score=self.min_score)
             answers = agent.answer_many([(q.question, scope) for q in row.questions])
             return sum(
-                answer_match(a.text, q.answer) for a, q in zip(answers, row.questions, strict=True)
+                answer_match(a.text, q.answer)
+                - self.stale_penalty * any(row.slots.is_stale(h.record.text) for h in a.selected)
+                for a, q in zip(answers, row.questions, strict=True)
             ) / len(row.questions)
         finally:
             self.store.delete_all(scope)
 
 
-def completion_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """(B, N) bool: the completion tokens up to and including the first EOS (padding after it is EOS too
-    for tokenizers whose pad is EOS, so it cannot be told apart by value)."""
-    is_eos = ids == eos_id
-    before = is_eos.long().cumsum(1) - is_eos.long()  # EOS tokens strictly before each position
-    return before == 0
+@dataclass
+class OptionScores:
+    """Every allowed operation of B requests, flattened: `lines[j]` of request `row[j]`, with its
+    sequence log-prob `logp[j]` (grad attached) and its token count `tokens[j]` (EOS included)."""
+
+    lines: list[str]
+    row: torch.Tensor  # (M,) long
+    logp: torch.Tensor  # (M,)
+    tokens: torch.Tensor  # (M,)
+
+    def of_row(self, b: int) -> tuple[list[int], torch.Tensor]:
+        """The flat indices of request `b`'s options and their probabilities (detached, summing to 1)."""
+        idx = (self.row == b).nonzero().flatten()
+        probs = self.logp[idx].detach().exp()
+        return idx.tolist(), probs / probs.sum()
 
 
-def completion_logprobs(
+def option_logprobs(
     model: LoRAModel,
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
-    completion: torch.Tensor,
-    temperature: float,
     constraint: OperationConstraint,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N) log-probs of the completion tokens under softmax(z / temperature) over the tokens
-    `constraint` allows (the rollout's distribution), 0 after EOS; and their (B, N) mask."""
-    mask = completion_mask(completion, model.tokenizer.eos_token_id)
-    ids = torch.cat([prompt_ids, completion], 1)
-    attn = torch.cat([prompt_mask, mask.long()], 1)
-    logits = model(ids, attn)[:, prompt_ids.shape[1] - 1 : -1]
-    return constraint.logprobs(logits, completion, temperature).masked_fill(~mask, 0.0), mask
+    temperature: float,
+) -> OptionScores:
+    """The log-prob of each operation `constraint` allows each request, under token-by-token
+    softmax(z / temperature) over the allowed tokens (the distribution constrained sampling draws from,
+    so sampling from these is a rollout): one prefill of the B (left-padded) prompts, its KV cache then
+    shared by the M options, a handful of tokens each, instead of a prefill per sampled completion."""
+    valid = prompt_mask.bool()
+    out = model.peft(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions_from_valid(valid),
+        use_cache=True,
+    )
+    pairs = [(b, line, seq) for b, opts in enumerate(constraint.options) for line, seq in opts]
+    device = prompt_ids.device
+    row = torch.tensor([b for b, _, _ in pairs], device=device)
+    width = max(len(seq) for _, _, seq in pairs)
+    tokens = torch.full((len(pairs), width), constraint.eos, device=device)
+    for j, (_, _, seq) in enumerate(pairs):
+        tokens[j, : len(seq)] = torch.tensor(seq, device=device)
+    lengths = torch.tensor([len(seq) for _, _, seq in pairs], device=device)
+    keep = torch.arange(width, device=device)[None] < lengths[:, None]
+    cache = out.past_key_values
+    cache.batch_select_indices(row)
+    logits = model.peft(
+        input_ids=tokens,
+        attention_mask=torch.cat([prompt_mask[row], keep.long()], 1),
+        position_ids=valid.sum(1)[row][:, None] + torch.arange(width, device=device)[None],
+        past_key_values=cache,
+    ).logits
+    step_logits = torch.cat([out.logits[row, -1:], logits[:, :-1]], 1)  # (M, width, V): predicts token t
+    logp = constraint.logprobs(step_logits, tokens, temperature, row.tolist())
+    return OptionScores([line for _, line, _ in pairs], row, logp.masked_fill(~keep, 0.0).sum(1), lengths)
 
 
 def build_manager_model(cfg: MemoryManagerConfig, device: torch.device, lora: LoraConfig) -> LoRAModel:
@@ -258,8 +365,8 @@ def train_memory_manager(cfg: MemoryManagerConfig) -> Path:
         eval_eps = (
             longmemeval_episodes(generate_benchmark(d.eval_users, d.seed + 1), "eval") if d.eval_users else []
         )
-        train_rows = decision_rows(train_eps, store, d.manager_k)
-        eval_rows = decision_rows(eval_eps, store, d.manager_k)
+        train_rows = decision_rows(train_eps, store, d.manager_k, cfg.reward.probes)
+        eval_rows = decision_rows(eval_eps, store, d.manager_k, cfg.reward.probes)
         job = launch(
             cfg,
             cfg.train.batch_size // G,
@@ -268,7 +375,11 @@ def train_memory_manager(cfg: MemoryManagerConfig) -> Path:
         model, device = job.model, job.dist.device
         generator = ChatGenerator(model.peft, model.tokenizer)
         score = RewardScorer(
-            store, generator if d.answerer == "model" else None, d.answer_k, d.answer_min_score
+            store,
+            generator if d.answerer == "model" else None,
+            d.answer_k,
+            d.answer_min_score,
+            cfg.reward.stale_penalty,
         )
         trainer = Trainer(job, n_rows=len(train_rows))
 
@@ -278,26 +389,43 @@ def train_memory_manager(cfg: MemoryManagerConfig) -> Path:
                 return torch.tensor([score(r, o) for r, o in zip(rows, outputs, strict=True)], device=device)
 
         def micro_step(ctx: StepContext) -> Metrics:
-            rows = [train_rows[i] for i in ctx.indices for _ in range(G)]
+            rows = [train_rows[i] for i in ctx.indices]
             ids, mask = generator.encode([r.prompt for r in rows])
             constraint = OperationConstraint(model.tokenizer, [r.shown_ids for r in rows])
-            torch.manual_seed(ctx.generator(torch.device("cpu")).initial_seed())  # HF sampling: global RNG
-            completion = generator.generate_ids(
-                ids, mask, constraint.max_new_tokens, temperature=s.temperature, constraint=constraint
-            )
-            outputs = generator.decode(completion)
-            r = rewards(rows, outputs)
-            adv = group_advantages(r, G)
-            logp, cmask = completion_logprobs(model, ids, mask, completion, s.temperature, constraint)
-            per_seq = logp.sum(1) / cmask.sum(1).clamp(min=1)
-            n_global = len(ctx.step_indices) * G
-            loss = -(adv * per_seq).sum() / n_global
+            scores = option_logprobs(model, ids, mask, constraint, s.temperature)
+            rng = ctx.generator(torch.device("cpu"))
+            n_rows = len(ctx.step_indices)
+            loss = torch.zeros((), device=device)
+            metrics = Counter({"entropy": 0.0, "reward": 0.0, "tied_groups": 0.0})
+            for b, row in enumerate(rows):
+                idx, probs = scores.of_row(b)
+                logp = scores.logp[idx]
+                entropy = -(logp.exp() * logp).sum()
+                if s.objective == "best":  # every operation scored; the target: the best of them
+                    lines = [scores.lines[j] for j in idx]
+                    r = rewards([row] * len(idx), lines)
+                    weights = probs.to(device)
+                    term = torch.logsumexp(logp[r == r.max()], 0)  # log pi(a best operation)
+                else:  # G rollouts drawn from the row's exact operation distribution
+                    picks = torch.multinomial(probs.cpu(), G, replacement=True, generator=rng).tolist()
+                    members = [idx[j] for j in picks]
+                    lines = [scores.lines[j] for j in members]
+                    r = rewards([row] * G, lines)
+                    weights = torch.full((G,), 1 / G, device=device)
+                    adv = group_advantages(r, G)
+                    term = (adv * scores.logp[members] / scores.tokens[members]).mean()  # mean_t log pi
+                loss = loss - (term + s.entropy_coef * entropy) / n_rows
+                metrics["entropy"] += entropy.item() / n_rows
+                metrics["reward"] += float((weights * r).sum()) / n_rows
+                metrics["tied_groups"] += float(r.std() == 0) / n_rows
+                for line, w in zip(lines, weights.tolist(), strict=True):
+                    metrics[f"share_{line.partition(' ')[0].lower()}"] += w / n_rows
             loss.backward()
-            kinds = Counter(o.partition(" ")[0] for o in outputs)  # constrained: always an operation
-            return {"loss": loss.item(), "reward": float(r.sum()) / n_global} | {
-                f"share_{kind}": kinds[kind.upper()] / n_global
-                for kind in ("add", "update", "delete", "noop")
-            }
+            return (
+                {"loss": loss.item()}
+                | {k: metrics[k] for k in ("entropy", "reward", "tied_groups")}
+                | {f"share_{kind}": metrics[f"share_{kind}"] for kind in ("add", "update", "delete", "noop")}
+            )
 
         def evaluate(indices: list[int]) -> Metrics:
             rows = [eval_rows[i] for i in indices]
