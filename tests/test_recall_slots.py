@@ -63,7 +63,7 @@ def test_m_slot_memory_fills_m_pads_and_training_forward_matches_generation():
     labels = torch.tensor([[IGNORE] * (len(prompt_ids) + SLOTS) + generated[SLOTS:]])
     batch = Batch(ids, labels, torch.ones_like(ids), torch.tensor([event.memory_id]), torch.tensor([True]))
     vectors = torch.nn.functional.normalize(bank.matrix()[1], dim=-1)
-    token_nll, head_nll = step2_losses(model, memory, batch, vectors)
+    token_nll, head_nll, _ = step2_losses(model, memory, batch, vectors)
     by_hand = torch.nn.functional.cross_entropy(
         logits[after:-1], torch.tensor(generated[SLOTS:]), reduction="sum"
     )
@@ -94,7 +94,7 @@ def test_m_slot_mixture_holds_m_consecutive_unlabelled_pads():
         assert all(s.labels[i] == IGNORE for i in range(r + 1, r + 1 + SLOTS))
     # the training forward runs on a mixed batch with m slots per memory
     vectors = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
-    token_nll, head_nll = step2_losses(model, memory, collate(samples, tok.pad_token_id), vectors)
+    token_nll, head_nll, _ = step2_losses(model, memory, collate(samples, tok.pad_token_id), vectors)
     assert torch.isfinite(token_nll) and torch.isfinite(head_nll)
 
 

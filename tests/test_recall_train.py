@@ -17,10 +17,20 @@ from latentmem.config import ConfigError
 from latentmem.decoding import IGNORE
 from latentmem.models import load_model
 from latentmem.recall import MemoryBank, RecallGenerator, RecallMemory
-from latentmem.recall.data import MixedRecallData, general_task, make_facts, split_general
+from latentmem.recall.data import (
+    NEW_FACT_RESERVE,
+    MixedRecallData,
+    auxiliary_facts,
+    general_task,
+    make_facts,
+    split_general,
+)
 from latentmem.recall.errors import RecallError
 from latentmem.recall.train import (
     RecallTrainConfig,
+    base_kl,
+    base_positions,
+    base_tokens,
     collate,
     first_token_recall_rate,
     recall_at_1,
@@ -118,6 +128,44 @@ def test_config_errors_name_the_field():
         RecallTrainConfig.from_dict({"step2": {"samples_per_epoch": 12, "batch_size": 8}})
     with pytest.raises(ConfigError, match=r"step1\.steps: and step2\.epochs are both 0"):
         RecallTrainConfig.from_dict({"step1": {"steps": 0}, "step2": {"epochs": 0}})
+    with pytest.raises(ConfigError, match=r"step2\.retention_kl: must be >= 0"):
+        RecallTrainConfig.from_dict({"step2": {"retention_kl": -0.1}})
+    with pytest.raises(ConfigError, match=r"num_val_general: must be >= 0"):
+        RecallTrainConfig.from_dict({"num_val_general": -1})
+
+
+def test_base_kl_is_the_recall_mass_at_a_fresh_lora_and_grows_as_the_lora_moves():
+    """KL(base || model) on base text: with a fresh LoRA (B = 0) the model is the base, and the KL is only
+    the mass the model puts on the recall tokens, -log(1 - p_recall); a moved LoRA raises it, and its
+    gradient reaches the LoRA. Only positions before `<recall>` count."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = load_model("tiny-qwen2")
+    memory = RecallMemory.attach(model, tok, 16)
+    t = memory.tokens
+    lm = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    samples = _mixture(tok, t).epoch(0)[:8]
+    batch = collate(samples, tok.pad_token_id)
+    at = base_positions(batch.input_ids, batch.attention_mask, t.recall_id)
+    assert at.sum(1).tolist() == [base_tokens(s, t.recall_id) for s in samples]
+    for s, row in zip(samples, at, strict=True):  # nothing from the position that predicts <recall> on
+        if s.memory >= 0:
+            assert not row[s.input_ids.index(t.recall_id) - 1 :].any()
+    kwargs = {"attention_mask": batch.attention_mask}
+    logits = lm(input_ids=batch.input_ids, **kwargs).logits
+    p_recall = logits[:, :-1][at].float().softmax(-1)[:, list(t.ids)].sum(-1)
+    fresh = base_kl(lm, memory, batch, logits)
+    assert fresh.item() == pytest.approx(-torch.log1p(-p_recall).sum().item(), rel=1e-3, abs=1e-5)
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    logits = lm(input_ids=batch.input_ids, **kwargs).logits
+    moved = base_kl(lm, memory, batch, logits)
+    assert moved.item() > 10 * max(fresh.item(), 1e-3)
+    moved.backward()
+    grads = [p.grad for n, p in lm.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_fsdp_is_refused_before_anything_loads(tmp_path, monkeypatch):
@@ -222,6 +270,57 @@ def test_step2_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, mo
             assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-6), (k, x, y)
     final_a, final_b = reference.memory.state_dict(), resumed.memory.state_dict()
     assert all(torch.allclose(final_a[k], final_b[k], atol=1e-5) for k in final_a)
+
+
+def test_retention_kl_and_validation_probe_are_logged(tmp_path):
+    """`step2.retention_kl` > 0 logs the step's token-mean KL to the base (0 at the first step: the LoRA
+    starts at the base, up to the recall tokens' mass), and the probe logs retention on the validation
+    split, whose base accuracy the final metrics hold."""
+    cfg = RecallTrainConfig.from_dict(
+        {
+            **SMALL,
+            "output_dir": str(tmp_path / "run"),
+            "num_val_general": 4,
+            "step2": {**SMALL["step2"], "retention_kl": 1.0, "eval_every": 2},
+        }
+    )
+    trained = train_recall(cfg)
+    step2 = [m for m in _lines(trained.run) if m["phase"] == "step2"]
+    kls = [m["base_kl"] for m in step2 if "base_kl" in m]
+    assert len(kls) == 4 and all(np.isfinite(kls)) and kls[0] < 0.05 and max(kls) > 0
+    probes = [m["probe_val_retention"] for m in step2 if "probe_val_retention" in m]
+    assert len(probes) == 3 and all(0 <= v <= 1 for v in probes)  # steps 0, 2 and 4
+    assert 0 <= trained.metrics["val_retention_base"] <= 1 and 0 <= trained.metrics["val_retention"] <= 1
+
+
+def test_extra_facts_train_the_head_alone_and_are_never_new_facts(tmp_path, monkeypatch):
+    """`step1.extra_facts` come after the trained facts and the reserve of new ones (set B): no subject in
+    common with either; step 1 contrasts over them too, while the bank keeps only the trained facts."""
+    trained_and_new = make_facts(6 + NEW_FACT_RESERVE)
+    extra = auxiliary_facts(40, 6)
+    assert len(extra) == 40 and auxiliary_facts(0, 6) == []
+    assert not {f.question for f in extra} & {f.question for f in trained_and_new}
+    cfg = RecallTrainConfig.from_dict(
+        {
+            **SMALL,
+            "output_dir": str(tmp_path / "run"),
+            "step1": {**SMALL["step1"], "extra_facts": 10, "batch_size": 16},
+        }
+    )
+    assert cfg.steps()[0].train.batch_size == 16  # the step's rows: 6 facts + 10 extra
+    seen = {}
+    real = recall_train.train_step1
+
+    def spy(job, facts, vectors, settings):
+        seen.update(facts=list(facts), candidates=vectors.shape[0])
+        return real(job, facts, vectors, settings)
+
+    monkeypatch.setattr(recall_train, "train_step1", spy)
+    trained = train_recall(cfg)
+    assert seen["facts"] == [*make_facts(6), *auxiliary_facts(10, 6)] and seen["candidates"] == 16
+    assert trained.bank.matrix()[1].shape[0] == 6  # the bank: the trained facts only
+    step1 = [m for m in _lines(trained.run) if m["phase"] == "step1"]
+    assert len(step1) == 3 and all(np.isfinite(m["loss"]) for m in step1)
 
 
 def test_run_folder_holds_config_both_steps_and_checkpoints(tmp_path):

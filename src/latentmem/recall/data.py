@@ -3,9 +3,10 @@
 Facts are made of invented names, so no pretrained model knows them: answering right needs memory. Each
 fact has a memory text ("The capital of Vorlani is Quessot."), a question, a paraphrased question (for a
 held-out recall@1) and a short answer. `make_facts(n + k)[:n] == make_facts(n)`, so the k facts after the
-first n are new memories of the same kind (set B, written after training on set A). The general task
-(real capitals and small sums, interleaved) is split once by `split_general`: the first half is the step-2
-training pool, the second half the held-out retention probe, and both hold both kinds.
+first n are new memories of the same kind (set B, written after training on set A; at most
+`NEW_FACT_RESERVE` of them); `auxiliary_facts` come after those, for the memory head alone. The general
+task (real capitals and small sums, interleaved) is split once by `split_general`: the first half is the
+step-2 training pool, the second half the held-out retention probe, and both hold both kinds.
 
 Step 2 samples (`MixedRecallData.epoch`), resampled every epoch under a token limit, in three kinds drawn
 by the `mix` weights:
@@ -142,6 +143,21 @@ def make_facts(n: int, seed: int = 0) -> list[Fact]:
             )
         )
     return facts
+
+
+# facts after the trained ones kept for new memories (set B of the evaluation): `auxiliary_facts` start
+# after them, so that nothing trained on is ever a "new" fact
+NEW_FACT_RESERVE = 1000
+
+
+def auxiliary_facts(n: int, num_facts: int, seed: int = 0) -> list[Fact]:
+    """`n` facts of the same stream as the `num_facts` trained ones, after them and after the
+    `NEW_FACT_RESERVE` kept for new memories: subjects (unique in a stream) that neither the bank nor any
+    new fact holds, for training the memory head on more than the bank's facts."""
+    if not n:
+        return []
+    start = num_facts + NEW_FACT_RESERVE
+    return make_facts(start + n, seed=seed)[start:]
 
 
 def general_task(n: int, seed: int = 0) -> list[QA]:

@@ -29,7 +29,14 @@ from latentmem.chat import render_chat
 from latentmem.config import Config, require
 from latentmem.models import load_model
 from latentmem.recall.bank import MemoryBank
-from latentmem.recall.data import QA, Fact, general_task, make_facts, split_general
+from latentmem.recall.data import (
+    NEW_FACT_RESERVE,
+    QA,
+    Fact,
+    general_task,
+    make_facts,
+    split_general,
+)
 from latentmem.recall.generate import RecallGenerator
 from latentmem.recall.memory import RecallMemory
 from latentmem.recall.train import (
@@ -71,7 +78,12 @@ class EvalConfig(Config):
         require(
             self.max_new_tokens > 0 and self.batch_size > 0, "max_new_tokens", "and batch_size must be > 0"
         )
-        require(self.new_facts >= 0, "new_facts", f"must be >= 0, got {self.new_facts}")
+        require(
+            0 <= self.new_facts <= NEW_FACT_RESERVE,
+            "new_facts",
+            f"must be in [0, {NEW_FACT_RESERVE}] (beyond, set B would meet step1.extra_facts), got "
+            f"{self.new_facts}",
+        )
 
 
 @dataclass
@@ -237,7 +249,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
         row(name, gen, prompts["q"], prompts["p"], hits["q"], base_retention, [f.answer for f in new])
         results[name]["recall_at_1_paraphrase"] = hits["p"]
     if "recall" in cfg.methods:
-        _recall_rows(cfg, questions, paraphrases, held_out, row, results)
+        _recall_rows(cfg, questions, paraphrases, held_out, row, results, base_retention)
     return results
 
 
@@ -266,7 +278,7 @@ def writer(cfg: RecallTrainConfig) -> MemoryEncoder:
     return HiddenStateEncoder(model, tok)
 
 
-def _recall_rows(cfg, questions, paraphrases, held_out, row, results) -> None:
+def _recall_rows(cfg, questions, paraphrases, held_out, row, results, base_retention) -> None:
     """Recall memory after the two-step recipe: once where the model decides to recall by itself, once
     with `<recall>` forced at the start of the reply (isolates decoding from the injected memory); then,
     with `cfg.new_facts`, the same two on facts B written into the bank after training."""
@@ -292,6 +304,8 @@ def _recall_rows(cfg, questions, paraphrases, held_out, row, results) -> None:
         if not forced:
             decided = [bool(r) for r in a.recalled + p.recalled]
     results["recall memory (model decides)"]["training"] = trained.metrics
+    # the base model's retention on the same questions, in the row even when the baselines are not run
+    results["recall memory (model decides)"]["base_retention"] = base_retention
     results["recall memory (model decides)"]["recall_decision"] = recall_decision(
         decided, [bool(r) for r in general.recalled]
     )
