@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from latentmem.memgen import LatentMemoryModel, MemGenConfig
@@ -83,3 +85,16 @@ def running_server(
         backend.close()
         stores.close()
         keys.close()
+
+
+def wait_until_serving(server: subprocess.Popen, url: str, seconds: float = 60) -> None:
+    """Poll `url`/healthz until the `latentmem serve` process `server` answers; fail if it exits or
+    `seconds` pass first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)

@@ -20,7 +20,7 @@ from latentmem.sampling import SamplingConfig
 from latentmem.serve.backend import Finished, GenerationRequest, InProcessBackend, Tokens
 from latentmem.serve.batching import BatchingBackend
 from latentmem.serve.errors import ServerBusyError
-from serve_fixtures import EMBEDDER, free_port, running_server, save_weaver
+from serve_fixtures import EMBEDDER, free_port, running_server, save_weaver, wait_until_serving
 
 MODEL = "tiny-qwen2"
 
@@ -214,14 +214,7 @@ def test_sigterm_drains_the_reply_in_flight_then_exits_with_the_write_stored(tmp
     server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_serving(server, url)
         body = {
             "model": MODEL,
             "messages": [{"role": "user", "content": "a long story"}],

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ from latentmem.memory.base import MemoryStoreError
 from latentmem.memory.vector import VectorMemory
 from latentmem.serve.keys import KEYS_FILE
 from latentmem.serve.stores import CONVERSATIONS_FILE, StoreLocation
-from serve_fixtures import EMBEDDER, free_port, running_server
+from serve_fixtures import EMBEDDER, free_port, running_server, wait_until_serving
 
 # The memory API's own tests, collected here again over this module's `http` (a Qdrant-backed server).
 from test_serve import (  # noqa: F401
@@ -127,14 +126,7 @@ def test_latentmem_serve_on_qdrant_local_keeps_keys_and_sessions_in_the_state_di
     server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {secret}"}
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_serving(server, url)
         with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
             fact = http.post("/v1/memories", json={"text": "Kim sails on Sundays"}).json()["results"][0]
             chat = {
