@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from latentmem.errors import LatentMemError
+
 if TYPE_CHECKING:  # a type only: importing transformers takes seconds, and `latentmem --help` imports this
     from transformers import PreTrainedTokenizerBase
 
@@ -80,7 +82,6 @@ def generation_header(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
     """The token ids the chat template appends to open the assistant's turn (ChatML:
     `<|im_start|>assistant\n`), as they tokenise at the end of a rendered prompt: the difference between
     a prompt rendered with and without the generation prompt."""
-    from latentmem.errors import LatentMemError
 
     def ids(header: bool) -> list[int]:
         text = render_chat(tokenizer, "x", add_generation_prompt=header)
