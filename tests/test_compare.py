@@ -360,6 +360,44 @@ def test_seeds_steps_validation_and_retention(tmp_path):
     assert "coin-retention-test drop" in table and "| memgen-sft | " in table
 
 
+def test_eval_split_val_scores_the_validation_split_and_vanilla_answers_once(tmp_path, monkeypatch):
+    """Choosing a config on the validation split: every seed is scored on `val.jsonl`'s items, none of the
+    test split's; the untrained model is built and evaluated once, its answers recorded for every seed."""
+    built = []
+
+    class CountedVanilla(METHODS["vanilla"]):
+        def __init__(self, ctx):
+            built.append(ctx.seed)
+            super().__init__(ctx)
+
+    monkeypatch.setitem(METHODS, "vanilla", CountedVanilla)
+    torch.set_num_threads(1)
+    cfg = _cfg(
+        tmp_path, ["vanilla", "lora-sft"], task="coin-test", n_test=0, n_train=6, val_fraction=0.5,
+        seeds=[0, 1], eval_split="val",
+    )  # fmt: skip
+    results = run_compare(cfg)
+    out = tmp_path / "out"
+    assert built == [0]
+    val = [json.loads(x)["prompt"] for x in (out / "val.jsonl").read_text().splitlines()]
+    test = {ex.prompt for ex in get_task("coin-test").split("test")}
+    assert results["eval_split"] == "val" and results["n_test"] == len(val) == 3
+    for name in ("vanilla", "lora-sft"):
+        m, prompts = _scores(out / name / "completions.jsonl")
+        assert prompts == [val, val] and not set(val) & test and m.shape == (2, 3)
+        assert [s["seed"] for s in results["methods"][name]["seeds"]] == [0, 1]
+    m, _ = _scores(out / "vanilla" / "completions.jsonl")
+    assert (m[0] == m[1]).all()
+    assert "3 validation examples" in (out / "results.md").read_text()
+
+    with pytest.raises(ConfigError, match="val_fraction"):
+        _cfg(tmp_path, ["vanilla"], eval_split="val")
+    with pytest.raises(ConfigError, match="eval_split"):
+        _cfg(tmp_path, ["vanilla"], eval_split="val", val_fraction=0.5, retention_tasks=["coin-test"])
+    with pytest.raises(ConfigError, match="eval_split"):
+        _cfg(tmp_path, ["vanilla"], eval_split="train")
+
+
 def _scores_of_runs(method_dir, sub):
     """The score matrix of the runs `<method>/seed-*/<sub>/completions.jsonl`, seeds in order."""
     parts = [_scores(d / sub / "completions.jsonl") for d in sorted(method_dir.glob("seed-*"))]

@@ -89,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="validation split held out of the train split, as a share of --n-train, the same for every "
         f"seed (default {d.val_fraction})",
     )
+    p.add_argument(
+        "--eval-split",
+        choices=["test", "val"],
+        help="score on the test split, or on the validation split to choose a config without the test "
+        f"split (needs --val-fraction; default {d.eval_split})",
+    )
     p.add_argument("--n-train", type=int, help=f"training examples per seed, 0 = all (default {d.n_train})")
     p.add_argument("--n-test", type=int, help=f"held-out examples, 0 = all (default {d.n_test})")
     p.add_argument(
@@ -104,6 +110,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
         "task": args.task, "model": args.model, "out": args.out, "n_train": args.n_train, "n_test": args.n_test,
         "methods": args.methods, "seeds": args.seeds, "steps": args.steps,
         "retention_tasks": args.retention_tasks, "val_fraction": args.val_fraction, "sequence": args.sequence,
+        "eval_split": args.eval_split,
     }  # fmt: skip
     data.update({k: v for k, v in flags.items() if v is not None})
     if args.task_arg:

@@ -71,6 +71,9 @@ class CompareConfig(Config):
     n_train: int = 256  # training examples per seed (0 = all)
     n_test: int = 100  # held-out examples (0 = all); also per retention task
     val_fraction: float = 0.0  # validation split, as a share of n_train (of the train split when 0)
+    # "val": score methods on the validation split instead of the test split, to choose a config or lr
+    # without looking at the test split (the test split is then not evaluated at all)
+    eval_split: str = "test"
     steps: list[int] = field(default_factory=list)  # step counts of the accuracy-vs-steps curve
     retention_tasks: list[str] = field(default_factory=list)  # evaluated after training on `task`
     # per retention task; its key `task` names the registered task when the label is not one, e.g.
@@ -110,6 +113,14 @@ class CompareConfig(Config):
         )
         unknown = set(self.retention_task_args) - set(self.retention_tasks)
         require(not unknown, "retention_task_args", f"{sorted(unknown)} are not among {self.retention_tasks}")
+        require(self.eval_split in ("test", "val"), "eval_split", f"'test' or 'val', got {self.eval_split!r}")
+        if self.eval_split == "val":
+            require(self.val_fraction > 0, "val_fraction", "eval_split=val needs a validation split: set > 0")
+            require(
+                not self.retention_tasks and not self.sequence,
+                "eval_split",
+                "eval_split=val scores the main task's validation split only: drop retention_tasks/sequence",
+            )
         require(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
         if not self.sequence:
             require(not self.sequence_task_args, "sequence_task_args", "set only with sequence")
@@ -153,6 +164,10 @@ class Splits:
         pool = [ex for i, ex in enumerate(examples) if i not in held]
         val = [examples[i] for i in sorted(held)]
         return cls(test, val, pool, min(cfg.n_train or len(pool), len(pool)))
+
+    def scored(self, split: str) -> list[Example]:
+        """The examples methods are scored on: the test split, or the validation split (`eval_split`)."""
+        return self.val if split == "val" else self.test
 
     def train(self, seed: int) -> list[Example]:
         """Seed `seed`'s training rows: the pool shuffled under `seed`, cut to `n_train`."""
@@ -208,7 +223,8 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     results: dict[str, Any] = {
         "task": cfg.task,
         "model": cfg.model,
-        "n_test": len(splits.test),
+        "eval_split": cfg.eval_split,
+        "n_test": len(splits.scored(cfg.eval_split)),
         "n_train": splits.n_train,
         "n_val": len(splits.val),
         "seeds": list(cfg.seeds),
@@ -222,18 +238,30 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     retained: dict[str, dict[str, np.ndarray]] = {}  # method -> retention task -> (seeds, items)
     for name in tqdm(cfg.methods, desc="methods"):
         per_seed, main, kept = [], [], {n: [] for n in retention}
+        scored = splits.scored(cfg.eval_split)
+        done_by_task: dict[str, tuple[Completions, list[float]]] = {}  # the latest seed's, per task
         for i, seed in enumerate(cfg.seeds):
-            workdir = out / name / f"seed-{seed}"
-            method = fit_method(name, cfg, data, seed, cfg.budget, workdir)
-            done, item_scores = evaluate_on(method, task, splits.test)
-            write_completions(out / name / "completions.jsonl", splits.test, done, item_scores, seed, i > 0)
+            reuse = i > 0 and METHODS[name].seed_free
+            if reuse:
+                # greedy answers of an untrained model do not depend on the seed: the first seed's answers
+                # are every seed's, recorded per seed so that the paired tests see aligned rows
+                per_seed.append({**per_seed[0], "seed": seed})
+            else:
+                method = fit_method(name, cfg, data, seed, cfg.budget, out / name / f"seed-{seed}")
+                done_by_task[cfg.task] = evaluate_on(method, task, scored)
+                for n, rtask in retention.items():
+                    done_by_task[n] = evaluate_on(method, rtask, retention_tests[n])
+            done, item_scores = done_by_task[cfg.task]
+            write_completions(out / name / "completions.jsonl", scored, done, item_scores, seed, i > 0)
             main.append(item_scores)
-            for n, rtask in retention.items():
-                rdone, rscores = evaluate_on(method, rtask, retention_tests[n])
+            for n in retention:
+                rdone, rscores = done_by_task[n]
                 write_completions(
                     out / name / f"completions-{n}.jsonl", retention_tests[n], rdone, rscores, seed, i > 0
                 )
                 kept[n].append(rscores)
+            if reuse:
+                continue
             per_seed.append(
                 {
                     "seed": seed,
@@ -253,7 +281,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         first = per_seed[0]
         results["methods"][name] = {
             "accuracy": float(scores[name].mean()),
-            "n": len(splits.test),
+            "n": len(scored),
             "n_seeds": len(cfg.seeds),
             "trainable_params": first["trainable_params"],
             "train_seconds": round(float(np.mean([s["train_seconds"] for s in per_seed])), 2),
@@ -331,10 +359,9 @@ def _steps_curve(name: str, cfg: CompareConfig, data: TaskData, main: np.ndarray
                 workdir = Path(cfg.out) / name / f"seed-{seed}" / f"steps-{n_steps}"
                 budget = dataclasses.replace(cfg.budget, steps=n_steps)
                 method = fit_method(name, cfg, data, seed, budget, workdir)
-                done, item_scores = evaluate_on(method, data.task, data.splits.test)
-                write_completions(
-                    workdir / "completions.jsonl", data.splits.test, done, item_scores, seed, False
-                )
+                scored = data.splits.scored(cfg.eval_split)
+                done, item_scores = evaluate_on(method, data.task, scored)
+                write_completions(workdir / "completions.jsonl", scored, done, item_scores, seed, False)
                 rows.append(item_scores)
                 del method
             m = np.array(rows)
@@ -394,7 +421,8 @@ def results_table(results: dict[str, Any]) -> str:
     methods = results["methods"]
     seeds = results["seeds"]
     lines = [
-        f"Task `{results['task']}`, model `{results['model']}`, {results['n_test']} held-out examples, "
+        f"Task `{results['task']}`, model `{results['model']}`, {results['n_test']} "
+        f"{'validation' if results.get('eval_split') == 'val' else 'held-out test'} examples, "
         f"{results['n_train']} training examples per seed, {results['n_val']} validation examples, "
         f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}.",
         "",

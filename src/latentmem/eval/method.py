@@ -78,6 +78,8 @@ class Method(ABC):
 
     name: str = ""
     continues: bool = False  # `fit` can continue from `ctx.init_from` (an earlier run's `state_dir`)
+    # trains nothing and answers greedily the same whatever the seed: `compare` evaluates it once
+    seed_free: bool = False
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

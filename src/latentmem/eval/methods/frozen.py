@@ -13,6 +13,7 @@ from latentmem.models import load_model
 
 class Vanilla(Method):
     name = "vanilla"
+    seed_free = True
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -48,6 +49,7 @@ class RetrievalFewShot(Vanilla):
     """Solved training examples as memories; the `retrieval_k` most similar ones go into the prompt."""
 
     name = "retrieval"
+    seed_free = False  # its store holds the seed's own training sample
 
     def fit(self) -> None:
         start = time.perf_counter()
