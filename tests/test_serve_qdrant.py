@@ -15,6 +15,7 @@ import pytest
 from latentmem.cli import main
 from latentmem.errors import ConfigError
 from latentmem.memory.base import MemoryStoreError
+from latentmem.memory.qdrant import QdrantBackend
 from latentmem.memory.vector import VectorMemory
 from latentmem.serve.keys import KEYS_FILE
 from latentmem.serve.stores import CONVERSATIONS_FILE, StoreLocation
@@ -81,6 +82,16 @@ def test_a_malformed_store_url_is_one_line_and_exit_2(spec, capsys, tmp_path):
 def test_an_unreachable_qdrant_server_is_a_store_error():
     with pytest.raises(MemoryStoreError, match="cannot use Qdrant at http://127.0.0.1"):
         StoreLocation.parse(f"qdrant://127.0.0.1:{free_port()}").open_memory(EMBEDDER)
+
+
+def test_a_qdrant_server_gone_after_opening_is_a_store_error():
+    """A call that reaches no server (it went down, or never was) is a MemoryStoreError naming the
+    operation, not the client's own exception."""
+    backend = QdrantBackend(url=f"http://127.0.0.1:{free_port()}", collection="gone")
+    with pytest.raises(MemoryStoreError, match="Qdrant count on collection 'gone' failed"):
+        backend.count()
+    with pytest.raises(MemoryStoreError, match="Qdrant fetch"):
+        backend.fetch([1])
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ The client's local mode (`path=`) takes an exclusive lock on its directory, so i
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import threading
 import time
@@ -43,6 +44,36 @@ def _models():
     return models
 
 
+def _store_errors(cls: type) -> type:
+    """Wrap the public methods of `cls` (but `transaction`, a context manager with no client call) so that
+    the client's errors — the server unreachable or gone, a 4xx/5xx answer — reach callers as
+    `MemoryStoreError`, the store's one error family, naming the operation and the collection. The
+    client is imported at the first error, so that importing this module never needs it (`_models` says
+    how to install it)."""
+
+    def wrap(name: str, fn: Any) -> Any:
+        @functools.wraps(fn)
+        def call(self: QdrantBackend, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except Exception as exc:
+                from qdrant_client.http.exceptions import ApiException
+
+                if not isinstance(exc, ApiException):
+                    raise
+                raise MemoryStoreError(
+                    f"Qdrant {name} on collection {self.collection!r} failed: {exc}"
+                ) from exc
+
+        return call
+
+    for name, fn in list(vars(cls).items()):
+        if not name.startswith("_") and name != "transaction" and callable(fn):
+            setattr(cls, name, wrap(name, fn))
+    return cls
+
+
+@_store_errors
 class QdrantBackend(VectorBackend):
     """A Qdrant collection as a vector-memory backend. Give exactly one of `url`, `path`, `location`."""
 

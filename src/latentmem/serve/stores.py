@@ -95,18 +95,12 @@ class StoreLocation(BaseModel):
         if self.kind == "embedded":
             assert self.path is not None
             return VectorMemory.open(self.path, embedder=embedder)
-        try:
-            from qdrant_client.http.exceptions import ApiException
-        except ImportError:
-            raise MemoryStoreError(
-                "--store qdrant: needs qdrant-client: pip install 'latentmem[rag]'"
-            ) from None
         where = self.url or f"local mode in {self.path}"
         try:
             if self.kind == "qdrant":
                 return VectorMemory.qdrant(url=self.url, collection=self.collection, embedder=embedder)
             return VectorMemory.qdrant(path=self.path, collection=self.collection, embedder=embedder)
-        except ApiException as exc:  # the server is unreachable or refused the first call
+        except MemoryStoreError as exc:  # the client is missing, the server unreachable or refusing
             raise MemoryStoreError(f"cannot use Qdrant at {where}: {exc}") from None
 
 
