@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+ROOT = Path(__file__).parent.parent
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 # the command on a config's first line -> the typed config class that loads it
 CLASSES = {
+    ("latentmem", "compare"): "latentmem.eval.compare:CompareConfig",
     ("latentmem", "train", "sft"): "latentmem.training.config:SFTConfig",
     ("latentmem", "train", "grpo"): "latentmem.training.config:GRPOConfig",
     ("latentmem", "train", "trigger"): "latentmem.training.config:TriggerRLConfig",
@@ -38,7 +40,8 @@ def config_class(words: list[str]) -> type:
     """The config class of a command: the recipe after `latentmem`, or the script it runs."""
     words = ["latentmem" if w == "latentmem.cli" else w for w in words]  # `-m latentmem.cli` runs the CLI
     if "latentmem" in words:
-        key = tuple(words[words.index("latentmem") :][:3])
+        command = words[words.index("latentmem") :]
+        key = tuple(w for w in command[:3] if not w.startswith("-"))  # latentmem compare --config ...
     else:
         key = tuple(w for w in words if w.endswith(".py"))[:1]
     assert key in CLASSES, f"no config class known for the command {' '.join(words)!r}"
@@ -62,6 +65,6 @@ def test_config_loads_through_its_recipe(path: Path):
         launched = path.parents[2] / words[words.index("--config") + 1]
         config_class(words).from_yaml(launched)
         return
-    assert words[-1] == str(path.relative_to(path.parents[2])), f"{path}: its command must run this file"
+    assert words[-1] == str(path.relative_to(ROOT)), f"{path}: its command must run this file"
     cfg = config_class(words).from_yaml(path)
     assert cfg.to_dict()  # resolved without error
