@@ -59,7 +59,9 @@ def sdist() -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tasks", nargs="+", help="BIG-bench task names, e.g. navigate object_counting")
-    p.add_argument("--out", default="data/bigbench", help="folder of <task>/task.json (default data/bigbench)")
+    p.add_argument(
+        "--out", default="data/bigbench", help="folder of <task>/task.json (default data/bigbench)"
+    )
     args = p.parse_args(argv)
     reserved = sorted(RESERVED & set(args.tasks))
     if reserved:
