@@ -256,8 +256,28 @@ def test_a_base_with_the_same_shapes_but_other_weights_is_refused(tmp_path):
     meta = json.loads((tmp_path / "memgen_config.json").read_text())
     del meta["base_weights"]  # as an older latentmem saved it: loads, with a warning
     (tmp_path / "memgen_config.json").write_text(json.dumps(meta))
-    with pytest.warns(UserWarning, match="no base weight fingerprint"):
+    with pytest.warns(UserWarning, match="no base model weight fingerprint"):
         LatentMemoryModel.from_pretrained(tmp_path, other, tok)
+
+
+def test_a_separate_weaver_loads_only_onto_the_weaver_model_it_was_trained_with(tmp_path):
+    model, tok = load_model("tiny-qwen2")
+    steer(model, tok)
+    cfg = MemGenConfig(prompt_latents=2, inference_latents=2)
+    mm = LatentMemoryModel(model, tok, cfg, weaver_base=load_model("tiny-llama", seed=5)[0])
+    mm.save_pretrained(tmp_path)
+    other = load_model("tiny-llama", seed=6)[0]  # the weaver's architecture and shapes, other weights
+    with pytest.raises(ModelLoadError, match="weaver model of the same architecture"):
+        LatentMemoryModel.from_pretrained(tmp_path, model, tok, weaver_base=other)
+    with pytest.raises(ModelLoadError, match="different weaver model"):
+        LatentMemoryModel.from_pretrained(tmp_path, model, tok, weaver_base=load_model("tiny-gpt2")[0])
+    loaded = LatentMemoryModel.from_pretrained(
+        tmp_path, model, tok, weaver_base=load_model("tiny-llama", seed=5)[0]
+    )
+    ids, mask = _batch(tok)
+    a = mm.generate(ids, mask, GenerationConfig(max_new_tokens=12))
+    b = loaded.generate(ids, mask, GenerationConfig(max_new_tokens=12))
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.logprobs, b.logprobs)
 
 
 def test_separate_weaver_model_is_consistent():

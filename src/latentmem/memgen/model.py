@@ -149,6 +149,38 @@ def _same_weights(saved: dict[str, Any], found: dict[str, Any]) -> bool:
     return True
 
 
+def _check_base(
+    model: PreTrainedModel,
+    identity: dict[str, Any],
+    weights: dict[str, Any] | None,
+    what: str,
+    directory: Path,
+) -> None:
+    """ModelLoadError unless `model` has the saved shapes `identity` and weight fingerprint `weights` (a
+    warning when the checkpoint predates fingerprints): `what` ("base model", "weaver model") is the model a
+    checkpoint's trained state belongs to."""
+    found = _identity(model)
+    if found != identity:
+        diffs = {k: (identity[k], found.get(k)) for k in identity if identity[k] != found.get(k)}
+        raise ModelLoadError(
+            f"this MemGen checkpoint was trained on a different {what}: (saved, given) = {diffs}. "
+            f"Load it onto the {what} it was trained with."
+        )
+    if weights is None:  # saved before fingerprints: only the shapes could be checked
+        warnings.warn(
+            f"{directory / CONFIG_FILE} has no {what} weight fingerprint (saved by an older latentmem): "
+            f"only the {what}'s shapes were checked, not that it is the model it was trained on. "
+            "Save it again to add one.",
+            stacklevel=3,
+        )
+    elif not _same_weights(weights, _fingerprint(model)):
+        raise ModelLoadError(
+            f"this MemGen checkpoint was trained on a {what} of the same architecture and shapes but "
+            f"different weights ({identity['model_type']}: its embeddings or {weights['layer']} differ). "
+            f"Load it onto the {what} it was trained with."
+        )
+
+
 class EmbeddingRMSNorm(nn.Module):
     """Latents on the scale of token embeddings: x / rms(x) * gain, with the gain (D_r,) initialised to the
     per-dimension RMS of `embeddings` (V, D_r), so a latent's norm starts at the embeddings' RMS norm.
@@ -268,6 +300,8 @@ class LatentMemoryModel(nn.Module):
         # taken now, while every weight is whole: the frozen weights never change, and under FSDP they are
         # sharded later, when only the main process saves
         self.base_fingerprint = _fingerprint(reasoner)
+        # taken before any training, as the reasoner's: the separate weaver's base weights are frozen too
+        self.weaver_fingerprint = None if self.shared else _fingerprint(self.weaver_lm.get_base_model())
         self.reasoner_window = attention_window(reasoner.config)
         self.weaver_window = attention_window(base.config)
         self.reasoner_positions = max_positions(reasoner)
@@ -641,6 +675,7 @@ class LatentMemoryModel(nn.Module):
         }
         if not self.shared:
             meta["weaver_base"] = _identity(self.weaver_lm.get_base_model())
+            meta["weaver_base_weights"] = self.weaver_fingerprint
         save_file(self.trainable_state_dict(), str(directory / WEIGHTS_FILE))
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -664,28 +699,12 @@ class LatentMemoryModel(nn.Module):
             base, tokenizer = load_model(base)
         if tokenizer is None:
             raise ModelLoadError("pass the tokenizer that belongs to `base`")
-        found = _identity(base)
-        if found != meta["base"]:
-            diffs = {
-                k: (meta["base"][k], found.get(k)) for k in meta["base"] if meta["base"][k] != found.get(k)
-            }
-            raise ModelLoadError(
-                f"this MemGen checkpoint was trained on a different base model: (saved, given) = {diffs}. "
-                "Load it onto the base it was trained with."
-            )
-        if "base_weights" not in meta:  # saved before fingerprints: only the shapes could be checked
-            warnings.warn(
-                f"{directory / CONFIG_FILE} has no base weight fingerprint (saved by an older latentmem): "
-                "only the base model's shapes were checked, not that it is the model it was trained on. "
-                "Save it again to add one.",
-                stacklevel=2,
-            )
-        elif not _same_weights(meta["base_weights"], _fingerprint(base)):
-            raise ModelLoadError(
-                "this MemGen checkpoint was trained on a base model of the same architecture and shapes but "
-                f"different weights ({meta['base']['model_type']}: its embeddings or {meta['base_weights']['layer']} "
-                "differ). Load it onto the base it was trained with."
-            )
+        _check_base(base, meta["base"], meta.get("base_weights"), "base model", directory)
         model = cls(base, tokenizer, MemGenConfig.from_dict(meta["memgen"]), weaver_base=weaver_base)
+        if "weaver_base" in meta:  # a separate weaver LM: its LoRA and projections belong to its weights
+            _check_base(
+                model.weaver_lm.get_base_model(), meta["weaver_base"], meta.get("weaver_base_weights"),
+                "weaver model", directory,
+            )  # fmt: skip
         model.load_trainable_state_dict(load_file(str(directory / WEIGHTS_FILE)))
         return model
