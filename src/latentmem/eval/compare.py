@@ -216,6 +216,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     }
     splits = Splits.make(task, cfg, needs_train=any(m != "vanilla" for m in cfg.methods))
     data = TaskData(cfg.task, cfg.task_args, task, splits)
+    scored = splits.scored(cfg.eval_split)  # the examples every method is scored on
     out = Path(cfg.out)
     run = RunDir.create(out, cfg, cfg.seeds[0])  # config.yaml holds every seed
     if splits.val:
@@ -224,7 +225,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         "task": cfg.task,
         "model": cfg.model,
         "eval_split": cfg.eval_split,
-        "n_test": len(splits.scored(cfg.eval_split)),
+        "n_test": len(scored),
         "n_train": splits.n_train,
         "n_val": len(splits.val),
         "seeds": list(cfg.seeds),
@@ -238,19 +239,31 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     retained: dict[str, dict[str, np.ndarray]] = {}  # method -> retention task -> (seeds, items)
     for name in tqdm(cfg.methods, desc="methods"):
         per_seed, main, kept = [], [], {n: [] for n in retention}
-        scored = splits.scored(cfg.eval_split)
-        done_by_task: dict[str, tuple[Completions, list[float]]] = {}  # the latest seed's, per task
         for i, seed in enumerate(cfg.seeds):
-            reuse = i > 0 and METHODS[name].seed_free
-            if reuse:
+            if i == 0 or not METHODS[name].seed_free:
+                method = fit_method(name, cfg, data, seed, cfg.budget, out / name / f"seed-{seed}")
+                done_by_task = {cfg.task: evaluate_on(method, task, scored)} | {
+                    n: evaluate_on(method, rtask, retention_tests[n]) for n, rtask in retention.items()
+                }
+                done, item_scores = done_by_task[cfg.task]
+                per_seed.append(
+                    {
+                        "seed": seed,
+                        "accuracy": sum(item_scores) / len(item_scores),
+                        "n_train": len(method.ctx.train),
+                        "trainable_params": method.trainable_params,
+                        "train_seconds": round(method.train_seconds, 2),
+                        "seconds_per_sample": round(done.seconds / len(item_scores), 4),
+                        "tokens_per_second": round(done.new_tokens / max(done.seconds, 1e-9), 2),
+                        "training": method.training(),
+                    }
+                )
+                run.log(method=name, **per_seed[-1])
+                del method  # free its model before the next seed's loads
+            else:
                 # greedy answers of an untrained model do not depend on the seed: the first seed's answers
                 # are every seed's, recorded per seed so that the paired tests see aligned rows
                 per_seed.append({**per_seed[0], "seed": seed})
-            else:
-                method = fit_method(name, cfg, data, seed, cfg.budget, out / name / f"seed-{seed}")
-                done_by_task[cfg.task] = evaluate_on(method, task, scored)
-                for n, rtask in retention.items():
-                    done_by_task[n] = evaluate_on(method, rtask, retention_tests[n])
             done, item_scores = done_by_task[cfg.task]
             write_completions(out / name / "completions.jsonl", scored, done, item_scores, seed, i > 0)
             main.append(item_scores)
@@ -260,22 +273,6 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
                     out / name / f"completions-{n}.jsonl", retention_tests[n], rdone, rscores, seed, i > 0
                 )
                 kept[n].append(rscores)
-            if reuse:
-                continue
-            per_seed.append(
-                {
-                    "seed": seed,
-                    "accuracy": sum(item_scores) / len(item_scores),
-                    "n_train": len(method.ctx.train),
-                    "trainable_params": method.trainable_params,
-                    "train_seconds": round(method.train_seconds, 2),
-                    "seconds_per_sample": round(done.seconds / len(item_scores), 4),
-                    "tokens_per_second": round(done.new_tokens / max(done.seconds, 1e-9), 2),
-                    "training": method.training(),
-                }
-            )
-            run.log(method=name, **per_seed[-1])
-            del method  # free its model before the next seed's loads
         scores[name] = np.array(main)
         retained[name] = {n: np.array(s) for n, s in kept.items()}
         first = per_seed[0]
@@ -349,7 +346,7 @@ def write_completions(
 def _steps_curve(name: str, cfg: CompareConfig, data: TaskData, main: np.ndarray) -> list[dict[str, Any]]:
     """Accuracy of `name` trained for each of `cfg.steps` (one run per seed and count, into
     `<method>/seed-<s>/steps-<n>/`); the count `budget.steps` is the main runs' `main` scores."""
-    points = []
+    points, scored = [], data.splits.scored(cfg.eval_split)
     for n_steps in sorted(cfg.steps):
         if n_steps == cfg.budget.steps:
             m = main
@@ -359,7 +356,6 @@ def _steps_curve(name: str, cfg: CompareConfig, data: TaskData, main: np.ndarray
                 workdir = Path(cfg.out) / name / f"seed-{seed}" / f"steps-{n_steps}"
                 budget = dataclasses.replace(cfg.budget, steps=n_steps)
                 method = fit_method(name, cfg, data, seed, budget, workdir)
-                scored = data.splits.scored(cfg.eval_split)
                 done, item_scores = evaluate_on(method, data.task, scored)
                 write_completions(workdir / "completions.jsonl", scored, done, item_scores, seed, False)
                 rows.append(item_scores)
