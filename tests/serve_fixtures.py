@@ -97,4 +97,5 @@ def wait_until_serving(server: subprocess.Popen, url: str, seconds: float = 60) 
             if httpx.get(f"{url}/healthz").status_code == 200:
                 return
         except httpx.TransportError:
-            time.sleep(0.1)
+            pass  # not listening yet
+        time.sleep(0.1)  # also after a non-200 answer, so that the loop never spins
