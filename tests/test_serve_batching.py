@@ -136,7 +136,10 @@ def test_full_server_answers_429_and_a_disconnect_frees_the_row(tmp_path):
     ):
         try:
             with http.stream("POST", "/v1/chat/completions", json={**ask, "stream": True}) as response:
-                next(response.iter_lines())  # the reply has started: the only row is taken
+                # Kept in a name: a discarded line iterator is finalised at once, and closing it closes
+                # the response (the client would leave, and its row could free before the next POST).
+                lines = response.iter_lines()
+                next(lines)  # the reply has started: the only row is taken
                 busy = http.post("/v1/chat/completions", json=ask)
                 assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
                 assert busy.json()["error"]["code"] == "server_busy"
