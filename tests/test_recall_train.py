@@ -272,6 +272,32 @@ def test_step2_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, mo
     assert all(torch.allclose(final_a[k], final_b[k], atol=1e-5) for k in final_a)
 
 
+def test_a_recall_run_resumes_with_more_epochs_and_refuses_another_learning_rate(tmp_path, monkeypatch):
+    """Recall's loop config names its lengths `recall.step2.epochs` (not `train.steps`): a run stopped in
+    step 2 may resume with more epochs, and it continues where it stopped; another lr is refused, by name."""
+    real = recall_train.step2_losses
+    calls = {"n": 0}
+
+    def dies_in_step_3(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    cfg = _small(tmp_path, grad_accum=1)
+    monkeypatch.setattr(recall_train, "step2_losses", dies_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_recall(cfg)
+    monkeypatch.setattr(recall_train, "step2_losses", real)
+    other_lr = RecallTrainConfig.from_dict({**cfg.to_dict(), "step2": {**cfg.step2.to_dict(), "lr": 0.02}})
+    with pytest.raises(ConfigError, match=r"recall\.step2\.lr: 0\.01 -> 0\.02"):
+        train_recall(other_lr)
+    longer = RecallTrainConfig.from_dict({**cfg.to_dict(), "step2": {**cfg.step2.to_dict(), "epochs": 3}})
+    train_recall(longer)
+    steps = [m["step"] for m in _lines(tmp_path / "run" / "step2")]
+    assert steps == [1, 2, 3, 4, 5, 6]  # 3 epochs x 2 steps, steps 1-2 from before the stop
+
+
 def test_retention_kl_and_validation_probe_are_logged(tmp_path):
     """`step2.retention_kl` > 0 logs the step's token-mean KL to the base (0 at the first step: the LoRA
     starts at the base, up to the recall tokens' mass), and the probe logs retention on the validation

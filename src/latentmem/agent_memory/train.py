@@ -69,6 +69,7 @@ from latentmem.memory.base import MemoryRecord, Scope
 from latentmem.memory.vector import VectorMemory
 from latentmem.models import load_model
 from latentmem.seeding import seed_everything
+from latentmem.training.checkpoint import RESUMABLE_FIELDS
 from latentmem.training.config import TrainConfig
 from latentmem.training.loop import Metrics, StepContext, Trainer, launch
 from latentmem.training.lora import LoRAModel
@@ -165,6 +166,10 @@ class MemoryManagerConfig(Config):
     grpo: ManagerGRPO = field(default_factory=ManagerGRPO)
     lora: ManagerLoRA = field(default_factory=ManagerLoRA)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def resumable_fields(self) -> frozenset[str]:
+        return RESUMABLE_FIELDS
 
     def validate(self) -> None:
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")

@@ -308,6 +308,21 @@ class RecallStep(Config):
     def seed(self) -> int:
         return self.recall.seed
 
+    @property
+    def resumable_fields(self) -> frozenset[str]:
+        """`RESUMABLE_FIELDS` by this config's names: both steps' lengths and save/eval cadences (step 2's
+        samples are a pure function of (seed, epoch), so more epochs continue the same sequence)."""
+        return frozenset(
+            {
+                "recall.output_dir",
+                "recall.step1.steps",
+                "recall.step1.save_every",
+                "recall.step2.epochs",
+                "recall.step2.save_every",
+                "recall.step2.eval_every",
+            }
+        )
+
     @functools.cached_property
     def train(self) -> TrainConfig:
         if self.step == "step1":

@@ -203,23 +203,25 @@ def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def check_resume_config(
-    path: str | Path, saved: Mapping[str, Any] | None, current: Mapping[str, Any]
+    path: str | Path,
+    saved: Mapping[str, Any] | None,
+    current: Mapping[str, Any],
+    resumable: frozenset[str] = RESUMABLE_FIELDS,
 ) -> None:
     """Refuse to resume checkpoint `path`, saved under config `saved` (a `Config.to_dict()`; None in a
     checkpoint from before configs were saved, which cannot be checked), under `current` when any field but
-    `RESUMABLE_FIELDS` differs; the `ConfigError` lists each field with both values."""
+    `resumable` (the config's own names of `RESUMABLE_FIELDS`) differs; the `ConfigError` lists each field
+    with both values."""
     if saved is None:
         warnings.warn(f"{path} holds no config (saved by an older version); resuming unchecked", stacklevel=2)
         return
     old, new = _flat(saved), _flat(current)
-    changed = sorted(
-        k for k in old.keys() | new.keys() if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k)
-    )
+    changed = sorted(k for k in old.keys() | new.keys() if k not in resumable and old.get(k) != new.get(k))
     if changed:
         diffs = "; ".join(f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in changed)
         raise ConfigError(
             f"resume: the config differs from the one checkpoint {path} was saved under ({diffs}). A resumed "
-            f"run may change only {', '.join(sorted(RESUMABLE_FIELDS))}; restore the other values, start "
+            f"run may change only {', '.join(sorted(resumable))}; restore the other values, start "
             "over in a new output_dir, or set train.resume=false to overwrite this run"
         )
 

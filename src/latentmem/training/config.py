@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from latentmem.config import Config, require
 from latentmem.memgen.config import MemGenConfig
+from latentmem.training.checkpoint import RESUMABLE_FIELDS
 
 
 @dataclass
@@ -117,6 +118,10 @@ class RecipeConfig(Config):
     memgen: MemGenConfig = field(default_factory=MemGenConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def resumable_fields(self) -> frozenset[str]:
+        return RESUMABLE_FIELDS
 
     def validate(self) -> None:
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")

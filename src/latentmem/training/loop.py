@@ -118,6 +118,12 @@ class LoopConfig(Protocol):
     def seed(self) -> int: ...
     @property
     def train(self) -> TrainConfig: ...
+    @property
+    def resumable_fields(self) -> frozenset[str]:
+        """The `to_dict` fields a resumed run may change (`checkpoint.RESUMABLE_FIELDS`, by this config's
+        names for them)."""
+        ...
+
     def to_dict(self) -> dict[str, Any]: ...
 
 
@@ -178,7 +184,9 @@ def start_run(cfg: LoopConfig, dist: Distributed) -> RunDir:
     try:
         latest = latest_checkpoint(run.path / "checkpoints") if cfg.train.resume else None
         if latest is not None:
-            check_resume_config(latest, load_checkpoint(latest).state.get("config"), cfg.to_dict())
+            check_resume_config(
+                latest, load_checkpoint(latest).state.get("config"), cfg.to_dict(), cfg.resumable_fields
+            )
         if dist.is_main:
             RunDir.create(cfg.output_dir, cfg, cfg.seed)
     except BaseException:
