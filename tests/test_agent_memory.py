@@ -23,7 +23,7 @@ from latentmem.agent_memory import (
 )
 from latentmem.agent_memory.answer import AnswerAgent, answer_match
 from latentmem.agent_memory.bench import evaluate_policy
-from latentmem.agent_memory.constraint import OperationConstraint, operation_options
+from latentmem.agent_memory.constraint import OperationConstraint, operation_options, option_logprobs
 from latentmem.agent_memory.generation import ChatGenerator
 from latentmem.agent_memory.manager import AddOnlyPolicy, ModelPolicy, same_slot, shown_ids
 from latentmem.agent_memory.train import (
@@ -31,7 +31,7 @@ from latentmem.agent_memory.train import (
     RewardScorer,
     build_manager_model,
     decision_rows,
-    option_logprobs,
+    least_destructive,
     train_memory_manager,
 )
 from latentmem.errors import ConfigError
@@ -312,7 +312,7 @@ def test_option_logprobs_are_the_constrained_samplers_distribution(tiny_manager)
     done = (completion == eos).long().cumsum(1) - (completion == eos).long() > 0  # after the first EOS
     rollout = tokens.masked_fill(done, 0.0).sum(1)
     with torch.no_grad():
-        scores = option_logprobs(tiny_manager, ids, mask, constraint, temperature)
+        scores = option_logprobs(tiny_manager.peft, ids, mask, constraint, temperature)
     texts = generator.decode(completion)
     for b, text in enumerate(texts):
         idx, _ = scores.of_row(b)
@@ -325,6 +325,51 @@ def test_option_logprobs_are_the_constrained_samplers_distribution(tiny_manager)
     free = (logits[:, ids.shape[1] - 1 : -1].float() / temperature).log_softmax(-1)
     free = free.gather(2, completion[:, :, None]).squeeze(2).masked_fill(done, 0.0).sum(1)
     assert (free - rollout).abs().max() > 0.1
+
+
+def test_model_policy_takes_the_most_probable_operation():
+    """Inference reads the distribution GRPO trains: the operation is the one of highest constrained
+    sequence log-prob, scored here option by option from a full forward of prompt + option (no shared
+    cache). The model is steered so that greedy decoding misses it: its first token prefers DELETE, whose
+    mass then splits over ten ids, each below NOOP."""
+    cfg = MemoryManagerConfig.from_dict({"model": "tiny-qwen2"})
+    model = build_manager_model(cfg, torch.device("cpu"), cfg.lora.peft_config())
+    tok, base = model.tokenizer, model.peft.get_base_model()
+    generator = ChatGenerator(model.peft, tok)
+    prompt, shown = "New fact: The user lives in Lyon.", frozenset(range(10, 20))
+    ids, _ = generator.encode([prompt])
+    delete, noop = (tok.encode(w, add_special_tokens=False)[0] for w in ("DELETE", "NOOP"))
+    with torch.no_grad():  # raise DELETE's first-token logit just past NOOP's at this prompt
+        h = base.model(input_ids=ids).last_hidden_state[0, -1]
+        z = base(input_ids=ids).logits[0, -1]
+        base.get_output_embeddings().weight[delete] += (z[noop] - z[delete] + 0.15) * h / h.dot(h)
+    constraint = OperationConstraint(tok, [shown])
+    scored = {}
+    for line, seq in constraint.options[0]:
+        option = torch.tensor([seq])
+        with torch.no_grad():
+            logits = model.peft(torch.cat([ids, option], 1)).logits[:, ids.shape[1] - 1 : -1]
+        scored[line] = float(constraint.logprobs(logits, option, 1.0).sum())
+    best = max(scored, key=scored.get)
+    greedy = generator.decode(
+        model.peft.generate(
+            input_ids=ids, max_new_tokens=constraint.max_new_tokens, do_sample=False,
+            logits_processor=constraint.processors(ids.shape[1]), pad_token_id=tok.pad_token_id,
+        )[:, ids.shape[1] :]
+    )[0]  # fmt: skip
+    assert greedy.startswith("DELETE") and best == "NOOP"  # the steering worked: greedy misses it
+    assert generator.operations([prompt], [shown]) == [best]
+
+
+def test_tied_best_operations_target_the_least_destructive():
+    lines = ["ADD", "NOOP", "UPDATE 3", "DELETE 3", "UPDATE 9", "DELETE 9"]
+    mask = lambda *on: torch.tensor([line in on for line in lines])  # noqa: E731
+    assert torch.equal(least_destructive(lines, mask("ADD", "UPDATE 3")), mask("ADD"))
+    assert torch.equal(least_destructive(lines, mask("NOOP", "DELETE 9")), mask("NOOP"))
+    assert torch.equal(
+        least_destructive(lines, mask("UPDATE 3", "UPDATE 9", "DELETE 3")), mask("UPDATE 3", "UPDATE 9")
+    )
+    assert torch.equal(least_destructive(lines, mask("DELETE 9")), mask("DELETE 9"))
 
 
 def test_stale_penalty_and_probes_sharpen_the_reward(store):
@@ -347,3 +392,20 @@ def test_stale_penalty_and_probes_sharpen_the_reward(store):
     assert pure(first, f"UPDATE {other}") < pure(first, "ADD")  # the overwritten slot is probed
     with pytest.raises(ConfigError, match="reward.stale_penalty"):
         MemoryManagerConfig.from_dict({"reward": {"stale_penalty": -1}})
+
+
+def test_probes_cover_every_fact_so_overwriting_the_employer_costs_reward(store):
+    """Every slot stated so far is probed, the ones without a question of their own (employer, a
+    company's city, an event's date) by their fact with the value cut out; so an unrelated fact that
+    overwrites the employer memory loses reward instead of tying (or, with an answer agent that confuses
+    "works at" with "works as", gaining)."""
+    episodes = longmemeval_episodes(generate_benchmark(users=1, seed=3))
+    rows = decision_rows(episodes, store, manager_k=5, probes=True)
+    row = next(r for r in rows if r.fact.startswith("The user") and "based in" not in r.fact and any(
+        m.text.startswith("The user works at") for m in r.snapshot) and not r.fact.startswith("The user works at"))  # fmt: skip
+    employer = next(m for m in row.snapshot if m.text.startswith("The user works at"))
+    probes = {q.id: q for q in row.questions if q.category == "probe"}
+    assert probes["probe/employer"].question == "The user works at what?"
+    assert probes["probe/employer"].answer in employer.text
+    score = RewardScorer(store, None, answer_k=20, min_score=0.2)
+    assert score(row, f"UPDATE {employer.id}") < score(row, "ADD")

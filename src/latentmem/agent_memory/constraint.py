@@ -9,20 +9,29 @@ So the model policies (`prompted`, `rl`) decode under a constraint: per request,
 each as the tokenizer writes that string, EOS appended. ADD and UPDATE carry no text: they store the new
 fact, so the manager chooses the operation and the memory, not the wording (a 135M model that rewrites
 facts mostly damages them). The rule lives in one place, `OperationConstraint.allowed` (a token trie per
-request); generation applies it through transformers' `PrefixConstrainedLogitsProcessor`, and the GRPO
-learner applies the same rule to the logits of every option (`mask`, `options`), so the distribution it
-samples its rollouts from is the one token-by-token constrained sampling draws from.
+request). `option_logprobs` applies it to the logits of every option at once (`mask`, `options`): the
+GRPO learner samples its rollouts from those probabilities and the model policies take their mode
+(`OptionScores.modes`), so training and inference read the same distribution; `processors` applies the
+same rule to `model.generate` through transformers' `PrefixConstrainedLogitsProcessor` (token-by-token
+constrained sampling, which draws from exactly that distribution: tested).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessorList, PrefixConstrainedLogitsProcessor, PreTrainedTokenizerBase
+from transformers import (
+    LogitsProcessorList,
+    PrefixConstrainedLogitsProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from latentmem.agent_memory.errors import AgentMemoryError
 from latentmem.agent_memory.operations import Operation
+from latentmem.decoding import positions_from_valid
 
 
 def operation_options(shown_ids: Collection[int]) -> list[str]:
@@ -103,3 +112,70 @@ class OperationConstraint:
         allowed = self.mask(completion, logits.shape[-1], requests)
         masked = logits.float().masked_fill(~allowed, float("-inf"))
         return (masked / temperature).log_softmax(-1).gather(2, completion[:, :, None]).squeeze(2)
+
+
+@dataclass
+class OptionScores:
+    """Every allowed operation of B requests, flattened: `lines[j]` of request `row[j]`, with its
+    sequence log-prob `logp[j]` (grad attached) and its token count `tokens[j]` (EOS included)."""
+
+    lines: list[str]
+    row: torch.Tensor  # (M,) long
+    logp: torch.Tensor  # (M,)
+    tokens: torch.Tensor  # (M,)
+
+    def of_row(self, b: int) -> tuple[list[int], torch.Tensor]:
+        """The flat indices of request `b`'s options and their probabilities (detached, summing to 1)."""
+        idx = (self.row == b).nonzero().flatten()
+        probs = self.logp[idx].detach().exp()
+        return idx.tolist(), probs / probs.sum()
+
+    def modes(self) -> list[str]:
+        """Each request's most probable operation line: the exact mode of its operation distribution
+        (token-by-token greedy can miss it when two options share a first token, e.g. `UPDATE 3` and
+        `UPDATE 12`, and the likelier prefix leads to the less likely whole)."""
+        out = []
+        for b in range(int(self.row.max()) + 1 if len(self.row) else 0):
+            idx, probs = self.of_row(b)
+            out.append(self.lines[idx[int(probs.argmax())]])
+        return out
+
+
+def option_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    constraint: OperationConstraint,
+    temperature: float,
+) -> OptionScores:
+    """The log-prob of each operation `constraint` allows each request, under token-by-token
+    softmax(z / temperature) over the allowed tokens (the distribution constrained sampling draws from,
+    so sampling from these is a rollout): one prefill of the B (left-padded) prompts, its KV cache then
+    shared by the M options, a handful of tokens each, instead of a prefill per sampled completion."""
+    valid = prompt_mask.bool()
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions_from_valid(valid),
+        use_cache=True,
+    )
+    pairs = [(b, line, seq) for b, opts in enumerate(constraint.options) for line, seq in opts]
+    device = prompt_ids.device
+    row = torch.tensor([b for b, _, _ in pairs], device=device)
+    width = max(len(seq) for _, _, seq in pairs)
+    tokens = torch.full((len(pairs), width), constraint.eos, device=device)
+    for j, (_, _, seq) in enumerate(pairs):
+        tokens[j, : len(seq)] = torch.tensor(seq, device=device)
+    lengths = torch.tensor([len(seq) for _, _, seq in pairs], device=device)
+    keep = torch.arange(width, device=device)[None] < lengths[:, None]
+    cache = out.past_key_values
+    cache.batch_select_indices(row)
+    logits = model(
+        input_ids=tokens,
+        attention_mask=torch.cat([prompt_mask[row], keep.long()], 1),
+        position_ids=valid.sum(1)[row][:, None] + torch.arange(width, device=device)[None],
+        past_key_values=cache,
+    ).logits
+    step_logits = torch.cat([out.logits[row, -1:], logits[:, :-1]], 1)  # (M, width, V): predicts token t
+    logp = constraint.logprobs(step_logits, tokens, temperature, row.tolist())
+    return OptionScores([line for _, line, _ in pairs], row, logp.masked_fill(~keep, 0.0).sum(1), lengths)

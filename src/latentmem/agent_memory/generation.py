@@ -1,5 +1,5 @@
-"""Chat-model text generation for the manager and the answer agent: batched, greedy, free or constrained
-to the operation format (`constraint.py`)."""
+"""Chat-model text generation for the manager and the answer agent, batched: greedy free text, and the
+most probable operation of the constrained format (`constraint.py`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from latentmem.agent_memory.constraint import OperationConstraint
+from latentmem.agent_memory.constraint import OperationConstraint, option_logprobs
 from latentmem.chat import render_chat
 
 
@@ -29,20 +29,13 @@ class ChatGenerator:
 
     @torch.no_grad()
     def generate_ids(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        max_new_tokens: int,
-        constraint: OperationConstraint | None = None,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
     ) -> torch.Tensor:
-        """(B, N) greedy completion ids, padded with pad after EOS; with `constraint` (one request per
-        row), from the allowed tokens only. (GRPO does not sample here: `train.option_logprobs` scores
-        every allowed operation at once and samples from those.)"""
+        """(B, N) greedy completion ids, padded with pad after EOS."""
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
-            logits_processor=constraint.processors(input_ids.shape[1]) if constraint else None,
             do_sample=False,
             temperature=None,  # unset the model's sampling defaults: greedy exactly
             top_k=None,
@@ -62,13 +55,14 @@ class ChatGenerator:
             out += self.decode(self.generate_ids(ids, mask, max_new_tokens))
         return out
 
+    @torch.no_grad()
     def operations(self, prompts: Sequence[str], shown_ids: Sequence[Collection[int]]) -> list[str]:
-        """The greedy operation line of each manager prompt, decoding constrained to the operations over
-        the ids it showed (`shown_ids`, one collection per prompt), in batches of `batch_size`."""
+        """The most probable operation line of each manager prompt among those over the ids it showed
+        (`shown_ids`, one collection per prompt): the mode of the distribution GRPO trains
+        (`option_logprobs` at temperature 1), in batches of `batch_size`."""
         out: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
             ids, mask = self.encode(prompts[start : start + self.batch_size])
             constraint = OperationConstraint(self.tokenizer, shown_ids[start : start + self.batch_size])
-            completion = self.generate_ids(ids, mask, constraint.max_new_tokens, constraint=constraint)
-            out += self.decode(completion)
+            out += option_logprobs(self.model, ids, mask, constraint, temperature=1.0).modes()
         return out

@@ -9,8 +9,8 @@ same validating parser whoever wrote it):
   memory; the same subject and slot with a new value (the texts differ only in their last words, e.g.
   "The user lives in Porto." -> "... Lyon.") or a near-duplicate embedding -> UPDATE (recency wins);
   otherwise ADD.
-- `prompted`: the chat model, greedy, on `manager_prompt`, its decoding constrained to the operations
-  over the ids shown (`constraint.py`).
+- `prompted`: the chat model on `manager_prompt`: the most probable of the operations over the ids shown
+  (`constraint.py`).
 - `rl`: the same prompt and decoding through a LoRA trained with GRPO (`agent_memory.train`).
 """
 
@@ -122,8 +122,9 @@ class HeuristicPolicy(Policy):
 
 @dataclass
 class ModelPolicy(Policy):
-    """The chat model's greedy operation on `manager_prompt` (`prompted`; with a trained LoRA, `rl`),
-    decoded under `constraint.OperationConstraint` over the ids shown, as in GRPO training."""
+    """The chat model's most probable operation on `manager_prompt` (`prompted`; with a trained LoRA,
+    `rl`) among those `constraint.OperationConstraint` allows over the ids shown: the mode of the
+    distribution GRPO trains."""
 
     generator: ChatGenerator
     name: str = "prompted"

@@ -5,8 +5,9 @@ Rows (`decision_rows`): the generated benchmark's episodes (their own seed, apar
 through a reference manager (`heuristic`); before each fact, the scope's memories are snapshot. A row is a
 fact whose turn is evidence of some question, with the prompt the manager sees (`manager_prompt` over the
 snapshot's top-k) and the questions answerable at that point (all their evidence stated by then). With
-`reward.probes`, every fact is a row and its questions include the slots' own questions as they stand
-then (`slot_probes`), so that overwriting a memory whose question comes only later still costs reward.
+`reward.probes`, every fact is a row and its questions include a probe of every slot stated so far, as it
+stands then (`slot_probes`), so that overwriting a memory whose question comes only later still costs
+reward.
 
 Rollouts: `option_logprobs` scores every operation `constraint.OperationConstraint` allows the row (ADD,
 NOOP, UPDATE id, DELETE id over the ids it shows; at most 2 + 2 * manager_k) under token-by-token
@@ -56,15 +57,14 @@ from peft import LoraConfig, get_peft_model
 from latentmem.agent_memory.answer import AnswerAgent, answer_match
 from latentmem.agent_memory.bench import scope_of
 from latentmem.agent_memory.bench_data import SLOT_QUESTIONS, generate_benchmark
-from latentmem.agent_memory.constraint import OperationConstraint
-from latentmem.agent_memory.episodes import ABSTAIN, Episode, Question
+from latentmem.agent_memory.constraint import OperationConstraint, option_logprobs
+from latentmem.agent_memory.episodes import ABSTAIN, Episode, Question, Turn
 from latentmem.agent_memory.generation import ChatGenerator
 from latentmem.agent_memory.loaders import longmemeval_episodes
 from latentmem.agent_memory.manager import HeuristicPolicy, MemoryManager, manager_prompt, shown_ids
 from latentmem.agent_memory.operations import Parsed, apply_operations, parse_operation
 from latentmem.agent_memory.store_audit import SlotState
 from latentmem.config import Config, require
-from latentmem.decoding import positions_from_valid
 from latentmem.memory.base import MemoryRecord, Scope
 from latentmem.memory.vector import VectorMemory
 from latentmem.models import load_model
@@ -109,6 +109,18 @@ class ManagerReward(Config):
         require(self.stale_penalty >= 0, "reward.stale_penalty", f"must be >= 0, got {self.stale_penalty}")
 
 
+PRESERVATION = ("ADD", "NOOP", "UPDATE", "DELETE")  # operation kinds, from the least destructive
+
+
+def least_destructive(lines: Sequence[str], best: torch.Tensor) -> torch.Tensor:
+    """(M,) bool: of the options `best` marks (`lines[j]`, the same (M,) order), those of the first kind in
+    `PRESERVATION` that any of them has (`ManagerGRPO.keep_on_tie`)."""
+    kinds = [line.partition(" ")[0] for line in lines]
+    first = min(PRESERVATION.index(k) for k, b in zip(kinds, best.tolist(), strict=True) if b)
+    keep = torch.tensor([k == PRESERVATION[first] for k in kinds], device=best.device)
+    return best & keep
+
+
 @dataclass
 class ManagerGRPO(Config):
     """`objective`: `grpo`, G rollouts per row drawn at `temperature`, group-relative advantages; `best`,
@@ -116,13 +128,19 @@ class ManagerGRPO(Config):
     the loss is -log pi(the best-scoring ones), an exhaustive best-of-N step (expert iteration). Why
     `best`: under `grpo` the policy fell to all-ADD within 10 steps (README), since ADD is the best
     operation on most rows, and on the rest it only beats the average of the UPDATE / DELETE samples while
-    the id is still a guess; the best-of-all target names the right id. `entropy_coef` weighs a bonus on
-    the entropy of each row's operation distribution (exact)."""
+    the id is still a guess; the best-of-all target names the right id. `keep_on_tie` (with `best`): when
+    operations tie for the best reward, the target is those that destroy least, the first kind present in
+    `PRESERVATION` (ADD, NOOP, UPDATE, DELETE). Why: a row's questions cannot cover every memory (a memory
+    asked about only through a later fact, the employer before its city is stated), so on about a fifth
+    of the training rows an UPDATE or DELETE of an unrelated, still-true memory tied with ADD, and the
+    policy learnt to overwrite (the destroyed memories were never stale ones: README). `entropy_coef`
+    weighs a bonus on the entropy of each row's operation distribution (exact)."""
 
     num_generations: int = 4  # G
     temperature: float = 1.0
     entropy_coef: float = 0.0
     objective: Literal["grpo", "best"] = "grpo"
+    keep_on_tie: bool = True
 
     def validate(self) -> None:
         require(
@@ -198,17 +216,28 @@ class DecisionRow:
     slots: SlotState  # the slots as of this fact (included): what is stale once it is applied
 
 
-def slot_probes(slots: SlotState, asked: Sequence[Question]) -> tuple[Question, ...]:
-    """Questions on the generated benchmark's slots as they stand (`slots.current`): its own question
-    for each slot, gold the current value ("unknown" once retracted), unless `asked` asks it already.
-    Without them a fact's reward covers only the questions answerable by then, so overwriting a memory
-    whose slot is asked about only after a later change (an UPDATE of the wrong id) would cost nothing."""
+def slot_probes(turns: Sequence[Turn], asked: Sequence[Question]) -> tuple[Question, ...]:
+    """Questions on the generated benchmark's slots as `turns` (the facts so far, in order) leave them,
+    unless `asked` asks it already: for a changeable slot its own question (`SLOT_QUESTIONS`), gold the
+    current value ("unknown" once retracted); for any other slot (employer, a company's city, an event's
+    date) its latest fact with the value cut out ("The user works at what?"), gold the value. Without
+    them a fact's reward covers only the questions answerable by then, so overwriting a memory whose
+    question comes only later (an UPDATE of the wrong id) would cost nothing, and overwriting the employer
+    memory paid: the extractive answer agent answers "What does the user work as?" from "The user works
+    at Corvid." when both are stored (README)."""
     texts = {q.question for q in asked}
-    return tuple(
-        Question(f"probe/{slot}", "probe", SLOT_QUESTIONS[slot], value or ABSTAIN)
-        for slot, value in slots.current
-        if slot in SLOT_QUESTIONS and SLOT_QUESTIONS[slot] not in texts
-    )
+    latest = {turn.slot: turn for turn in turns if turn.slot is not None}
+    out = []
+    for slot, turn in latest.items():
+        if slot in SLOT_QUESTIONS:
+            question, gold = SLOT_QUESTIONS[slot], turn.value or ABSTAIN
+        elif turn.value and turn.fact and turn.value in turn.fact:
+            question, gold = turn.fact.replace(turn.value, "what").rstrip(".") + "?", turn.value
+        else:
+            continue
+        if question not in texts:
+            out.append(Question(f"probe/{slot}", "probe", question, gold))
+    return tuple(out)
 
 
 def decision_rows(
@@ -227,7 +256,7 @@ def decision_rows(
                 q for q in ep.questions if q.evidence and all(order.get(e, i + 1) <= i for e in q.evidence)
             )
             slots = SlotState.of(turns[: i + 1])
-            questions = asked + (slot_probes(slots, asked) if probes else ())
+            questions = asked + (slot_probes(turns[: i + 1], asked) if probes else ())
             request = manager.request(turn.fact, scope)
             if any(turn.key in q.evidence for q in asked) or (probes and questions):
                 rows.append(
@@ -296,63 +325,6 @@ class RewardScorer:
             self.store.delete_all(scope)
 
 
-@dataclass
-class OptionScores:
-    """Every allowed operation of B requests, flattened: `lines[j]` of request `row[j]`, with its
-    sequence log-prob `logp[j]` (grad attached) and its token count `tokens[j]` (EOS included)."""
-
-    lines: list[str]
-    row: torch.Tensor  # (M,) long
-    logp: torch.Tensor  # (M,)
-    tokens: torch.Tensor  # (M,)
-
-    def of_row(self, b: int) -> tuple[list[int], torch.Tensor]:
-        """The flat indices of request `b`'s options and their probabilities (detached, summing to 1)."""
-        idx = (self.row == b).nonzero().flatten()
-        probs = self.logp[idx].detach().exp()
-        return idx.tolist(), probs / probs.sum()
-
-
-def option_logprobs(
-    model: LoRAModel,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    constraint: OperationConstraint,
-    temperature: float,
-) -> OptionScores:
-    """The log-prob of each operation `constraint` allows each request, under token-by-token
-    softmax(z / temperature) over the allowed tokens (the distribution constrained sampling draws from,
-    so sampling from these is a rollout): one prefill of the B (left-padded) prompts, its KV cache then
-    shared by the M options, a handful of tokens each, instead of a prefill per sampled completion."""
-    valid = prompt_mask.bool()
-    out = model.peft(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=positions_from_valid(valid),
-        use_cache=True,
-    )
-    pairs = [(b, line, seq) for b, opts in enumerate(constraint.options) for line, seq in opts]
-    device = prompt_ids.device
-    row = torch.tensor([b for b, _, _ in pairs], device=device)
-    width = max(len(seq) for _, _, seq in pairs)
-    tokens = torch.full((len(pairs), width), constraint.eos, device=device)
-    for j, (_, _, seq) in enumerate(pairs):
-        tokens[j, : len(seq)] = torch.tensor(seq, device=device)
-    lengths = torch.tensor([len(seq) for _, _, seq in pairs], device=device)
-    keep = torch.arange(width, device=device)[None] < lengths[:, None]
-    cache = out.past_key_values
-    cache.batch_select_indices(row)
-    logits = model.peft(
-        input_ids=tokens,
-        attention_mask=torch.cat([prompt_mask[row], keep.long()], 1),
-        position_ids=valid.sum(1)[row][:, None] + torch.arange(width, device=device)[None],
-        past_key_values=cache,
-    ).logits
-    step_logits = torch.cat([out.logits[row, -1:], logits[:, :-1]], 1)  # (M, width, V): predicts token t
-    logp = constraint.logprobs(step_logits, tokens, temperature, row.tolist())
-    return OptionScores([line for _, line, _ in pairs], row, logp.masked_fill(~keep, 0.0).sum(1), lengths)
-
-
 def build_manager_model(cfg: MemoryManagerConfig, device: torch.device, lora: LoraConfig) -> LoRAModel:
     """`cfg.model` with a fresh adapter (B = 0: it starts as the base model), seeded."""
     model, tokenizer = load_model(cfg.model, device=device, seed=cfg.seed)
@@ -397,7 +369,7 @@ def train_memory_manager(cfg: MemoryManagerConfig) -> Path:
             rows = [train_rows[i] for i in ctx.indices]
             ids, mask = generator.encode([r.prompt for r in rows])
             constraint = OperationConstraint(model.tokenizer, [r.shown_ids for r in rows])
-            scores = option_logprobs(model, ids, mask, constraint, s.temperature)
+            scores = option_logprobs(model.peft, ids, mask, constraint, s.temperature)
             rng = ctx.generator(torch.device("cpu"))
             n_rows = len(ctx.step_indices)
             loss = torch.zeros((), device=device)
@@ -410,7 +382,10 @@ def train_memory_manager(cfg: MemoryManagerConfig) -> Path:
                     lines = [scores.lines[j] for j in idx]
                     r = rewards([row] * len(idx), lines)
                     weights = probs.to(device)
-                    term = torch.logsumexp(logp[r == r.max()], 0)  # log pi(a best operation)
+                    best = r == r.max()
+                    if s.keep_on_tie:
+                        best = least_destructive(lines, best)
+                    term = torch.logsumexp(logp[best], 0)  # log pi(a best operation)
                 else:  # G rollouts drawn from the row's exact operation distribution
                     picks = torch.multinomial(probs.cpu(), G, replacement=True, generator=rng).tolist()
                     members = [idx[j] for j in picks]
