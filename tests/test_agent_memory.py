@@ -25,7 +25,14 @@ from latentmem.agent_memory.answer import AnswerAgent, answer_match
 from latentmem.agent_memory.bench import evaluate_policy
 from latentmem.agent_memory.constraint import OperationConstraint, operation_options, option_logprobs
 from latentmem.agent_memory.generation import ChatGenerator
-from latentmem.agent_memory.manager import AddOnlyPolicy, ModelPolicy, same_slot, shown_ids
+from latentmem.agent_memory.manager import (
+    AddOnlyPolicy,
+    ModelPolicy,
+    manager_prompt,
+    same_slot,
+    shown_ids,
+    store_line,
+)
 from latentmem.agent_memory.train import (
     MemoryManagerConfig,
     RewardScorer,
@@ -288,6 +295,25 @@ def test_model_policy_writes_only_valid_operations(store, tiny_manager):
         decision = manager.observe(fact, SCOPE)
         assert decision.parsed.rejected is None
         assert decision.parsed.raw in operation_options(shown_ids(decision.request))
+
+
+def test_prompts_number_the_memories_and_operations_map_back_to_store_ids(store, tiny_manager):
+    """The model sees memories numbered 1..n whatever their store ids; its operation is mapped back, so the
+    store is changed at the memory shown as that number."""
+    store.add_many([f"Filler memory {i}." for i in range(40)], {"user": "other"})  # ids 1..40 elsewhere
+    ids = [store.add(text, SCOPE).id for text in ("The user lives in Porto.", "The user drives a Fiat.")]
+    request = MemoryManager(store, AddOnlyPolicy(), k=5).request("The user lives in Lyon.", SCOPE)
+    prompt = manager_prompt(request.fact, request.related)
+    assert "[1] The user lives in Porto." in prompt and "[2] The user drives a Fiat." in prompt
+    assert all(f"[{i}]" not in prompt for i in ids)
+    assert store_line("UPDATE 2", ids) == f"UPDATE {ids[1]}"
+    assert store_line("DELETE 1 because", ids) == f"DELETE {ids[0]} because"
+    assert store_line("ADD", ids) == "ADD" and store_line("NOOP", ids) == "NOOP"
+    assert store_line("UPDATE 3", ids) == "UPDATE 3"  # no memory 3 shown: parse_operation rejects it
+    decisions = [ModelPolicy(ChatGenerator(tiny_manager.peft, tiny_manager.tokenizer)).decide([request])[0]]
+    decisions += [store_line(f"{kind} {n}", [h.record.id for h in request.related]) for kind in ("UPDATE", "DELETE") for n in (1, 2)]  # fmt: skip
+    for line in decisions:
+        assert line in operation_options(shown_ids(request))
 
 
 def test_option_logprobs_are_the_constrained_samplers_distribution(tiny_manager):

@@ -9,8 +9,8 @@ same validating parser whoever wrote it):
   memory; the same subject and slot with a new value (the texts differ only in their last words, e.g.
   "The user lives in Porto." -> "... Lyon.") or a near-duplicate embedding -> UPDATE (recency wins);
   otherwise ADD.
-- `prompted`: the chat model on `manager_prompt`: the most probable of the operations over the ids shown
-  (`constraint.py`).
+- `prompted`: the chat model on `manager_prompt`: the most probable of the operations over the memories
+  shown (`constraint.py`), which the prompt numbers 1..n (`store_line` maps them back to store ids).
 - `rl`: the same prompt and decoding through a LoRA trained with GRPO (`agent_memory.train`).
 """
 
@@ -45,8 +45,12 @@ class Request:
 
 
 def manager_prompt(fact: str, related: Sequence[SearchHit]) -> str:
-    """The prompt of the model policies (and of their GRPO training): the fact, the memories with ids."""
-    shown = "\n".join(f"[{h.record.id}] {h.record.text}" for h in related) or "(none)"
+    """The prompt of the model policies (and of their GRPO training): the fact and the memories, numbered
+    1..n in the order shown (`prompt_numbers`), not by their store ids. Why: store ids are arbitrary
+    (global across users, several digits) and share prefixes ("4" and "44"); a policy trained on one
+    user's consecutive ids then named "UPDATE 44" for memory 4 of another store. Numbered, the prompt
+    reads the same in every store; `store_line` maps the answer back."""
+    shown = "\n".join(f"[{i}] {h.record.text}" for i, h in enumerate(related, 1)) or "(none)"
     return (
         "You manage a user's memory. Decide what to do with a new fact.\n"
         f"Stored memories:\n{shown}\n"
@@ -131,7 +135,27 @@ class ModelPolicy(Policy):
 
     def decide(self, requests: Sequence[Request]) -> list[str]:
         prompts = [manager_prompt(r.fact, r.related) for r in requests]
-        return self.generator.operations(prompts, [shown_ids(r) for r in requests])
+        lines = self.generator.operations(prompts, [prompt_numbers(len(r.related)) for r in requests])
+        return [
+            store_line(line, [h.record.id for h in r.related])
+            for line, r in zip(lines, requests, strict=True)
+        ]
+
+
+def prompt_numbers(n: int) -> frozenset[int]:
+    """The numbers `manager_prompt` gives n memories: the only ids a model policy's operation may name."""
+    return frozenset(range(1, n + 1))
+
+
+def store_line(line: str, ids: Sequence[int]) -> str:
+    """An operation line over `manager_prompt`'s numbers as the same line over store ids, `ids` the store
+    ids of the memories in the order shown (number i is `ids[i - 1]`); a number outside them, or a
+    malformed line, is returned as it is, for `parse_operation` to reject."""
+    kind, _, rest = line.partition(" ")
+    number = rest.split(" ", 1)[0]
+    if not number.isdigit() or not 1 <= int(number) <= len(ids):
+        return line
+    return f"{kind} {ids[int(number) - 1]}{rest[len(number) :]}"
 
 
 def shown_ids(request: Request) -> frozenset[int]:

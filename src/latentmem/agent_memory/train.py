@@ -61,7 +61,13 @@ from latentmem.agent_memory.constraint import OperationConstraint, option_logpro
 from latentmem.agent_memory.episodes import ABSTAIN, Episode, Question, Turn
 from latentmem.agent_memory.generation import ChatGenerator
 from latentmem.agent_memory.loaders import longmemeval_episodes
-from latentmem.agent_memory.manager import HeuristicPolicy, MemoryManager, manager_prompt, shown_ids
+from latentmem.agent_memory.manager import (
+    HeuristicPolicy,
+    MemoryManager,
+    manager_prompt,
+    prompt_numbers,
+    store_line,
+)
 from latentmem.agent_memory.operations import Parsed, apply_operations, parse_operation
 from latentmem.agent_memory.store_audit import SlotState
 from latentmem.config import Config, require
@@ -210,10 +216,19 @@ class DecisionRow:
     fact: str
     source: str  # the turn's key, the written memory's metadata
     snapshot: tuple[MemoryRecord, ...]  # the scope's memories before the fact, oldest first
-    shown_ids: frozenset[int]
+    related: tuple[int, ...]  # the store ids of the memories the prompt shows, numbered 1..n there
     prompt: str
     questions: tuple[Question, ...]
     slots: SlotState  # the slots as of this fact (included): what is stale once it is applied
+
+    @property
+    def shown_ids(self) -> frozenset[int]:
+        return frozenset(self.related)
+
+    @property
+    def numbers(self) -> frozenset[int]:
+        """The ids the policy's operations name: `manager_prompt`'s numbers (`store_line` maps them)."""
+        return prompt_numbers(len(self.related))
 
 
 def slot_probes(turns: Sequence[Turn], asked: Sequence[Question]) -> tuple[Question, ...]:
@@ -265,7 +280,7 @@ def decision_rows(
                         turn.fact,
                         turn.key,
                         tuple(store.list(scope)),
-                        shown_ids(request),
+                        tuple(h.record.id for h in request.related),
                         manager_prompt(turn.fact, request.related),
                         questions,
                         slots,
@@ -361,14 +376,16 @@ def train_memory_manager(cfg: MemoryManagerConfig) -> Path:
         trainer = Trainer(job, n_rows=len(train_rows))
 
         def rewards(rows: Sequence[DecisionRow], outputs: Sequence[str]) -> torch.Tensor:
+            """The reward of each output, an operation over its row's prompt numbers."""
             # the answer agent is the frozen base model: the adapter being trained is off while it answers
             with model.peft.disable_adapter():
-                return torch.tensor([score(r, o) for r, o in zip(rows, outputs, strict=True)], device=device)
+                scores = [score(r, store_line(o, r.related)) for r, o in zip(rows, outputs, strict=True)]
+            return torch.tensor(scores, device=device)
 
         def micro_step(ctx: StepContext) -> Metrics:
             rows = [train_rows[i] for i in ctx.indices]
             ids, mask = generator.encode([r.prompt for r in rows])
-            constraint = OperationConstraint(model.tokenizer, [r.shown_ids for r in rows])
+            constraint = OperationConstraint(model.tokenizer, [r.numbers for r in rows])
             scores = option_logprobs(model.peft, ids, mask, constraint, s.temperature)
             rng = ctx.generator(torch.device("cpu"))
             n_rows = len(ctx.step_indices)
@@ -409,7 +426,7 @@ def train_memory_manager(cfg: MemoryManagerConfig) -> Path:
 
         def evaluate(indices: list[int]) -> Metrics:
             rows = [eval_rows[i] for i in indices]
-            outputs = generator.operations([r.prompt for r in rows], [r.shown_ids for r in rows])
+            outputs = generator.operations([r.prompt for r in rows], [r.numbers for r in rows])
             total = float(rewards(rows, outputs).sum()) if rows else 0.0
             return {"eval_reward": total / len(eval_rows)}
 
