@@ -56,13 +56,14 @@ class ChatGenerator:
         return out
 
     @torch.no_grad()
-    def operations(self, prompts: Sequence[str], shown_ids: Sequence[Collection[int]]) -> list[str]:
-        """The most probable operation line of each manager prompt among those over the ids it showed
-        (`shown_ids`, one collection per prompt): the mode of the distribution GRPO trains
-        (`option_logprobs` at temperature 1), in batches of `batch_size`."""
+    def operations(self, prompts: Sequence[str], allowed_ids: Sequence[Collection[int]]) -> list[str]:
+        """The most probable operation line of each manager prompt among those over the ids its
+        operations may name (`allowed_ids`, one collection per prompt: a model policy's prompt numbers,
+        `manager.prompt_numbers`): the mode of the distribution GRPO trains (`option_logprobs` at
+        temperature 1), in batches of `batch_size`."""
         out: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
             ids, mask = self.encode(prompts[start : start + self.batch_size])
-            constraint = OperationConstraint(self.tokenizer, shown_ids[start : start + self.batch_size])
+            constraint = OperationConstraint(self.tokenizer, allowed_ids[start : start + self.batch_size])
             out += option_logprobs(self.model, ids, mask, constraint, temperature=1.0).modes()
         return out

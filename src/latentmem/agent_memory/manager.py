@@ -127,8 +127,8 @@ class HeuristicPolicy(Policy):
 @dataclass
 class ModelPolicy(Policy):
     """The chat model's most probable operation on `manager_prompt` (`prompted`; with a trained LoRA,
-    `rl`) among those `constraint.OperationConstraint` allows over the ids shown: the mode of the
-    distribution GRPO trains."""
+    `rl`) among those `constraint.OperationConstraint` allows over the prompt's numbers (the mode of the
+    distribution GRPO trains), returned over store ids (`store_line`)."""
 
     generator: ChatGenerator
     name: str = "prompted"
