@@ -222,7 +222,7 @@ def check_resume_config(
         raise ConfigError(
             f"resume: the config differs from the one checkpoint {path} was saved under ({diffs}). A resumed "
             f"run may change only {', '.join(sorted(resumable))}; restore the other values, start "
-            "over in a new output_dir, or set train.resume=false to overwrite this run"
+            f"over in a new output_dir, or delete {Path(path).parent} to overwrite this run"
         )
 
 
