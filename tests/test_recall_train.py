@@ -319,9 +319,10 @@ def test_retention_kl_and_validation_probe_are_logged(tmp_path):
     assert 0 <= trained.metrics["val_retention_base"] <= 1 and 0 <= trained.metrics["val_retention"] <= 1
 
 
-def test_extra_facts_train_the_head_alone_and_are_never_new_facts(tmp_path, monkeypatch):
+def test_extra_facts_are_never_new_facts_and_both_steps_share_their_stream(tmp_path, monkeypatch):
     """`step1.extra_facts` come after the trained facts and the reserve of new ones (set B): no subject in
-    common with either; step 1 contrasts over them too, while the bank keeps only the trained facts."""
+    common with either; step 1 contrasts over them too, step 2 decodes the first `step2.extra_facts` of
+    the same stream with the same vectors, while the bank keeps only the trained facts."""
     trained_and_new = make_facts(6 + NEW_FACT_RESERVE)
     extra = auxiliary_facts(40, 6)
     assert len(extra) == 40 and auxiliary_facts(0, 6) == []
@@ -331,19 +332,29 @@ def test_extra_facts_train_the_head_alone_and_are_never_new_facts(tmp_path, monk
             **SMALL,
             "output_dir": str(tmp_path / "run"),
             "step1": {**SMALL["step1"], "extra_facts": 10, "batch_size": 16},
+            "step2": {**SMALL["step2"], "extra_facts": 14},
         }
     )
     assert cfg.steps()[0].train.batch_size == 16  # the step's rows: 6 facts + 10 extra
     seen = {}
-    real = recall_train.train_step1
+    real1, real2 = recall_train.train_step1, recall_train.train_step2
 
-    def spy(job, facts, vectors, settings):
-        seen.update(facts=list(facts), candidates=vectors.shape[0])
-        return real(job, facts, vectors, settings)
+    def spy1(job, facts, vectors, settings):
+        seen.update(facts=list(facts), vectors=vectors.clone())
+        return real1(job, facts, vectors, settings)
 
-    monkeypatch.setattr(recall_train, "train_step1", spy)
+    def spy2(job, data, vectors, *args):
+        seen.update(facts2=list(data.facts), vectors2=vectors.clone(), memories=data.epoch(0))
+        return real2(job, data, vectors, *args)
+
+    monkeypatch.setattr(recall_train, "train_step1", spy1)
+    monkeypatch.setattr(recall_train, "train_step2", spy2)
     trained = train_recall(cfg)
-    assert seen["facts"] == [*make_facts(6), *auxiliary_facts(10, 6)] and seen["candidates"] == 16
+    assert seen["facts"] == [*make_facts(6), *auxiliary_facts(10, 6)] and seen["vectors"].shape[0] == 16
+    assert seen["facts2"] == [*make_facts(6), *auxiliary_facts(14, 6)] and seen["vectors2"].shape[0] == 20
+    torch.testing.assert_close(seen["vectors2"][:16], seen["vectors"])  # one encoding of one stream
+    assert torch.equal(seen["vectors2"][:6], trained.bank.matrix()[1])  # trained facts: the bank's rows
+    assert all(-1 <= s.memory < 20 for s in seen["memories"])  # indices into step 2's vectors
     assert trained.bank.matrix()[1].shape[0] == 6  # the bank: the trained facts only
     step1 = [m for m in _lines(trained.run) if m["phase"] == "step1"]
     assert len(step1) == 3 and all(np.isfinite(m["loss"]) for m in step1)

@@ -4,9 +4,10 @@ Facts are made of invented names, so no pretrained model knows them: answering r
 fact has a memory text ("The capital of Vorlani is Quessot."), a question, a paraphrased question (for a
 held-out recall@1) and a short answer. `make_facts(n + k)[:n] == make_facts(n)`, so the k facts after the
 first n are new memories of the same kind (set B, written after training on set A; at most
-`NEW_FACT_RESERVE` of them); `auxiliary_facts` come after those, for the memory head alone. The general
-task (real capitals and small sums, interleaved) is split once by `split_general`: the first half is the
-step-2 training pool, the second half the held-out retention probe, and both hold both kinds.
+`NEW_FACT_RESERVE` of them); `auxiliary_facts` come after those, for training only (the memory head of
+step 1, the decoding of step 2). The general task (real capitals and small sums, interleaved) is split
+once by `split_general`: the first half is the step-2 training pool, the second half the held-out
+retention probe, and both hold both kinds.
 
 Step 2 samples (`MixedRecallData.epoch`), resampled every epoch under a token limit, in three kinds drawn
 by the `mix` weights:
@@ -153,7 +154,7 @@ NEW_FACT_RESERVE = 1000
 def auxiliary_facts(n: int, num_facts: int, seed: int = 0) -> list[Fact]:
     """`n` facts of the same stream as the `num_facts` trained ones, after them and after the
     `NEW_FACT_RESERVE` kept for new memories: subjects (unique in a stream) that neither the bank nor any
-    new fact holds, for training the memory head on more than the bank's facts."""
+    new fact holds, for training the head and the decoding on more than the bank's facts."""
     if not n:
         return []
     start = num_facts + NEW_FACT_RESERVE
@@ -246,7 +247,8 @@ class MixedRecallData:
     """The step-2 mixture, resampled each epoch under `max_tokens` (see the module docstring).
 
     Args:
-        facts: the memories (index i <-> bank vector i).
+        facts: the memories (index i <-> vector i of step 2: the bank's facts first, then any
+            `step2.extra_facts`, which are decoded but never recalled).
         general: the sft_only pool (the training half of `split_general`, never the retention probe);
             `replies[i]` is the reply used for `general[i]` (e.g. the base model's own answer, so sft_only
             teaches the model to stay itself). A reply holding a recall token is a `RecallError`: it

@@ -202,7 +202,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
             "seconds_per_answer": a.seconds_per_answer,
             "context_tokens": a.context_tokens,
             "retention": retain,
-            "example_reply": a.replies[0],
+            # every reply, in question order: what a wrong answer said is the first thing to look at
+            "replies": a.replies,
+            "replies_paraphrase": p.replies,
             # how often the model chose to recall, and recalled fact i first for question i (ids = indices)
             "recall_rate": sum(bool(r) for r in a.recalled) / len(a.recalled),
             "generation_recall_at_1": sum(bool(r) and r[0] == first_id + i for i, r in enumerate(a.recalled))

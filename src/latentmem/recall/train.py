@@ -28,6 +28,9 @@ questions, 0.50 vs 0.50 on the validation ones); without it validation retention
 and ended at 0.44. `step1.extra_facts`
 fits the head to more facts than the bank holds (`auxiliary_facts`), so that its query finds memories
 written after training (recall@1 on 12 new facts 0.00 -> 1.00 after step 1 alone with 300 extra facts).
+`step2.extra_facts` decodes more facts than the bank holds in step 2 (the same stream, the same
+vectors), so that reading a memory cannot be naming one of a few; on SmolLM2 it taught no reading in 400
+steps over 1012 facts (values collapsed to one per kind; README, issue 14), so it defaults to 0.
 
 Trainable: the recall tokens' embedding rows, the memory head, the projector and an optional LoRA
 (`RecallModel`). Every other weight of the reasoner is frozen. `latentmem train recall --config FILE` runs
@@ -123,7 +126,8 @@ class Step1Config(Config):
     # through the reasoner: the cheap choice on CPU); the `<recall>` row and LoRA then learn in step 2.
     train_model: bool = True
     # facts the head also learns from here, beyond the trained ones (`auxiliary_facts`: never in the bank,
-    # never in step 2, never a new fact of the evaluation): a head fitted to 12 facts found the memory of
+    # never a new fact of the evaluation; step 2 decodes the first step2.extra_facts of the same stream):
+    # a head fitted to 12 facts found the memory of
     # only 0.17 of 12 facts written after training (SmolLM2, issue 14); more subjects, a query that
     # generalises to new ones
     extra_facts: int = 0
@@ -169,6 +173,12 @@ class Step2Config(Config):
     mix: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # memory_front, memory_full, sft_only
     head_loss_weight: float = 1.0
     retention_kl: float = 0.0  # weight of the KL(base || model) on base text; 0 = off (no base forward)
+    # facts decoded here beyond the trained ones (`auxiliary_facts`, the same stream as step1.extra_facts:
+    # never in the bank, never a new fact of the evaluation), drawn with them for memory_front and
+    # memory_full: trained on the 12 bank facts alone, step 2 learnt which of them a vector is nearest to
+    # and answered 0.00 of 12 facts written after training (SmolLM2, issue 14); reading any vector needs
+    # many more memories than are recalled
+    extra_facts: int = 0
     grad_accum: int = 1  # micro-steps per optimiser step (per process)
     save_every: int = 0  # checkpoint every this many steps; 0 = only at the end
     # every this many steps (and before the first, and at the end), log `probe_answer_accuracy`: greedy
@@ -205,6 +215,7 @@ class Step2Config(Config):
             f"teaches recalling on every question; got {self.mix}",
         )
         require(self.head_loss_weight >= 0, "step2.head_loss_weight", "must be >= 0")
+        require(self.extra_facts >= 0, "step2.extra_facts", f"must be >= 0, got {self.extra_facts}")
         require(
             self.retention_kl >= 0,
             "step2.retention_kl",
@@ -733,21 +744,24 @@ def train_recall(cfg: RecallTrainConfig) -> TrainedRecall:
         ),
     }
     t0 = time.perf_counter()
+    # the auxiliary facts of both steps, one stream: each step takes its first `extra_facts`
+    extra = auxiliary_facts(max(cfg.step1.extra_facts, cfg.step2.extra_facts), cfg.num_facts, seed=cfg.seed)
+    all_vectors = vectors
+    if extra:  # written as the bank is, but into a bank of their own: never recalled
+        extra_bank = MemoryBank(encoder.dim)
+        write_memories(extra_bank, encoder, [f.text for f in extra])
+        all_vectors = torch.cat([vectors, extra_bank.matrix()[1].to(vectors)])
     if "step1" in jobs:
-        extra = auxiliary_facts(cfg.step1.extra_facts, cfg.num_facts, seed=cfg.seed)
-        head_vectors = vectors
-        if extra:  # written as the bank is, but into a bank of their own: never recalled
-            extra_bank = MemoryBank(encoder.dim)
-            write_memories(extra_bank, encoder, [f.text for f in extra])
-            head_vectors = torch.cat([vectors, extra_bank.matrix()[1].to(vectors)])
-        train_step1(jobs["step1"], [*facts, *extra], head_vectors, cfg.step1)
+        k = cfg.num_facts + cfg.step1.extra_facts
+        train_step1(jobs["step1"], [*facts, *extra][:k], all_vectors[:k], cfg.step1)
     metrics["step1_recall_at_1"] = recall_at_1(model.lm, tok, memory, vectors, questions)
     metrics["step1_recall_at_1_paraphrase"] = recall_at_1(model.lm, tok, memory, vectors, paraphrases)
     if "step2" in jobs:
+        k = cfg.num_facts + cfg.step2.extra_facts
         data = MixedRecallData(
             tok,
             memory.tokens,
-            facts,
+            [*facts, *extra][:k],
             sft_pool,
             replies,
             samples_per_epoch=cfg.step2.samples_per_epoch,
@@ -757,7 +771,7 @@ def train_recall(cfg: RecallTrainConfig) -> TrainedRecall:
             slots=cfg.memory_slots,
         )
         probe = answer_probe(model, bank, facts, cfg.eval_max_new_tokens, validation)
-        train_step2(jobs["step2"], data, vectors, cfg.step2, probe, len(facts) + len(validation))
+        train_step2(jobs["step2"], data, all_vectors[:k], cfg.step2, probe, len(facts) + len(validation))
     # each step's lines, read back from its run folder: complete when the step resumed from a checkpoint
     lines = {name: job.run.metrics() for name, job in jobs.items()}
     s1 = [m["loss"] for m in lines.get("step1", []) if "loss" in m]  # the probe's step-0 line has none
