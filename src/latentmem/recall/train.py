@@ -127,9 +127,8 @@ class Step1Config(Config):
     train_model: bool = True
     # facts the head also learns from here, beyond the trained ones (`auxiliary_facts`: never in the bank,
     # never a new fact of the evaluation; step 2 decodes the first step2.extra_facts of the same stream):
-    # a head fitted to 12 facts found the memory of
-    # only 0.17 of 12 facts written after training (SmolLM2, issue 14); more subjects, a query that
-    # generalises to new ones
+    # a head fitted to 12 facts found the memory of only 0.17 of 12 facts written after training
+    # (SmolLM2, issue 14); more subjects, a query that generalises to new ones
     extra_facts: int = 0
     grad_accum: int = 1  # micro-steps per optimiser step (per process)
     save_every: int = 0  # checkpoint every this many steps; 0 = only at the end
@@ -744,8 +743,9 @@ def train_recall(cfg: RecallTrainConfig) -> TrainedRecall:
         ),
     }
     t0 = time.perf_counter()
-    # the auxiliary facts of both steps, one stream: each step takes its first `extra_facts`
-    extra = auxiliary_facts(max(cfg.step1.extra_facts, cfg.step2.extra_facts), cfg.num_facts, seed=cfg.seed)
+    # the auxiliary facts of the steps that run, one stream: each step takes its first `extra_facts`
+    wanted = [getattr(cfg, name).extra_facts for name in jobs]
+    extra = auxiliary_facts(max(wanted, default=0), cfg.num_facts, seed=cfg.seed)
     all_vectors = vectors
     if extra:  # written as the bank is, but into a bank of their own: never recalled
         extra_bank = MemoryBank(encoder.dim)
