@@ -15,6 +15,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import functools
 import math
 import types
 from collections.abc import Iterable, Mapping
@@ -34,12 +35,19 @@ def require(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"{field}: {message}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A config class's resolved field types: resolving them (`get_type_hints`) costs more than the rest of
+    building a small config, and the server builds one per request."""
+    return get_type_hints(cls)
+
+
 @dataclasses.dataclass
 class Config:
     """Base class of every typed config. Subclasses are dataclasses and override `validate()`."""
 
     def __post_init__(self) -> None:
-        hints = get_type_hints(type(self))
+        hints = _hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             setattr(self, f.name, _coerce(value, hints[f.name], f"{type(self).__name__}.{f.name}"))
@@ -53,7 +61,7 @@ class Config:
     def from_dict(cls, data: Mapping[str, Any] | None, *, _path: str = "") -> Self:
         """Build from a (nested) mapping. Unknown keys are errors that list the valid ones."""
         data = dict(data or {})
-        hints = get_type_hints(cls)
+        hints = _hints(cls)
         names = [f.name for f in dataclasses.fields(cls) if f.init]
         unknown = [k for k in data if k not in names]
         if unknown:

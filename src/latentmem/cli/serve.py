@@ -65,6 +65,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-queue", type=int, default=64, help="requests that may wait for a row; more get 429 (64)"
     )
+    p.add_argument(
+        "--engine",
+        choices=("process", "thread"),
+        default="process",
+        help="where the models decode: a process of their own, beside the HTTP server's (process), or "
+        "a thread of the server's process (thread: one process, but decoding and HTTP take turns on "
+        "Python's interpreter lock)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the models (default: with --engine process every core but one, which "
+        "the HTTP server keeps; with thread, torch's default)",
+    )
     p.set_defaults(func=run_serve)
 
     actions = p.add_subparsers(dest="action", metavar="keys")
@@ -142,12 +157,26 @@ def _keys(args: argparse.Namespace):
     return KeyStore(_state_dir(args) / KEYS_FILE)
 
 
+def _backend_options(args: argparse.Namespace) -> dict:
+    return {
+        "max_batch": args.max_batch,
+        "max_queue": args.max_queue,
+        "name": args.name,
+        "memgen": _pairs(args.memgen, "--memgen"),
+        "recall": _pairs(args.recall, "--recall"),
+        "dtype": args.dtype,
+        "device": args.device,
+        "seed": args.seed,
+    }
+
+
 def run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
         from latentmem.serve.app import ServeSettings, create_app, is_loopback
         from latentmem.serve.batching import BatchingBackend
+        from latentmem.serve.engine import EngineBackend
         from latentmem.serve.stores import CONVERSATIONS_FILE, StoreLocation, Stores
     except ImportError as exc:
         raise ConfigError(
@@ -169,17 +198,16 @@ def run_serve(args: argparse.Namespace) -> int:
             f"({args.host}). Create keys with `latentmem serve keys create --store {args.store} --user NAME`.",
             file=sys.stderr,
         )
-    backend = BatchingBackend.load(
-        args.model,
-        max_batch=args.max_batch,
-        max_queue=args.max_queue,
-        name=args.name,
-        memgen=_pairs(args.memgen, "--memgen"),
-        recall=_pairs(args.recall, "--recall"),
-        dtype=args.dtype,
-        device=args.device,
-        seed=args.seed,
-    )
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads}: must be >= 1")
+    if args.engine == "process":
+        backend = EngineBackend(args.model, threads=args.threads, **_backend_options(args))
+    else:
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        backend = BatchingBackend.load(args.model, **_backend_options(args))
     stores = Stores(lambda: location.open_memory(args.embedder), state / CONVERSATIONS_FILE)
     settings = ServeSettings(
         host=args.host,

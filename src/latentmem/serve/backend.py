@@ -3,8 +3,10 @@
 The HTTP layer never touches a model: it renders and tokenizes the prompt, then calls
 `GenerationBackend.stream(request)` and reads `Tokens` events until `Finished`. Everything else (stop
 sequences, the response shapes, memory) stays above this line, so a backend that decodes many requests
-together (`batching.BatchingBackend`, what `latentmem serve` runs), or one that forwards to other
-machines (docs/serving-at-scale.md), replaces `InProcessBackend` without touching the routes.
+together (`batching.BatchingBackend`), one that runs them in another process (`engine.EngineBackend`,
+what `latentmem serve` runs), or one that forwards to other machines (docs/serving-at-scale.md) replaces
+`InProcessBackend` without touching the routes. The backends here take work through `submit(request,
+sink, key)` and hand events to an `EventSink`; `queued_stream` turns that into `stream`.
 
 `InProcessBackend` serves three kinds of model on this process, one request at a time on one worker
 thread (so the models never run concurrently and need no locks):
@@ -23,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -83,6 +86,13 @@ class GenerationRequest:
     seed: int | None = None
     memory_vectors: np.ndarray | None = None
     cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def __getstate__(self) -> dict:
+        # An event does not cross processes: a pickled request arrives with a fresh, unset one.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "cancel"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, cancel=threading.Event())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,6 +374,72 @@ class _Failed:
     error: BaseException
 
 
+class EventSink(Protocol):
+    """Where a backend's worker threads hand events: `deliver` gets `(key, event)` pairs, the key being
+    what the submitter gave with the request. Called from worker threads, a step's events at once."""
+
+    def deliver(self, items: list[tuple[Any, GenerationEvent | _Failed]]) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSink:
+    """Events into `asyncio.Queue`s (the keys) read on `loop`: one wake-up of the loop per delivery.
+    Equal for one loop, so that a worker groups every row read on it into one delivery."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def deliver(self, items: list[tuple[asyncio.Queue, GenerationEvent | _Failed]]) -> None:
+        # A closed loop (its server has stopped) has nobody left to read the events.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_put_all, items)
+
+
+def _put_all(items: list[tuple[asyncio.Queue, GenerationEvent | _Failed]]) -> None:
+    for queue, event in items:
+        queue.put_nowait(event)
+
+
+def queued_stream(
+    submit: Callable[[GenerationRequest, EventSink, Any], None], request: GenerationRequest
+) -> AsyncIterator[GenerationEvent]:
+    """`submit(request, sink, key)` with a sink into this event loop, and the request's events: the
+    `GenerationBackend.stream` of a backend that has `submit`. Submitting happens now (a refusal raises
+    here, before any response starts)."""
+    queue: asyncio.Queue[GenerationEvent | _Failed] = asyncio.Queue()
+    submit(request, LoopSink(asyncio.get_running_loop()), queue)
+    return _queued_events(request, queue)
+
+
+async def _queued_events(
+    request: GenerationRequest, events: asyncio.Queue[GenerationEvent | _Failed]
+) -> AsyncIterator[GenerationEvent]:
+    """`request`'s events from its queue, until `Finished` (a `_Failed` raises its error); closing the
+    iterator early sets `request.cancel`."""
+    held: GenerationEvent | _Failed | None = None
+    try:
+        while True:
+            event = held if held is not None else await events.get()
+            held = None
+            if isinstance(event, Tokens):
+                # Tokens that queued up while this reader was busy go out as one event: under load
+                # the server then sends fewer, larger chunks instead of falling further behind.
+                ids = list(event.ids)
+                while held is None and not events.empty():
+                    queued = events.get_nowait()
+                    if isinstance(queued, Tokens):
+                        ids += queued.ids
+                    else:
+                        held = queued
+                event = Tokens(ids)
+            if isinstance(event, _Failed):
+                raise event.error
+            yield event
+            if isinstance(event, Finished):
+                return
+    finally:
+        request.cancel.set()  # a client that stopped reading frees its row at the next step
+
+
 class InProcessBackend:
     """Models on this process, one request at a time (see the module docstring). Build with `load`, or
     from `load_runners`' runners."""
@@ -401,13 +477,15 @@ class InProcessBackend:
                 for n in self._runners
             ]
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        return queued_stream(self.submit, request)
+
+    def submit(self, request: GenerationRequest, sink: EventSink, key: Any) -> None:
+        """Queue `request` for the worker; its events go to `sink` under `key`."""
         runner = self._runner(request.model)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[GenerationEvent | _Failed] = asyncio.Queue()
 
         def emit(event: GenerationEvent | _Failed) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+            sink.deliver([(key, event)])
 
         def work() -> None:
             with self._counting:
@@ -428,16 +506,6 @@ class InProcessBackend:
         with self._counting:
             self._waiting[request.model] += 1
         self._executor.submit(work)
-        try:
-            while True:
-                event = await queue.get()
-                if isinstance(event, _Failed):
-                    raise event.error
-                yield event
-                if isinstance(event, Finished):
-                    return
-        finally:
-            request.cancel.set()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,7 +1,7 @@
 """Batching: requests for the same model that arrive while it is busy are decoded together.
 
-`BatchingBackend` (what `latentmem serve` runs) routes each request by model name to one of three workers,
-each a thread of its own that owns its models:
+`BatchingBackend` (what `latentmem serve` runs, in its engine process: `serve/engine.py`) routes each
+request by model name to one of three workers, each a thread of its own that owns its models:
 
 - the plain reasoner: *continuous* batching (`_ContinuousWorker`, below);
 - MemGen weavers: *static* batching (`_MemGenWorker`): when the weavers' worker becomes free it takes the
@@ -11,22 +11,25 @@ each a thread of its own that owns its models:
   arrives during that call waits for the next one: MemGen's decoder has no step at which a row could join;
 - recall memories: one request at a time (`InProcessBackend`), unbounded as before.
 
+Requests come in through `submit(request, sink, key)`; a worker hands its events to the request's
+`EventSink`, one delivery per sink per step (`stream` is `submit` with a sink into the caller's event
+loop; the engine process's sink is its pipe to the server).
+
 The continuous loop: one `KVDecoder` holds every running row. Each loop turn it
 
-1. admits waiting requests up to `max_batch` rows: each is prefilled alone (B=1, no padding: its prompt
-   is computed exactly as one-at-a-time serving computes it), then its cache rows join the running batch
-   (`KVDecoder.join`: the shorter side is left-padded with invalid slots; cached keys carry their
-   rotary positions already, so nothing moves and nothing is recomputed);
+1. admits waiting requests up to `max_batch` rows: the ones that arrived together are prefilled in one
+   forward, left-padded (masked slots, positions counted over valid slots only), then their cache rows
+   join the running batch (`KVDecoder.join`: the shorter side is left-padded with invalid slots; cached
+   keys carry their rotary positions already, so nothing moves and nothing is recomputed);
 2. picks every row's next token with the row's own sampling settings and generator, and emits it;
 3. drops the rows that finished (EOS, their length, a cancel: the client left or a stop sequence was
    found) with `KVDecoder.select_rows`, which also drops left padding no remaining row needs;
 4. feeds the remaining rows' tokens in one cached step.
 
 So a new request joins at the next step and a finished one frees its row at once. A row's output does not
-depend on its neighbours: its prompt is computed alone, and in the batched steps padding slots are masked
-out (attention weight exactly 0); a test checks that greedy replies are identical alone and batched. A
-MemGen batch prefills its prompts left-padded (masked slots, positions counted over valid slots only);
-the same test checks its greedy replies, latent insertions included, against one-at-a-time decoding.
+depend on its neighbours: padding slots are masked out (attention weight exactly 0) in its prefill and in
+the batched steps; tests check that greedy and seeded sampled replies are identical alone and batched,
+and for a MemGen batch (prefilled the same way) greedy replies with their latent insertions.
 
 The alternative for the reasoner, a new batch cohort per arrival wave decoded in its own forward passes,
 keeps caches untouched but runs one forward per cohort per step, which is what batching is meant to
@@ -41,9 +44,7 @@ server's `/metrics`).
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import dataclasses
 import threading
 from collections.abc import AsyncIterator, Mapping
@@ -51,10 +52,11 @@ from typing import Any
 
 import torch
 
-from latentmem.decoding import KVDecoder
+from latentmem.decoding import KVDecoder, left_padded
 from latentmem.errors import ConfigError
 from latentmem.sampling import select_next
 from latentmem.serve.backend import (
+    EventSink,
     Finished,
     FinishReason,
     GenerationEvent,
@@ -69,6 +71,7 @@ from latentmem.serve.backend import (
     _ReasonerRunner,
     load_runners,
     not_served,
+    queued_stream,
 )
 from latentmem.serve.errors import ServerBusyError
 
@@ -76,9 +79,41 @@ DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_QUEUE = 64
 
 
-def _deliver(items: list[tuple[asyncio.Queue, GenerationEvent | _Failed]]) -> None:
-    for events, event in items:
-        events.put_nowait(event)
+class Admission:
+    """The bound on one worker's requests: at most `max_batch` decode and `max_queue` more wait. `enter`
+    raises `ServerBusyError` (429 with Retry-After; 503 once closing) beyond that, before any byte of a
+    response is sent; `leave` when a request's last event is out."""
+
+    def __init__(self, max_batch: int, max_queue: int, retry_after: int) -> None:
+        if max_batch < 1:
+            raise ConfigError(f"max_batch: must be >= 1, got {max_batch}")
+        if max_queue < 0:
+            raise ConfigError(f"max_queue: must be >= 0, got {max_queue}")
+        self.max_batch, self.max_queue, self.retry_after = max_batch, max_queue, retry_after
+        self.count = 0  # requests waiting or decoding
+        self._closing = False
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._closing:
+                raise ServerBusyError("the server is shutting down", retry_after=self.retry_after, status=503)
+            if self.count >= self.max_batch + self.max_queue:
+                raise ServerBusyError(
+                    f"the server is busy: {self.max_batch} requests are decoding and {self.max_queue} "
+                    "waiting (--max-batch, --max-queue); retry later",
+                    retry_after=self.retry_after,
+                )
+            self.count += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+    def close(self) -> None:
+        """Refuse every later request (503)."""
+        with self._lock:
+            self._closing = True
 
 
 @dataclasses.dataclass
@@ -86,8 +121,8 @@ class _Row:
     """One admitted request: what the worker needs to decode it and to hand its events back."""
 
     request: GenerationRequest
-    loop: asyncio.AbstractEventLoop  # the event loop that reads `events`
-    events: asyncio.Queue[GenerationEvent | _Failed]
+    sink: EventSink  # where its events go, under `key`
+    key: Any
     generator: torch.Generator | None
     history: list[int]  # prompt, then the tokens generated so far (what a repetition penalty reads)
     generated: int = 0
@@ -100,49 +135,33 @@ class _Worker:
     def __init__(
         self, name: str, device: torch.device, *, max_batch: int, max_queue: int, retry_after: int
     ) -> None:
-        if max_batch < 1:
-            raise ConfigError(f"max_batch: must be >= 1, got {max_batch}")
-        if max_queue < 0:
-            raise ConfigError(f"max_queue: must be >= 0, got {max_queue}")
         self.device = device
-        self.max_batch, self.max_queue, self.retry_after = max_batch, max_queue, retry_after
+        self.max_batch = max_batch
+        self._admission = Admission(max_batch, max_queue, retry_after)
         self._waiting: collections.deque[_Row] = collections.deque()
-        self._admitted = 0  # rows waiting or decoding; guarded by `_wake`
-        self._closing = False
+        self._closing = False  # guarded by `_wake`
         # batches run and the rows they carried, per model (written by the worker only)
         self._batches: collections.Counter[str] = collections.Counter()
         self._batch_rows: collections.Counter[str] = collections.Counter()
-        # The worker's events not yet handed to their readers' event loops (see `_flush`).
-        self._outbox: dict[
-            asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, GenerationEvent | _Failed]]
-        ] = {}
+        # The worker's events not yet handed to their sinks (see `_flush`).
+        self._outbox: dict[EventSink, list[tuple[Any, GenerationEvent | _Failed]]] = {}
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._serve, name=f"latentmem-{name}", daemon=True)
         self._thread.start()
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        """Admit `request` now (or raise `ServerBusyError`), then return its events. Called from the
-        event loop that will read them."""
-        events: asyncio.Queue[GenerationEvent | _Failed] = asyncio.Queue()
+    def submit(self, request: GenerationRequest, sink: EventSink, key: Any) -> None:
+        """Admit `request` now (or raise `ServerBusyError`); its events go to `sink` under `key`."""
         generator = _generator(request.seed, self.device)
-        row = _Row(request, asyncio.get_running_loop(), events, generator, list(request.prompt_ids))
-        with self._wake:
-            if self._closing:
-                raise ServerBusyError("the server is shutting down", retry_after=self.retry_after, status=503)
-            if self._admitted >= self.max_batch + self.max_queue:
-                raise ServerBusyError(
-                    f"the server is busy: {self.max_batch} requests are decoding and {self.max_queue} "
-                    "waiting (--max-batch, --max-queue); retry later",
-                    retry_after=self.retry_after,
-                )
-            self._admitted += 1
+        row = _Row(request, sink, key, generator, list(request.prompt_ids))
+        with self._wake:  # admitted and queued at once: `close` cannot stop the worker in between
+            self._admission.enter()
             self._waiting.append(row)
             self._wake.notify()
-        return self._events(request, events)
 
     def close(self) -> None:
         """Refuse new requests, finish every admitted one, then stop the thread."""
         with self._wake:
+            self._admission.close()
             self._closing = True
             self._wake.notify()
         self._thread.join()
@@ -161,50 +180,20 @@ class _Worker:
     def _serve(self) -> None:
         raise NotImplementedError
 
-    @staticmethod
-    async def _events(
-        request: GenerationRequest, events: asyncio.Queue[GenerationEvent | _Failed]
-    ) -> AsyncIterator[GenerationEvent]:
-        held: GenerationEvent | _Failed | None = None
-        try:
-            while True:
-                event = held if held is not None else await events.get()
-                held = None
-                if isinstance(event, Tokens):
-                    # Tokens that queued up while this reader was busy go out as one event: under load
-                    # the server then sends fewer, larger chunks instead of falling further behind.
-                    ids = list(event.ids)
-                    while held is None and not events.empty():
-                        queued = events.get_nowait()
-                        if isinstance(queued, Tokens):
-                            ids += queued.ids
-                        else:
-                            held = queued
-                    event = Tokens(ids)
-                if isinstance(event, _Failed):
-                    raise event.error
-                yield event
-                if isinstance(event, Finished):
-                    return
-        finally:
-            request.cancel.set()  # a client that stopped reading frees its row at the next step
-
     def _send(self, row: _Row, event: GenerationEvent | _Failed) -> None:
-        """Queue an event for `row`'s reader; `_flush` hands it over."""
-        self._outbox.setdefault(row.loop, []).append((row.events, event))
+        """Queue an event for `row`'s sink; `_flush` hands it over."""
+        self._outbox.setdefault(row.sink, []).append((row.key, event))
 
     def _flush(self) -> None:
-        """Hand every queued event to its event loop: one wake-up per loop per step, not one per row."""
-        for loop, items in self._outbox.items():
-            # A closed loop (its server has stopped) has nobody left to read the events.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_deliver, items)
+        """Hand every queued event to its sink: one delivery (one wake-up of an event loop, one message
+        down a pipe) per sink per step, not one per row."""
+        for sink, items in self._outbox.items():
+            sink.deliver(items)
         self._outbox = {}
 
     def _finish(self, row: _Row, event: Finished | _Failed) -> None:
         self._send(row, event)
-        with self._wake:
-            self._admitted -= 1
+        self._admission.leave()
 
     def _count_batch(self, model: str, rows: int) -> None:
         self._batches[model] += 1
@@ -274,7 +263,7 @@ class _ContinuousWorker(_Worker):
         super().__init__("batching", reasoner.model.device, **limits)
 
     def _decoding(self) -> collections.Counter[str]:
-        return collections.Counter({self._reasoner.info.name: self._admitted - len(self._waiting)})
+        return collections.Counter({self._reasoner.info.name: self._admission.count - len(self._waiting)})
 
     def _take_waiting(self, free: int) -> list[_Row] | None:
         """Up to `free` waiting requests (blocking while there is nothing to do); None: closed and idle."""
@@ -287,7 +276,6 @@ class _ContinuousWorker(_Worker):
 
     @torch.no_grad()
     def _serve(self) -> None:
-        model = self._reasoner.model
         batch: KVDecoder | None = None
         rows: list[_Row] = []
         logits = torch.empty(0)  # (len(rows), V): each row's next-token logits
@@ -295,37 +283,51 @@ class _ContinuousWorker(_Worker):
             joining = self._take_waiting(self.max_batch - len(rows))
             if joining is None:
                 return
-            decoders, first_logits = [], []
+            live = []
             for row in joining:
                 if row.request.cancel.is_set():  # the client left while waiting
                     self._finish(row, Finished("stop"))
-                    continue
-                try:
-                    decoder = KVDecoder(model)
-                    ids = torch.tensor([row.request.prompt_ids], device=model.device)
-                    first_logits.append(
-                        decoder.prefill(decoder.embed(ids), torch.ones_like(ids)).logits[:, -1]
-                    )
-                except Exception as exc:  # this request's failure; the batch goes on
-                    self._finish(row, _Failed(exc))
-                    continue
-                decoders.append(decoder)
-                rows.append(row)
+                else:
+                    live.append(row)
+            joined = self._prefill(live)
+            if joined is not None:
+                decoder, first = joined
+                if batch is None:
+                    batch, logits = decoder, first
+                else:
+                    try:
+                        batch.join([decoder])
+                    except Exception as exc:  # a failed join leaves the cache unusable: fail its rows
+                        for row in rows + live:
+                            self._finish(row, _Failed(exc))
+                        batch, rows, live = None, [], []
+                    else:
+                        logits = torch.cat([logits, first])
+                rows += live
             if rows:
                 try:
-                    if decoders:
-                        if batch is None:
-                            batch, decoders = decoders[0], decoders[1:]
-                            logits = first_logits.pop(0)
-                        if decoders:
-                            batch.join(decoders)
-                        logits = torch.cat([logits, *first_logits])
                     batch, rows, logits = self._step(batch, rows, logits)
-                except Exception as exc:  # a failed join or step leaves the cache unusable: fail its rows
+                except Exception as exc:  # a failed step leaves the cache unusable: fail its rows
                     for row in rows:
                         self._finish(row, _Failed(exc))
                     batch, rows = None, []
             self._flush()
+
+    def _prefill(self, joining: list[_Row]) -> tuple[KVDecoder, torch.Tensor] | None:
+        """The joining rows' prompts in one forward, left-padded: their cache and first logits
+        (len(joining), V); None when none joins or the prefill failed (its rows are told)."""
+        if not joining:
+            return None
+        model = self._reasoner.model
+        try:
+            decoder = KVDecoder(model)
+            ids, mask = left_padded([row.request.prompt_ids for row in joining], pad_id=0)
+            ids, mask = ids.to(model.device), mask.to(model.device)
+            return decoder, decoder.prefill(decoder.embed(ids), mask).logits[:, -1]
+        except Exception as exc:  # these requests' failure; the running batch goes on
+            for row in joining:
+                self._finish(row, _Failed(exc))
+            return None
 
     def _step(
         self, batch: KVDecoder, rows: list[_Row], logits: torch.Tensor
@@ -427,12 +429,28 @@ class BatchingBackend:
         raise not_served(name, len(self._infos))
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        return queued_stream(self.submit, request)
+
+    def submit(self, request: GenerationRequest, sink: EventSink, key: Any) -> None:
+        """Admit `request` to its model's worker (or raise: 404, 429); its events go to `sink` under `key`."""
         worker = self._route.get(request.model)
         if worker is not None:
-            return worker.stream(request)
+            worker.submit(request, sink, key)
+            return
         self.get(request.model)  # 404 for an unknown name
         assert self._others is not None
-        return self._others.stream(request)
+        self._others.submit(request, sink, key)
+
+    def groups(self) -> dict[str, str | None]:
+        """Each served model's worker ("reasoner" or "memgen"; None: one request at a time, unbounded): the
+        models of one group share its `max_batch` and `max_queue`."""
+
+        def kind(worker: _Worker | None) -> str | None:
+            return (
+                None if worker is None else "reasoner" if isinstance(worker, _ContinuousWorker) else "memgen"
+            )
+
+        return {m.name: kind(self._route.get(m.name)) for m in self.models()}
 
     def close(self) -> None:
         """Refuse new requests, finish every admitted one, then stop the workers."""

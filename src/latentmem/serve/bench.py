@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dtype", default="float32", help="the server's --dtype")
     p.add_argument("--device", default="cpu", help="the server's --device")
+    p.add_argument(
+        "--engine", choices=("process", "thread"), default="process", help="the server's --engine (process)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="the server's --threads (its default)")
     p.add_argument("--timeout", type=float, default=600, help="seconds the whole run may take (600)")
     p.add_argument("--json", action="store_true", help="a JSON line per client count, then the summary")
     p.set_defaults(func=run)
@@ -78,6 +82,7 @@ def _server(args: argparse.Namespace, max_batch: int, store: Path) -> Iterator[s
     port = _free_port()
     command = [sys.executable, "-m", "latentmem.cli", "serve", "--model", args.model, "--store", str(store)]
     command += ["--embedder", EMBEDDER, "--port", str(port), "--dtype", args.dtype, "--device", args.device]
+    command += ["--engine", args.engine] + ([] if args.threads is None else ["--threads", str(args.threads)])
     command += ["--max-batch", str(max_batch), "--max-queue", str(max(64, args.requests))]
     log = open(store.parent / "server.log", "w")  # noqa: SIM115 - closed below, after the child
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
@@ -201,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "bench": "serve",
         "model": args.model,
+        "engine": args.engine,
+        "threads": args.threads,
         "max_tokens": args.max_tokens,
         "max_batch": max_batch,
         "one_at_a_time_tokens_per_s": baseline,
