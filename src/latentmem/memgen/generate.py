@@ -79,7 +79,8 @@ LatentHook = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, tor
 
 
 class _Weaver:
-    """The weaver's cached view of the token stream: tokens wait in `pending` until the next insertion."""
+    """The weaver's cached view of the token stream: a row's tokens wait in `pending` until that row
+    next inserts (only its own latents ever read them)."""
 
     def __init__(self, model, compact_threshold: float | None) -> None:
         self.model = model
@@ -94,29 +95,40 @@ class _Weaver:
     def weave(self, queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Latents (B, K, D_r) for rows `rows` (B,) bool; zeros in the other rows, which the weaver skips.
 
-        Every row reads its pending tokens; the K query slots, which are cropped right after, run only for
-        the rows that insert (`extend_rows`): at a step where one row of a large batch inserts, queries for
-        every row would cost B * K slots. When every row inserts, tokens and queries go in one pass."""
+        One forward: the inserting rows read their pending tokens and then the K query slots (cropped right
+        after); the other rows' tokens stay pending, as invalid slots of this pass, until they insert
+        (`extend_rows`). Why: reading every row's tokens first and the queries in a second pass costs two
+        forwards per insertion step, most of a step's cost on a small model, and reads tokens of rows that
+        may never insert. A token is read once by its row either way, in order, at the position its row's
+        valid slots give it, so the latents are the same."""
         w_in = torch.cat([e for e, _ in self.pending], dim=1)
-        valid = torch.cat([v for _, v in self.pending], dim=1)
-        self.pending.clear()
+        valid = torch.cat([v for _, v in self.pending], dim=1).bool()
         B, K = w_in.shape[0], queries.shape[0]
-        q = queries.to(w_in.dtype)[None].expand(B, -1, -1)
-        keep = self.decoder.length + w_in.shape[1]
-        if bool(rows.all()):
-            hidden = self.decoder.extend(
-                torch.cat([w_in, q], dim=1),
-                torch.cat([valid, rows[:, None].expand(B, K)], dim=1),
-                0,
-                hidden=True,
-            ).hidden[:, -K:]
+        index = rows.nonzero().squeeze(1)  # (R,) the inserting rows
+        mine = valid[index]
+        # the columns an inserting row still has to read start at the first one any of them has
+        start = int(mine.any(0).long().argmax()) if bool(mine.any()) else w_in.shape[1]
+        q = queries.to(w_in.dtype)[None].expand(len(index), -1, -1)
+        fed = w_in.shape[1] - start
+        keep = self.decoder.length + fed
+        inputs = torch.cat([w_in[index, start:], q], dim=1)
+        inputs_valid = torch.cat([mine[:, start:], mine.new_ones(len(index), K)], dim=1)
+        if bool(rows.all()):  # (the prompt's weave: the cache may still be empty)
+            out = self.decoder.extend(inputs, inputs_valid, logits_to_keep=0, hidden=True)
         else:
-            self.decoder.extend(w_in, valid, logits_to_keep=0)
-            index = rows.nonzero().squeeze(1)
-            part = self.decoder.extend_rows(index, q[index], logits_to_keep=0, hidden=True).hidden
-            hidden = part.new_zeros(B, K, part.shape[-1]).index_copy(0, index, part)
+            out = self.decoder.extend_rows(index, inputs, inputs_valid, logits_to_keep=0, hidden=True)
+        part = out.hidden[:, -K:]
+        hidden = part.new_zeros(B, K, part.shape[-1]).index_copy(0, index, part)
         self.decoder.crop(keep)  # the query slots are never seen again
-        if self.compact_threshold is not None:  # finished rows leave dead token slots behind
+        waiting = valid.clone()
+        waiting[index] = False  # read now
+        left = waiting.any(0)
+        if bool(left.any()):
+            first = int(left.long().argmax())
+            self.pending = [(w_in[:, first:], waiting[:, first:])]
+        else:
+            self.pending = []
+        if self.compact_threshold is not None:  # rows that read late, and finished rows, leave dead slots
             self.decoder.compact(self.compact_threshold)
         return self.model.to_latents(hidden)
 
