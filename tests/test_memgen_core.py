@@ -182,6 +182,44 @@ def test_cache_compaction_bounds_dead_slots_and_changes_nothing(name, monkeypatc
 
 
 @pytest.mark.parametrize("name", TINY_MODELS)
+def test_the_frozen_prefix_changes_no_loss_and_no_gradient(name, monkeypatch):
+    """The training forward runs the reasoner's slots before the first latent without autograd (a cache
+    the rest attends to): the loss, the trigger's probabilities and every trainable gradient are those of
+    one pass over the whole sequence."""
+    mm, tok = _memgen(name, trigger=TriggerConfig(policy="learned"), prompt_latents=4, inference_latents=3)
+    ids, mask = _batch(tok)
+    res = mm.generate(ids, mask, GenerationConfig(max_new_tokens=16, sampling=SamplingConfig(do_sample=True)))
+    full, full_mask, labels = _as_training_batch(tok, ids, mask, res)
+    mm.train()
+    splits = []
+    real = LatentMemoryModel._frozen_prefix
+
+    def run(frozen: bool):
+        monkeypatch.setattr(
+            LatentMemoryModel,
+            "_frozen_prefix",
+            lambda self, *a: splits.append(real(self, *a)) or splits[-1] if frozen else 0,
+        )
+        mm.zero_grad()
+        out = mm(full, full_mask, labels, plan=res.plan)
+        (out.loss - out.trigger_probs[res.plan.candidates >= 0].log().sum()).backward()
+        grads = {n: p.grad.clone() for n, p in mm.named_parameters() if p.grad is not None}
+        return out, grads
+
+    (one, g_one), (split, g_split) = run(False), run(True)
+    assert splits and splits[0] > 0  # really split: the prompt runs without autograd
+    torch.testing.assert_close(split.loss, one.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(split.token_logprobs, one.token_logprobs, atol=1e-5, rtol=1e-5)
+    real_candidates = res.plan.candidates >= 0  # (a padding candidate's probability is never read)
+    torch.testing.assert_close(
+        split.trigger_probs[real_candidates], one.trigger_probs[real_candidates], atol=1e-5, rtol=1e-5
+    )
+    assert g_split.keys() == g_one.keys() and len(g_one) > 0
+    for n in g_one:
+        torch.testing.assert_close(g_split[n], g_one[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
 def test_optimizer_step_trains_weaver_only(name):
     mm, tok = _memgen(name, trigger=TriggerConfig(policy="learned"))
     frozen = {k: v.clone() for k, v in mm.reasoner.state_dict().items() if "lora_" not in k}

@@ -24,7 +24,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import get_layer_types_and_kwargs
 
 from latentmem.chat import generation_header
@@ -584,15 +584,36 @@ class LatentMemoryModel(nn.Module):
         # The model's own head makes the logits (Gemma2 softcapping, Granite scaling, ...), exactly as in
         # generation, but only at the predicting slots: their union over the batch, (S,) ascending.
         keep, slot = (token_dest[rows, cols] - 1).unique(return_inverse=True)
+        cand_slots = None
+        if self.trigger.head is not None and plan.candidates.numel():
+            cand_slots = token_dest.gather(1, plan.candidates.clamp(min=0))  # (B, C)
+        read = None if cand_slots is None else cand_slots[plan.candidates >= 0]  # (C',) real candidates
+        split = self._frozen_prefix(x, latent_dest, keep, read)
         with self.reasoner_mode() as reasoner:
+            past = None
+            if split > 0:
+                # Nothing before the first latent depends on a trained parameter, and the loss reads
+                # nothing there: that prefix runs without autograd, as a cache the rest attends to.
+                past = DynamicCache(config=reasoner.config)
+                with torch.no_grad():
+                    reasoner(
+                        inputs_embeds=x[:, :split],
+                        attention_mask=valid[:, :split].long(),
+                        position_ids=positions[:, :split],
+                        past_key_values=past,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
             out = reasoner(
-                inputs_embeds=x,
+                inputs_embeds=x[:, split:],
                 attention_mask=valid.long(),
-                position_ids=positions,
+                position_ids=positions[:, split:],
+                past_key_values=past,
+                use_cache=past is not None,
                 output_hidden_states=True,
-                logits_to_keep=keep,
+                logits_to_keep=keep - split,
             )
-        hidden = out.hidden_states[-1]  # (B, L, D_r)
+        hidden = out.hidden_states[-1]  # (B, L - split, D_r): the slots from `split` on
         # (B, S, V) -> (N, V): each target's own distribution
         logits = out.logits[rows, slot].float() / temperature
         # free the (B, S, V) logits before the (N, V) log-softmax when nothing keeps them for backward
@@ -604,11 +625,11 @@ class LatentMemoryModel(nn.Module):
         is_greedy[rows, cols] = logits.argmax(-1) == input_ids[rows, cols]
         loss = -logp.mean() if logp.numel() else hidden.sum() * 0.0
         trigger_probs = None
-        if self.trigger.head is not None and plan.candidates.numel():
-            cand = plan.candidates.clamp(min=0)
-            hc = hidden[torch.arange(B, device=x.device)[:, None], token_dest.gather(1, cand)]  # (B, C, D_r)
+        if cand_slots is not None:
+            # (B, C, D_r); a padding candidate (-1) reads slot `split`, and its probability is never used
+            hc = hidden[torch.arange(B, device=x.device)[:, None], (cand_slots - split).clamp(min=0)]
             trigger_probs = self.trigger.probs(hc.flatten(0, 1), plan.delimiter_count.flatten()).view(
-                cand.shape
+                cand_slots.shape
             )
         return MemGenOutput(
             loss=loss,
@@ -619,6 +640,27 @@ class LatentMemoryModel(nn.Module):
             trigger_probs=trigger_probs,
             target_logprobs=log_dist if distributions else None,
         )
+
+    def _frozen_prefix(
+        self,
+        x: torch.Tensor,
+        latent_dest: torch.Tensor,
+        keep: torch.Tensor,
+        cand_slots: torch.Tensor | None,
+    ) -> int:
+        """How many leading slots of the reasoner's sequence `x` (B, L, D) the training forward may run
+        without autograd: those before every row's first latent (`latent_dest` (B, S), -1 = none), where no
+        logit is kept (`keep` (S',) slots) and no trigger candidate is read (`cand_slots` (C',)). 0 when
+        nothing would backpropagate through the reasoner anyway, or when the model recomputes activations
+        (gradient checkpointing turns the cache off)."""
+        if not x.requires_grad or any(
+            getattr(m, "gradient_checkpointing", False) for m in self.reasoner.modules()
+        ):
+            return 0
+        first = [int(latent_dest[latent_dest >= 0].min())] if bool((latent_dest >= 0).any()) else []
+        first += [int(keep.min())] if keep.numel() else []
+        first += [int(cand_slots.min())] if cand_slots is not None and cand_slots.numel() else []
+        return max(min(first, default=0), 0)
 
     # ---- generation ------------------------------------------------------------------------------
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, config=None, **kwargs):
