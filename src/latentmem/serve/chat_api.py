@@ -70,7 +70,13 @@ from latentmem.serve.ui import ChatRecord, RecentChats
 
 
 class StopScanner:
-    """Incremental detokenisation with stop sequences: `push` token ids, get the text now safe to send."""
+    """Incremental detokenisation with stop sequences: `push` token ids, get the text now safe to send.
+
+    Each push decodes only a window of the newest ids (as vLLM's incremental detokeniser does): the text
+    of `ids[prefix:]` minus that of `ids[prefix:read]`, where `prefix..read` are the ids of the previous
+    window, which give the new ones their context (a SentencePiece word's leading space, a clean-up across
+    the boundary). Decoding every id at every push instead costs O(n) per token, O(n^2) per reply.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: list[str]) -> None:
         self.tokenizer, self.stops = tokenizer, stops
@@ -78,28 +84,41 @@ class StopScanner:
         self.text = ""  # the final text so far (cut at a stop sequence once one is found)
         self.sent = 0
         self.stopped = False
+        self._prefix = self._read = 0  # the decoding window: ids[prefix:read] are decoded already
 
     def push(self, ids: list[int]) -> str:
         if self.stopped:
             return ""
         self.ids += ids
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return self._scan(self.text + self._new_text())
+
+    def flush(self) -> str:
+        """The rest of the text, once generation has ended (an unfinished character as U+FFFD)."""
+        out = "" if self.stopped else self._scan(self.text + self._new_text(final=True))
+        return out + self._release(len(self.text))
+
+    def _scan(self, text: str) -> str:
+        """Take `text` as the text so far: cut it at a stop sequence, release what is safe to send."""
         found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if found:
             self.stopped = True
             self.text = text[: min(found)]
             return self._release(len(self.text))
         self.text = text
-        # Hold back a tail that may still become a stop sequence, and a byte sequence that is not yet
-        # a whole character (decoded as U+FFFD until its last byte arrives).
+        # Hold back a tail that may still become a stop sequence.
         hold = max((n for s in self.stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
-        while hold < len(text) and text[len(text) - hold - 1] == "\ufffd":
-            hold += 1
         return self._release(len(text) - hold)
 
-    def flush(self) -> str:
-        """The rest of the text, once generation has ended."""
-        return self._release(len(self.text))
+    def _new_text(self, final: bool = False) -> str:
+        """The text the ids since the last window add; "" while they end inside a character (a byte
+        sequence decoded as U+FFFD until its last byte arrives) unless `final`: the next push completes it."""
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        after = decode(self.ids[self._prefix :], skip_special_tokens=True)
+        if not final and (after.endswith("\ufffd") or len(after) < len(before)):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return after[len(before) :]
 
     def _release(self, end: int) -> str:
         if end <= self.sent:
