@@ -99,3 +99,19 @@ def wait_until_serving(server: subprocess.Popen, url: str, seconds: float = 60) 
         except httpx.TransportError:
             pass  # not listening yet
         time.sleep(0.1)  # also after a non-200 answer, so that the loop never spins
+
+
+def save_recall(directory: Path, facts: list[str], dim: int = 16) -> Path:
+    """An untrained recall memory on tiny-qwen2 (fresh head and projector, recall-token rows) and a bank
+    of `facts` with random `dim`-vectors, saved as `latentmem serve --recall NAME=DIR` reads them."""
+    import numpy as np
+
+    from latentmem.recall.bank import MemoryBank
+    from latentmem.recall.memory import RecallMemory
+
+    model, tok = load_model("tiny-qwen2", seed=0)
+    RecallMemory.attach(model, tok, dim).save(directory, model)
+    bank = MemoryBank(dim)
+    bank.add(facts, np.random.default_rng(0).standard_normal((len(facts), dim)).astype(np.float32))
+    bank.save(directory / "bank")
+    return directory

@@ -20,7 +20,7 @@ from latentmem.sampling import SamplingConfig
 from latentmem.serve.backend import Finished, GenerationRequest, InProcessBackend, Tokens
 from latentmem.serve.batching import BatchingBackend
 from latentmem.serve.errors import ServerBusyError
-from serve_fixtures import EMBEDDER, free_port, running_server, save_weaver, wait_until_serving
+from serve_fixtures import EMBEDDER, free_port, running_server, save_recall, save_weaver, wait_until_serving
 
 MODEL = "tiny-qwen2"
 
@@ -324,3 +324,37 @@ def test_weaver_admission_beyond_the_batch_and_queue_is_refused(weaver_backends)
 
     refused = asyncio.run(run())
     assert refused.status == 429 and refused.headers() == {"Retry-After": "1"}
+
+
+# ---- recall memories: static batching ------------------------------------------------------------------
+
+
+def test_recall_requests_waiting_together_are_one_call_and_read_as_alone(tmp_path):
+    recall = {"recaller": save_recall(tmp_path / "recall", ["the sky is green", "tea is cold", "owls bark"])}
+    alone = InProcessBackend.load(MODEL, recall=recall)
+    batching = BatchingBackend.load(MODEL, recall=recall, max_batch=8, max_queue=3)
+    # `<recall>` ending a prompt makes the reply start with a recall; the others recall only if they emit it
+    prompts = [p + ("<recall>" if i % 2 else "") for i, p in enumerate(PROMPTS)]
+
+    def requests(backend):
+        tok = backend.get("recaller").tokenizer
+        return [
+            GenerationRequest("recaller", p, tok(p)["input_ids"], 4 + 3 * i) for i, p in enumerate(prompts)
+        ]
+
+    async def run():
+        one_by_one = [await _events(alone, r) for r in requests(alone)]
+        together = await asyncio.gather(*[_events(batching, r) for r in requests(batching)])
+        return one_by_one, list(together)
+
+    try:
+        one_by_one, together = asyncio.run(run())
+        (load,) = [load for load in batching.load_now() if load.model == "recaller"]
+    finally:
+        batching.close()
+        alone.close()
+    assert together == one_by_one
+    assert sum(1 for _, f in together if f.recalls) >= len(PROMPTS) // 2  # recalls happened, and match
+    assert len({len(tokens) for tokens, _ in together}) > 1  # rows cut to their own lengths
+    # The first request may start alone; the rest waited for it and decoded in one call.
+    assert load.rows == len(PROMPTS) and load.batches <= 2

@@ -224,6 +224,13 @@ class _ReasonerRunner:
         return Finished("length")
 
 
+def shares_a_call(a: GenerationRequest, b: GenerationRequest) -> bool:
+    """Whether `a` and `b` may share one batched `generate` call with each reply as it would be alone:
+    the same model, greedy with the same settings (one call has one `SamplingConfig`, and a sampled reply
+    follows its own seed's generator, which a shared call cannot give every row)."""
+    return a.model == b.model and not a.sampling.do_sample and a.sampling == b.sampling
+
+
 class _MemGenRunner:
     """A MemGen weaver: MemGen's own decoder, with retrieved memory vectors when the weaver reads them."""
 
@@ -248,10 +255,7 @@ class _MemGenRunner:
 
     @staticmethod
     def batchable(a: GenerationRequest, b: GenerationRequest) -> bool:
-        """Whether `a` and `b` may share one `generate` call with each reply as it would be alone:
-        greedy with the same settings (one call has one `SamplingConfig`, and a sampled reply follows its
-        own seed's generator, which a shared call cannot give every row)."""
-        return a.model == b.model and not a.sampling.do_sample and a.sampling == b.sampling
+        return shares_a_call(a, b)
 
     def fits(self, requests: Sequence[GenerationRequest]) -> bool:
         """Whether `requests` together pass MemGen's window check (`check_generation_window`), which
@@ -313,21 +317,43 @@ class _RecallRunner:
         self.info = ServedModel(name, "recall", tokenizer, max_positions(model) or DEFAULT_CONTEXT)
 
     def run(self, request: GenerationRequest, emit: Emit) -> Finished:
+        ((tokens, finished),) = self.run_batch([request])
+        emit(Tokens(tokens))
+        return finished
+
+    @staticmethod
+    def batchable(a: GenerationRequest, b: GenerationRequest) -> bool:
+        return shares_a_call(a, b)
+
+    def fits(self, requests: Sequence[GenerationRequest]) -> bool:
+        """Always: positions count each row's own tokens, so a batch needs no more context than its rows."""
+        return True
+
+    def run_batch(self, requests: Sequence[GenerationRequest]) -> list[tuple[list[int], Finished]]:
+        """(tokens, Finished) per request from one `RecallGenerator.generate` call over the left-padded
+        prompts (pairwise `batchable` when more than one); each row cut to its own `max_new_tokens`, with
+        the recalls made before that."""
         from latentmem.recall.generate import RecallGenerator
 
         generator = RecallGenerator(
-            self.model, self.tokenizer, self.memory, self.bank, sampling=request.sampling
+            self.model, self.tokenizer, self.memory, self.bank, sampling=requests[0].sampling
         )
-        out = generator.generate(
-            [request.prompt],
-            max_new_tokens=request.max_new_tokens,
-            generator=_generator(request.seed, self.model.device),
+        # One request: its own seed; a batch is greedy (`batchable`) and draws nothing.
+        seed = _generator(requests[0].seed, self.model.device) if len(requests) == 1 else None
+        result = generator.generate(
+            [r.prompt for r in requests],
+            max_new_tokens=max(r.max_new_tokens for r in requests),
+            generator=seed,
         )
-        tokens = out.token_ids[0]
-        emit(Tokens(tokens))
-        recalls = tuple(RecallEvent(e.step, e.memory_id, e.text) for e in out.recalls[0])
-        reason: FinishReason = "stop" if tokens and tokens[-1] in self.eos else "length"
-        return Finished(reason, recalls=recalls)
+        out = []
+        for tokens, recalled, request in zip(result.token_ids, result.recalls, requests, strict=True):
+            tokens = tokens[: request.max_new_tokens]
+            recalls = tuple(
+                RecallEvent(e.step, e.memory_id, e.text) for e in recalled if e.step < len(tokens)
+            )
+            reason: FinishReason = "stop" if tokens and tokens[-1] in self.eos else "length"
+            out.append((tokens, Finished(reason, recalls=recalls)))
+        return out
 
 
 def load_runners(

@@ -1,15 +1,15 @@
 """Batching: requests for the same model that arrive while it is busy are decoded together.
 
 `BatchingBackend` (what `latentmem serve` runs, in its engine process: `serve/engine.py`) routes each
-request by model name to one of three workers, each a thread of its own that owns its models:
+request by model name to one of two workers, each a thread of its own that owns its models:
 
 - the plain reasoner: *continuous* batching (`_ContinuousWorker`, below);
-- MemGen weavers: *static* batching (`_MemGenWorker`): when the weavers' worker becomes free it takes the
-  oldest waiting request and every other waiting one for the same weaver that may share its `generate`
-  call (greedy, same settings: `_MemGenRunner.batchable`; a sampled request runs alone, on its own seed),
-  up to `max_batch`, and decodes them in one batched `latentmem.memgen.generate` call. A request that
-  arrives during that call waits for the next one: MemGen's decoder has no step at which a row could join;
-- recall memories: one request at a time (`InProcessBackend`), unbounded as before.
+- MemGen weavers and recall memories: *static* batching (`_StaticWorker`, one worker for both): when it
+  becomes free it takes the oldest waiting request and every other waiting one for the same model that may
+  share its `generate` call (greedy, same settings: `shares_a_call`; a sampled request runs alone, on its
+  own seed), up to `max_batch`, and decodes them in one batched call (`latentmem.memgen.generate`, or
+  `RecallGenerator.generate`). A request that arrives during that call waits for the next one: neither
+  decoder has a step at which a row could join.
 
 Requests come in through `submit(request, sink, key)`; a worker hands its events to the request's
 `EventSink`, one delivery per sink per step (`stream` is `submit` with a sink into the caller's event
@@ -61,7 +61,6 @@ from latentmem.serve.backend import (
     FinishReason,
     GenerationEvent,
     GenerationRequest,
-    InProcessBackend,
     ModelLoad,
     ServedModel,
     Tokens,
@@ -69,11 +68,16 @@ from latentmem.serve.backend import (
     _generator,
     _MemGenRunner,
     _ReasonerRunner,
+    _RecallRunner,
     load_runners,
     not_served,
     queued_stream,
 )
 from latentmem.serve.errors import ServerBusyError
+
+_StaticRunner = (
+    _MemGenRunner | _RecallRunner
+)  # what `_StaticWorker` batches: `batchable`, `fits`, `run_batch`
 
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_QUEUE = 64
@@ -200,15 +204,15 @@ class _Worker:
         self._batch_rows[model] += rows
 
 
-class _MemGenWorker(_Worker):
+class _StaticWorker(_Worker):
     """MemGen weavers, static batching (see the module docstring): one `generate` call at a time, over
     the oldest waiting request and the waiting ones that may share its call."""
 
-    def __init__(self, runners: Mapping[str, _MemGenRunner], **limits: Any) -> None:
+    def __init__(self, runners: Mapping[str, _StaticRunner], **limits: Any) -> None:
         self._runners = dict(runners)
         self._running: tuple[str, int] | None = None  # (model, rows) of the call in progress
         device = next(iter(self._runners.values())).model.device
-        super().__init__("memgen-batching", device, **limits)
+        super().__init__("static-batching", device, **limits)
 
     def _decoding(self) -> collections.Counter[str]:
         return collections.Counter(dict([self._running])) if self._running else collections.Counter()
@@ -378,24 +382,22 @@ class BatchingBackend:
     def __init__(
         self,
         reasoner: _ReasonerRunner,
-        memgen: Mapping[str, _MemGenRunner] | None = None,
-        others: InProcessBackend | None = None,
+        static: Mapping[str, _StaticRunner] | None = None,
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int = DEFAULT_MAX_QUEUE,
         retry_after: int = 1,
     ) -> None:
-        """`reasoner` batched continuously, the weavers of `memgen` batched statically, `others` (recall
-        memories) one request at a time; `max_batch` and `max_queue` bound each batching worker."""
+        """`reasoner` batched continuously, the weavers and recall memories of `static` batched statically
+        (one worker); `max_batch` and `max_queue` bound each worker."""
         limits = {"max_batch": max_batch, "max_queue": max_queue, "retry_after": retry_after}
         self._reasoner = reasoner
         self._workers: list[tuple[_Worker, list[str]]] = [
             (_ContinuousWorker(reasoner, **limits), [reasoner.info.name])
         ]
-        if memgen:
-            self._workers.append((_MemGenWorker(memgen, **limits), list(memgen)))
-        self._others = others
-        self._infos = {reasoner.info.name: reasoner.info, **{n: r.info for n, r in (memgen or {}).items()}}
+        if static:
+            self._workers.append((_StaticWorker(static, **limits), list(static)))
+        self._infos = {reasoner.info.name: reasoner.info, **{n: r.info for n, r in (static or {}).items()}}
         self._route: dict[str, _Worker] = {n: w for w, names in self._workers for n in names}
 
     @classmethod
@@ -411,54 +413,39 @@ class BatchingBackend:
         runners = load_runners(reasoner, **options)
         name, first = next(iter(runners.items()))  # load_runners puts the reasoner first
         assert isinstance(first, _ReasonerRunner)
-        memgen = {n: r for n, r in runners.items() if isinstance(r, _MemGenRunner)}
-        rest = {n: r for n, r in runners.items() if n != name and n not in memgen}
-        others = InProcessBackend(rest) if rest else None
-        return cls(first, memgen, others, max_batch=max_batch, max_queue=max_queue)
+        static = {n: r for n, r in runners.items() if n != name}
+        return cls(first, static, max_batch=max_batch, max_queue=max_queue)
 
     # ---- GenerationBackend ---------------------------------------------------------------------------
 
     def models(self) -> list[ServedModel]:
-        return [*self._infos.values(), *(self._others.models() if self._others else [])]
+        return list(self._infos.values())
 
     def get(self, name: str) -> ServedModel:
-        if name in self._infos:
-            return self._infos[name]
-        if self._others is not None:
-            return self._others.get(name)
-        raise not_served(name, len(self._infos))
+        if name not in self._infos:
+            raise not_served(name, len(self._infos))
+        return self._infos[name]
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         return queued_stream(self.submit, request)
 
     def submit(self, request: GenerationRequest, sink: EventSink, key: Any) -> None:
         """Admit `request` to its model's worker (or raise: 404, 429); its events go to `sink` under `key`."""
-        worker = self._route.get(request.model)
-        if worker is not None:
-            worker.submit(request, sink, key)
-            return
         self.get(request.model)  # 404 for an unknown name
-        assert self._others is not None
-        self._others.submit(request, sink, key)
+        self._route[request.model].submit(request, sink, key)
 
-    def groups(self) -> dict[str, str | None]:
-        """Each served model's worker ("reasoner" or "memgen"; None: one request at a time, unbounded): the
-        models of one group share its `max_batch` and `max_queue`."""
-
-        def kind(worker: _Worker | None) -> str | None:
-            return (
-                None if worker is None else "reasoner" if isinstance(worker, _ContinuousWorker) else "memgen"
-            )
-
-        return {m.name: kind(self._route.get(m.name)) for m in self.models()}
+    def groups(self) -> dict[str, str]:
+        """Each served model's worker ("reasoner" or "static"): the models of one group share its
+        `max_batch` and `max_queue`."""
+        return {
+            name: "reasoner" if isinstance(worker, _ContinuousWorker) else "static"
+            for name, worker in self._route.items()
+        }
 
     def close(self) -> None:
         """Refuse new requests, finish every admitted one, then stop the workers."""
         for worker, _ in self._workers:
             worker.close()
-        if self._others is not None:
-            self._others.close()
 
     def load_now(self) -> list[ModelLoad]:
-        rows = [load for worker, names in self._workers for load in worker.load_now(names)]
-        return rows + (self._others.load_now() if self._others else [])
+        return [load for worker, names in self._workers for load in worker.load_now(names)]

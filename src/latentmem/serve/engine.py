@@ -80,7 +80,7 @@ class _RemoteCancel(threading.Event):
 class _Pending:
     sink: EventSink
     key: Any
-    admission: Admission | None
+    admission: Admission
 
 
 class EngineBackend:
@@ -124,12 +124,10 @@ class EngineBackend:
             raise payload
         infos, groups = payload
         self._infos: dict[str, ServedModel] = {info.name: info for info in infos}
-        # One Admission per batching worker, as the engine's workers bound them (recall models: none).
+        # One Admission per batching worker, as the engine's workers bound them.
         admissions: dict[str, Admission] = {}
-        self._admission: dict[str, Admission | None] = {
-            name: None
-            if group is None
-            else admissions.setdefault(group, Admission(max_batch, max_queue, retry_after))
+        self._admission: dict[str, Admission] = {
+            name: admissions.setdefault(group, Admission(max_batch, max_queue, retry_after))
             for name, group in groups.items()
         }
         self._pending: dict[int, _Pending] = {}
@@ -159,8 +157,7 @@ class EngineBackend:
         if self._dead is not None:
             raise ServerBusyError(self._dead, retry_after=1, status=503)
         admission = self._admission[request.model]
-        if admission is not None:
-            admission.enter()
+        admission.enter()
         rid = next(self._ids)
         self._pending[rid] = _Pending(sink, key, admission)
         was_cancelled = request.cancel.is_set()
@@ -175,7 +172,7 @@ class EngineBackend:
 
     def close(self) -> None:
         """Refuse new requests, let the engine finish every admitted one, then stop it."""
-        for admission in {id(a): a for a in self._admission.values() if a is not None}.values():
+        for admission in {id(a): a for a in self._admission.values()}.values():
             admission.close()
         with contextlib.suppress(OSError, LatentMemError):
             self._send(("close",))
@@ -208,7 +205,7 @@ class EngineBackend:
     def _settle(self, rid: int) -> _Pending | None:
         """Forget request `rid` (its last event is here): its row no longer counts against admission."""
         pending = self._pending.pop(rid, None)
-        if pending is not None and pending.admission is not None:
+        if pending is not None:
             pending.admission.leave()
         return pending
 
