@@ -224,6 +224,26 @@ class _ReasonerRunner:
         return Finished("length")
 
 
+class _BatchRunner:
+    """A model decoded in static batches (`batching._StaticWorker`): a subclass writes `fits` and
+    `run_batch`; alone, a request is a batch of one."""
+
+    def fits(self, requests: Sequence[GenerationRequest]) -> bool:
+        raise NotImplementedError
+
+    def run_batch(self, requests: Sequence[GenerationRequest]) -> list[tuple[list[int], Finished]]:
+        raise NotImplementedError
+
+    def run(self, request: GenerationRequest, emit: Emit) -> Finished:
+        ((tokens, finished),) = self.run_batch([request])
+        emit(Tokens(tokens))
+        return finished
+
+    @staticmethod
+    def batchable(a: GenerationRequest, b: GenerationRequest) -> bool:
+        return shares_a_call(a, b)
+
+
 def shares_a_call(a: GenerationRequest, b: GenerationRequest) -> bool:
     """Whether `a` and `b` may share one batched `generate` call with each reply as it would be alone:
     the same model, greedy with the same settings (one call has one `SamplingConfig`, and a sampled reply
@@ -231,7 +251,7 @@ def shares_a_call(a: GenerationRequest, b: GenerationRequest) -> bool:
     return a.model == b.model and not a.sampling.do_sample and a.sampling == b.sampling
 
 
-class _MemGenRunner:
+class _MemGenRunner(_BatchRunner):
     """A MemGen weaver: MemGen's own decoder, with retrieved memory vectors when the weaver reads them."""
 
     def __init__(self, name: str, model: LatentMemoryModel) -> None:
@@ -247,15 +267,6 @@ class _MemGenRunner:
             extra_slots=cfg.prompt_latents + self.inference_latents * cfg.max_inference_insertions,
             memory_dim=cfg.memory_dim,
         )
-
-    def run(self, request: GenerationRequest, emit: Emit) -> Finished:
-        ((tokens, finished),) = self.run_batch([request])
-        emit(Tokens(tokens))
-        return finished
-
-    @staticmethod
-    def batchable(a: GenerationRequest, b: GenerationRequest) -> bool:
-        return shares_a_call(a, b)
 
     def fits(self, requests: Sequence[GenerationRequest]) -> bool:
         """Whether `requests` together pass MemGen's window check (`check_generation_window`), which
@@ -308,22 +319,13 @@ class _MemGenRunner:
         return out
 
 
-class _RecallRunner:
+class _RecallRunner(_BatchRunner):
     """Recall memory: `RecallGenerator` over the model's bank."""
 
     def __init__(self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, memory, bank):
         self.model, self.tokenizer, self.memory, self.bank = model, tokenizer, memory, bank
         self.eos = _eos_ids(model, tokenizer)
         self.info = ServedModel(name, "recall", tokenizer, max_positions(model) or DEFAULT_CONTEXT)
-
-    def run(self, request: GenerationRequest, emit: Emit) -> Finished:
-        ((tokens, finished),) = self.run_batch([request])
-        emit(Tokens(tokens))
-        return finished
-
-    @staticmethod
-    def batchable(a: GenerationRequest, b: GenerationRequest) -> bool:
-        return shares_a_call(a, b)
 
     def fits(self, requests: Sequence[GenerationRequest]) -> bool:
         """Always: positions count each row's own tokens, so a batch needs no more context than its rows."""
@@ -464,6 +466,27 @@ async def _queued_events(
                 return
     finally:
         request.cancel.set()  # a client that stopped reading frees its row at the next step
+
+
+class SubmittingBackend:
+    """What the backends that take work through `submit` share of `GenerationBackend`: the models they
+    serve (`_infos`, name -> `ServedModel`) and `stream`, which is `submit` with a sink into this loop."""
+
+    _infos: dict[str, ServedModel]
+
+    def models(self) -> list[ServedModel]:
+        return list(self._infos.values())
+
+    def get(self, name: str) -> ServedModel:
+        if name not in self._infos:
+            raise not_served(name, len(self._infos))
+        return self._infos[name]
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        return queued_stream(self.submit, request)
+
+    def submit(self, request: GenerationRequest, sink: EventSink, key: Any) -> None:
+        raise NotImplementedError
 
 
 class InProcessBackend:

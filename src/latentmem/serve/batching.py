@@ -47,7 +47,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -62,22 +62,15 @@ from latentmem.serve.backend import (
     GenerationEvent,
     GenerationRequest,
     ModelLoad,
-    ServedModel,
+    SubmittingBackend,
     Tokens,
+    _BatchRunner,
     _Failed,
     _generator,
-    _MemGenRunner,
     _ReasonerRunner,
-    _RecallRunner,
     load_runners,
-    not_served,
-    queued_stream,
 )
 from latentmem.serve.errors import ServerBusyError
-
-_StaticRunner = (
-    _MemGenRunner | _RecallRunner
-)  # what `_StaticWorker` batches: `batchable`, `fits`, `run_batch`
 
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_QUEUE = 64
@@ -208,7 +201,7 @@ class _StaticWorker(_Worker):
     """MemGen weavers, static batching (see the module docstring): one `generate` call at a time, over
     the oldest waiting request and the waiting ones that may share its call."""
 
-    def __init__(self, runners: Mapping[str, _StaticRunner], **limits: Any) -> None:
+    def __init__(self, runners: Mapping[str, _BatchRunner], **limits: Any) -> None:
         self._runners = dict(runners)
         self._running: tuple[str, int] | None = None  # (model, rows) of the call in progress
         device = next(iter(self._runners.values())).model.device
@@ -376,13 +369,13 @@ class _ContinuousWorker(_Worker):
         return tokens
 
 
-class BatchingBackend:
+class BatchingBackend(SubmittingBackend):
     """Every served model behind its batching worker (see the module docstring). Build with `load`."""
 
     def __init__(
         self,
         reasoner: _ReasonerRunner,
-        static: Mapping[str, _StaticRunner] | None = None,
+        static: Mapping[str, _BatchRunner] | None = None,
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int = DEFAULT_MAX_QUEUE,
@@ -417,17 +410,6 @@ class BatchingBackend:
         return cls(first, static, max_batch=max_batch, max_queue=max_queue)
 
     # ---- GenerationBackend ---------------------------------------------------------------------------
-
-    def models(self) -> list[ServedModel]:
-        return list(self._infos.values())
-
-    def get(self, name: str) -> ServedModel:
-        if name not in self._infos:
-            raise not_served(name, len(self._infos))
-        return self._infos[name]
-
-    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        return queued_stream(self.submit, request)
 
     def submit(self, request: GenerationRequest, sink: EventSink, key: Any) -> None:
         """Admit `request` to its model's worker (or raise: 404, 429); its events go to `sink` under `key`."""

@@ -36,7 +36,6 @@ import os
 import pickle
 import signal
 import threading
-from collections.abc import AsyncIterator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -50,9 +49,8 @@ from latentmem.serve.backend import (
     GenerationRequest,
     ModelLoad,
     ServedModel,
+    SubmittingBackend,
     _Failed,
-    not_served,
-    queued_stream,
 )
 from latentmem.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, Admission, BatchingBackend
 from latentmem.serve.errors import ServerBusyError
@@ -83,7 +81,7 @@ class _Pending:
     admission: Admission
 
 
-class EngineBackend:
+class EngineBackend(SubmittingBackend):
     """A `GenerationBackend` whose models run in a child process (see the module docstring)."""
 
     def __init__(
@@ -139,17 +137,6 @@ class EngineBackend:
         self._reader.start()
 
     # ---- GenerationBackend ---------------------------------------------------------------------------
-
-    def models(self) -> list[ServedModel]:
-        return list(self._infos.values())
-
-    def get(self, name: str) -> ServedModel:
-        if name not in self._infos:
-            raise not_served(name, len(self._infos))
-        return self._infos[name]
-
-    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        return queued_stream(self.submit, request)
 
     def submit(self, request: GenerationRequest, sink: EventSink, key: Any) -> None:
         """Admit `request` (or raise: 404, 429, 503) and send it to the engine; its events go to `sink`."""
