@@ -198,18 +198,20 @@ class EngineBackend(SubmittingBackend):
 
     def _read(self) -> None:
         """The reader thread: each message of events goes to its sinks, one delivery per sink."""
+        reason = None
         try:
-            while True:
+            while reason is None:
                 message = self._conn.recv()
                 if isinstance(message, list):
                     self._deliver(message)
                 elif message[0] == "loads":
                     self._replies.pop(message[1]).set_result(message[2])
                 elif message[0] == "closed":
-                    break
+                    reason = "the engine process has stopped: the server is shutting down"
         except (EOFError, OSError):
-            pass
-        self._dead = f"the engine process has stopped (exit code {self._process.exitcode})"
+            self._process.join(timeout=5)
+            reason = f"the engine process has stopped (exit code {self._process.exitcode})"
+        self._dead = reason
         lost = LatentMemError(self._dead)
         self._deliver([(rid, _Failed(lost)) for rid in list(self._pending)])
         for reply in self._replies.values():
