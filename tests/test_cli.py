@@ -74,6 +74,7 @@ def test_ordinary_bad_input_is_one_line_not_a_traceback(tmp_path, capsys):
         (["generate", "--model", str(no_tokenizer), "hi"], "holds no tokenizer"),
         (["bench", "recall", "--bank-size", "100", "--queries", "0"], "--queries: must be >= 1, got 0"),
         (["bench", "generate", "--batch", "0"], "--batch: must be >= 1, got 0"),
+        (["bench", "serve", "--rounds", "0"], "--rounds: must be >= 1, got 0"),
         (["train", "sft", "--config", "configs/debug/sft.yaml", "train.lr=inf"], "must be a finite number"),
     ]
     for argv, message in cases:

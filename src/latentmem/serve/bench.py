@@ -6,9 +6,13 @@ requests sent one at a time, in one run.
 It starts `latentmem serve` as a child process on a free loopback port (a store in a temporary
 directory), sends a few warm-up requests, then, per client count, sends the same `--requests` streaming
 chat completions (greedy, so every level generates the same tokens) from that many concurrent clients.
-Per level: completion tokens/s over the level's wall time, p50/p95 request latency and time to the first
-content token. The one-at-a-time baseline is the 1-client level (run even when `--clients` omits it);
-`speedup_at_max_clients` is the highest client count's tokens/s over the baseline's.
+The one-at-a-time baseline is the 1-client level (run even when `--clients` omits it).
+
+`--rounds` (3) runs every level that many times, the levels interleaved (1, 4, 16, 1, 4, 16, ...), so a
+slow spell of a shared machine falls on every level alike instead of on one. Per level: the median (and
+min, max) of the rounds' completion tokens/s, each over its round's wall time, and p50/p95 request latency
+and time to the first content token over every round's requests. `speedup_at_max_clients` is the highest
+client count's median tokens/s over the baseline's; `speedups` has each round's own ratio.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clients", default="1,4,16", help="comma-separated client counts (1,4,16)")
     p.add_argument("--requests", type=int, default=64, help="requests per client count (64)")
     p.add_argument("--max-tokens", type=int, default=32, help="completion tokens asked per request (32)")
+    p.add_argument("--rounds", type=int, default=3, help="times every level runs, interleaved (3)")
     p.add_argument(
         "--max-batch", type=int, default=None, help="the server's --max-batch (default: the most clients)"
     )
@@ -145,8 +150,9 @@ async def _one(http, body: dict) -> tuple[float, float, int]:
     return latency, latency if first is None else first, tokens
 
 
-async def _level(url: str, bodies: list[dict], clients: int) -> dict:
-    """Send `bodies` from `clients` concurrent clients (each takes the next request when done)."""
+async def _level(url: str, bodies: list[dict], clients: int) -> tuple[float, list[tuple[float, float, int]]]:
+    """Send `bodies` from `clients` concurrent clients (each takes the next request when done): the wall
+    time and each request's (latency, time to first content token, completion tokens)."""
     import httpx
 
     queue: asyncio.Queue[dict] = asyncio.Queue()
@@ -162,15 +168,32 @@ async def _level(url: str, bodies: list[dict], clients: int) -> dict:
 
         start = time.perf_counter()
         await asyncio.gather(*[client() for _ in range(clients)])
-        wall = time.perf_counter() - start
-    latency, ttft, tokens = (np.array(x) for x in zip(*results, strict=True))
+        return time.perf_counter() - start, results
+
+
+def _rate(measured: tuple[float, list[tuple[float, float, int]]]) -> float:
+    """One round's completion tokens/s over its wall time."""
+    wall, results = measured
+    return sum(tokens for _, _, tokens in results) / wall
+
+
+def _summary(clients: int, rounds: list[tuple[float, list[tuple[float, float, int]]]]) -> dict:
+    """One level's rounds as a row: tokens/s per round (median, min, max), percentiles over every request."""
+    rates = [_rate(r) for r in rounds]
+    latency, ttft, tokens = (
+        np.array(x) for x in zip(*[r for _, results in rounds for r in results], strict=True)
+    )
+    walls = [wall for wall, _ in rounds]
     return {
         "clients": clients,
-        "requests": len(results),
-        "completion_tokens": int(tokens.sum()),
-        "seconds": round(wall, 3),
-        "tokens_per_s": round(float(tokens.sum()) / wall, 1),
-        "requests_per_s": round(len(results) / wall, 2),
+        "rounds": len(rounds),
+        "requests": len(rounds[0][1]),
+        "completion_tokens": int(tokens.sum()) // len(rounds),
+        "seconds": round(float(np.median(walls)), 3),
+        "tokens_per_s": round(float(np.median(rates)), 1),
+        "tokens_per_s_min": round(min(rates), 1),
+        "tokens_per_s_max": round(max(rates), 1),
+        "requests_per_s": round(len(rounds[0][1]) / float(np.median(walls)), 2),
         "latency_p50_s": round(float(np.percentile(latency, 50)), 4),
         "latency_p95_s": round(float(np.percentile(latency, 95)), 4),
         "ttft_p50_s": round(float(np.percentile(ttft, 50)), 4),
@@ -180,16 +203,19 @@ async def _level(url: str, bodies: list[dict], clients: int) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     counts = _clients(args.clients)
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds: must be >= 1, got {args.rounds}")
     levels_to_run = sorted({1, *counts})  # 1 client: the same requests, one at a time
     bodies = _bodies(args.model, args.requests, args.max_tokens)
     max_batch = args.max_batch or counts[-1]
 
-    levels: list[dict] = []
+    measured: dict[int, list] = {clients: [] for clients in levels_to_run}
 
     async def measure(url: str) -> None:
         await _level(url, _bodies(args.model, 4, args.max_tokens), 2)  # warm-up: first-call costs
-        for clients in levels_to_run:
-            levels.append(await _level(url, bodies, clients))
+        for _ in range(args.rounds):
+            for clients in levels_to_run:
+                measured[clients].append(await _level(url, bodies, clients))
 
     with tempfile.TemporaryDirectory(prefix="latentmem-bench-serve-") as tmp:
         store = Path(tmp) / "store"
@@ -197,12 +223,16 @@ def run(args: argparse.Namespace) -> int:
             try:
                 asyncio.run(asyncio.wait_for(measure(url), timeout=args.timeout))
             except TimeoutError:
+                done = {c: _summary(c, r) for c, r in measured.items() if r}
                 raise ConfigError(
                     f"the bench ran past --timeout {args.timeout:g}s; levels measured so far: "
-                    f"{json.dumps(levels)}. Use fewer --requests or --max-tokens, or a longer --timeout"
+                    f"{json.dumps(done)}. Use fewer --rounds, --requests or --max-tokens, or a longer "
+                    "--timeout"
                 ) from None
+    levels = [_summary(clients, rounds) for clients, rounds in measured.items()]
     baseline = levels[0]["tokens_per_s"]
     top = next(level for level in levels if level["clients"] == counts[-1])
+    per_round = [_rate(t) / _rate(b) for b, t in zip(measured[1], measured[counts[-1]], strict=True)]
     summary = {
         "bench": "serve",
         "model": args.model,
@@ -212,7 +242,9 @@ def run(args: argparse.Namespace) -> int:
         "max_batch": max_batch,
         "one_at_a_time_tokens_per_s": baseline,
         "max_clients": counts[-1],
+        "rounds": args.rounds,
         "speedup_at_max_clients": round(top["tokens_per_s"] / baseline, 2),
+        "speedups": [round(x, 2) for x in per_round],
         "levels": levels,
     }
     if args.json:
@@ -221,13 +253,18 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
         return 0
     print(
-        f"{args.model}: {args.requests} streamed requests, max_tokens={args.max_tokens}, max_batch={max_batch}"
+        f"{args.model}: {args.requests} streamed requests, max_tokens={args.max_tokens}, max_batch={max_batch}, "
+        f"{args.rounds} rounds (tokens/s: median [min-max])"
     )
-    print("clients  tokens/s  req/s  latency p50/p95 (s)  ttft p50/p95 (s)")
+    print("clients  tokens/s               req/s  latency p50/p95 (s)  ttft p50/p95 (s)")
     for r in levels:
+        spread = f"[{r['tokens_per_s_min']:.0f}-{r['tokens_per_s_max']:.0f}]"
         print(
-            f"{r['clients']:>7}  {r['tokens_per_s']:>8.1f}  {r['requests_per_s']:>5.2f}  "
+            f"{r['clients']:>7}  {r['tokens_per_s']:>8.1f} {spread:<13} {r['requests_per_s']:>5.2f}  "
             f"{r['latency_p50_s']:>8.3f} / {r['latency_p95_s']:<8.3f}  {r['ttft_p50_s']:>6.3f} / {r['ttft_p95_s']:.3f}"
         )
-    print(f"speedup at {counts[-1]} clients vs one at a time: {summary['speedup_at_max_clients']}x")
+    print(
+        f"speedup at {counts[-1]} clients vs one at a time: {summary['speedup_at_max_clients']}x "
+        f"(per round: {', '.join(f'{x:.2f}' for x in per_round)})"
+    )
     return 0
