@@ -118,13 +118,15 @@ class QA:
     answer: str
 
 
-def make_facts(n: int, seed: int = 0) -> list[Fact]:
-    """`n` fictional facts with unique invented subjects, deterministic under `seed`."""
+def make_facts(n: int, seed: int = 0, *, syllables: tuple[int, int] = (2, 3)) -> list[Fact]:
+    """`n` fictional facts with unique invented subjects of `syllables` (min, max) syllables, deterministic
+    under `seed`. Two to three syllables give about 12,700 subjects; longer ones name distractors that no
+    fact of the default stream has (`latentmem.recall.scale`)."""
     rng = random.Random(seed)
     subjects: set[str] = set()
     facts = []
     while len(facts) < n:
-        subject = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        subject = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(*syllables))).capitalize()
         if subject in subjects:
             continue
         subjects.add(subject)
