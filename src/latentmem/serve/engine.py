@@ -197,14 +197,24 @@ class EngineBackend(SubmittingBackend):
         return pending
 
     def _read(self) -> None:
-        """The reader thread: each message of events goes to its sinks, one delivery per sink."""
+        """The reader thread: the events of every message waiting go to their sinks, one delivery per sink
+        (under load several decode steps wait, and the event loop then wakes once for all of them)."""
         reason = None
         try:
             while reason is None:
-                message = self._conn.recv()
+                events: list[tuple[int, GenerationEvent | _Failed]] = []
+                try:
+                    message = self._conn.recv()
+                    while isinstance(message, list):
+                        events += message
+                        if not self._conn.poll():
+                            break
+                        message = self._conn.recv()
+                finally:  # what arrived before an engine died is delivered before its requests fail
+                    self._deliver(events)
                 if isinstance(message, list):
-                    self._deliver(message)
-                elif message[0] == "loads":
+                    continue
+                if message[0] == "loads":
                     self._replies.pop(message[1]).set_result(message[2])
                 elif message[0] == "closed":
                     reason = "the engine process has stopped: the server is shutting down"
