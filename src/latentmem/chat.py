@@ -67,11 +67,15 @@ def render_chat(
     *,
     system: str | None = None,
     add_generation_prompt: bool = True,
+    allow: Iterable[str] = (),
 ) -> str:
     """The prompt text the model sees: the chat template applied to `prompt`. Control tokens inside the
-    messages' contents are neutralised (`neutralize`): only the template draws role boundaries."""
+    messages' contents are neutralised (`neutralize`): only the template draws role boundaries. `allow`:
+    control tokens the caller placed in the contents on purpose (e.g. xRAG's `<|memory_pad|>`), kept; the
+    caller neutralises any text of others it puts beside them."""
     ensure_chat_template(tokenizer)
-    tokens = control_tokens(tokenizer)
+    kept = set(allow)
+    tokens = [t for t in control_tokens(tokenizer) if t not in kept]
     messages = [{**m, "content": neutralize(m["content"], tokens)} for m in as_messages(prompt, system)]
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt

@@ -84,6 +84,9 @@ class CompareConfig(Config):
     sequence_task_args: dict[str, dict[str, Any]] = field(default_factory=dict)  # per sequence task
     eval_batch_size: int = 16
     retrieval_k: int = 3
+    # per method, settings of its own config over the harness's (`Context.extra`), e.g.
+    # {recall: {step2: {retention_kl: 0.0}}, xrag: {restate_share: 0.3}}
+    method_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     budget: Budget = field(default_factory=Budget)
     memgen: MemGenConfig = field(default_factory=MemGenConfig)
 
@@ -121,6 +124,8 @@ class CompareConfig(Config):
                 "eval_split",
                 "eval_split=val scores the main task's validation split only: drop retention_tasks/sequence",
             )
+        unknown = set(self.method_args) - set(self.methods)
+        require(not unknown, "method_args", f"{sorted(unknown)} are not among the methods {self.methods}")
         require(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
         if not self.sequence:
             require(not self.sequence_task_args, "sequence_task_args", "set only with sequence")
@@ -312,7 +317,7 @@ def fit_method(
         model=cfg.model, task=data.task, task_name=data.name, task_args=data.args,
         train=data.splits.train(seed), val=data.splits.val, budget=budget, memgen=cfg.memgen,
         workdir=workdir, seed=seed, retrieval_k=cfg.retrieval_k, eval_batch_size=cfg.eval_batch_size,
-        init_from=init_from,
+        init_from=init_from, extra=cfg.method_args.get(name, {}),
     )  # fmt: skip
     method = METHODS[name](ctx)
     method.fit()

@@ -59,7 +59,7 @@ class Context:
     seed: int
     retrieval_k: int = 3
     eval_batch_size: int = 16
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the comparison's `method_args` of this method
     # held out from the train split, disjoint from `train` and the test split: for choosing lr or config
     val: list[Example] = field(default_factory=list)
     # continual learning: an earlier stage's `Method.state_dir`, which `fit` continues from (None: fresh)
@@ -116,6 +116,8 @@ BUILTIN_METHODS: dict[str, str] = {
     "memgen-sft": "latentmem.eval.methods.memgen:MemGenSFT",
     "memgen-grpo": "latentmem.eval.methods.memgen:MemGenGRPO",
     "memgen-rag": "latentmem.eval.methods.memgen:MemGenRAG",
+    "recall": "latentmem.eval.methods.recall:RecallMemoryMethod",
+    "xrag": "latentmem.eval.methods.recall:XRAGMethod",
 }
 
 METHODS: LazyRegistry[type[Method]] = LazyRegistry(BUILTIN_METHODS)

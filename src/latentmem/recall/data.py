@@ -226,11 +226,13 @@ def encode_sample(
     *,
     label_recall: bool = True,
     slots: int = 1,
+    allow: Sequence[str] = (),
 ) -> Sample:
     """Tokenise chat prompt + reply (+ EOS); labels on the reply only, the memory pads never labelled,
-    `<recall>` labelled only when `label_recall`. A sample with a memory holds exactly `slots`
+    `<recall>` labelled only when `label_recall`; `allow`: control tokens kept in the prompt
+    (`render_chat`). A sample with a memory holds exactly `slots`
     consecutive pads right after its `<recall>`."""
-    prompt_ids = tokenizer(render_chat(tokenizer, prompt), add_special_tokens=False).input_ids
+    prompt_ids = tokenizer(render_chat(tokenizer, prompt, allow=allow), add_special_tokens=False).input_ids
     reply_ids = [*tokenizer(reply, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
     unlabelled = {tokens.pad_id} if label_recall else {tokens.pad_id, tokens.recall_id}
     labels = [IGNORE] * len(prompt_ids) + [IGNORE if t in unlabelled else t for t in reply_ids]

@@ -26,10 +26,10 @@ from latentmem.chat import render_chat
 from latentmem.config import require
 from latentmem.decoding import COMPACT_THRESHOLD, KVDecoder
 from latentmem.recall.bank import MemoryBank
-from latentmem.recall.errors import NoBankError
+from latentmem.recall.errors import NoBankError, RecallError
 from latentmem.recall.inject import inject
 from latentmem.recall.memory import RecallMemory
-from latentmem.recall.tokens import RECALL
+from latentmem.recall.tokens import MEMORY_PAD, RECALL
 from latentmem.sampling import SamplingConfig, select_next
 
 
@@ -99,9 +99,18 @@ class RecallGenerator:
 
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[str], *, max_new_tokens: int = 64, generator: torch.Generator | None = None
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        generator: torch.Generator | None = None,
+        prompt_memories: Sequence[int] | None = None,
     ) -> RecallOutput:
-        """Generate a continuation of each prompt (already chat-rendered text; see `render`)."""
+        """Generate a continuation of each prompt (already chat-rendered text; see `render`).
+
+        `prompt_memories`: one bank id per prompt, whose projected vector fills that prompt's own
+        `memory.slots` `<|memory_pad|>` (xRAG-style injection, `latentmem.recall.xrag`): the memory is read
+        in the prompt, without a `<recall>`."""
         start_time = time.perf_counter()
         device = self.model.device
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(
@@ -114,9 +123,10 @@ class RecallGenerator:
         dec = KVDecoder(self.model)
         last = enc.input_ids[:, -1]  # left padding: the last column holds every row's last prompt token
         # hidden states only where the memory head will read one: after a slot that fed `<recall>`
-        out = dec.prefill(
-            dec.embed(enc.input_ids), enc.attention_mask, hidden=bool((last == tok.recall_id).any())
-        )
+        embeds = dec.embed(enc.input_ids)
+        if prompt_memories is not None:
+            embeds = self._with_prompt_memories(enc.input_ids, enc.attention_mask, embeds, prompt_memories)
+        out = dec.prefill(embeds, enc.attention_mask, hidden=bool((last == tok.recall_id).any()))
         done = torch.zeros(B, dtype=torch.bool, device=device)
         generated: list[torch.Tensor] = []
         # what the repetition penalty reads: the prompt (its padding masked out), then the tokens fed so far
@@ -174,6 +184,22 @@ class RecallGenerator:
             prompt_tokens=enc.attention_mask.sum(-1).tolist(),
             seconds=time.perf_counter() - start_time,
         )
+
+    def _with_prompt_memories(
+        self, ids: torch.Tensor, mask: torch.Tensor, embeds: torch.Tensor, memory_ids: Sequence[int]
+    ) -> torch.Tensor:
+        """`embeds` (B, T, D) with each row's prompt pads holding its memory's projection (m pads a row)."""
+        slots = (ids == self.memory.tokens.pad_id) & mask.bool()
+        m = self.memory.slots
+        if len(memory_ids) != len(ids) or bool((slots.sum(1) != m).any()):
+            raise RecallError(
+                f"prompt_memories needs one memory id per prompt ({len(ids)}, got {len(memory_ids)}) and "
+                f"each prompt to hold exactly {m} {MEMORY_PAD} (it has {slots.sum(1).tolist()})"
+            )
+        if self.bank is None:
+            raise NoBankError("prompt_memories are bank ids; pass bank=MemoryBank(...) to the generator")
+        vectors = self._vectors(torch.tensor(list(memory_ids)))
+        return inject(embeds, slots, self.memory.projector(vectors))
 
     def _choose(
         self, hidden: torch.Tensor, generator: torch.Generator | None

@@ -694,16 +694,24 @@ class TrainedRecall:
     run: Path  # the run folder
 
 
-def train_recall(cfg: RecallTrainConfig) -> TrainedRecall:
+def train_recall(cfg: RecallTrainConfig, facts: Sequence[Fact] | None = None) -> TrainedRecall:
     """Load the model, write the facts into a bank, run both steps in the run folder `cfg.output_dir`
-    (resuming where a checkpoint is); save the recall memory and bank there and return them, LoRA merged."""
+    (resuming where a checkpoint is); save the recall memory and bank there and return them, LoRA merged.
+
+    `facts`: what to store and train on, `cfg.num_facts` of them (e.g. a task's training examples, as the
+    `recall` method of `latentmem compare` passes them); default `make_facts(cfg.num_facts, seed=cfg.seed)`.
+    """
+    if facts is not None and len(facts) != cfg.num_facts:
+        raise ConfigError(
+            f"num_facts: is {cfg.num_facts} but {len(facts)} facts were given; set num_facts={len(facts)}"
+        )
     if fsdp_requested():
         raise ConfigError(
             "recall training shards nothing: every process holds the whole (small) model; launch it without "
             "an FSDP config (accelerate launch --multi_gpu, or one process)"
         )
     seed_everything(cfg.seed)
-    facts = make_facts(cfg.num_facts, seed=cfg.seed)
+    facts = list(facts) if facts is not None else make_facts(cfg.num_facts, seed=cfg.seed)
     sft_pool, held_out = split_general(general_task(cfg.num_general, seed=cfg.seed))
     validation = validation_general(cfg)
     sentence = SentenceEncoder() if cfg.encoder == "minilm" else None  # its dimension sizes the memory

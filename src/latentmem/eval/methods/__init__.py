@@ -11,6 +11,9 @@ lora     lora-sft     LoRA fine-tuning of the reasoner with a trainable-paramete
 memgen   memgen-sft   MemGen: weaver SFT (`latentmem.training.sft`), reasoner frozen.
          memgen-grpo  MemGen: weaver GRPO on the task's reward (`latentmem.training.grpo`).
          memgen-rag   MemGen-SFT with a weaver that also reads the retrieved solved examples' vectors.
+recall   recall       recall memory: the training examples as memories, `<recall>` -> memory head ->
+                      the memory's vector injected as `<|memory_pad|>` (`latentmem.recall`).
+         xrag         xRAG-style: the MiniLM top-1 memory projected into one embedding in the prompt.
 `generate` holds the greedy completion every method uses, `recipes` the recipe config the trained ones share.
 
 Same budget, same algorithm. Every trained method starts from scratch (a fresh LoRA, B = 0, or a fresh

@@ -17,7 +17,7 @@ from latentmem.eval.task import Task
 from latentmem.memgen import GenerationConfig, LatentMemoryModel, RetrievedMemory
 
 
-def _batches(items: list[Any], size: int) -> list[list[Any]]:
+def batches(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -38,7 +38,7 @@ def complete_with_memgen(
     weaver reads, when it reads any."""
     tok, texts, n_new, start = mm.tokenizer, [], 0, time.perf_counter()
     cfg = GenerationConfig(max_new_tokens=task.max_new_tokens)
-    for batch in tqdm(_batches(prompts, batch_size), desc=f"generate ({len(prompts)})", leave=False):
+    for batch in tqdm(batches(prompts, batch_size), desc=f"generate ({len(prompts)})", leave=False):
         enc = _encode_prompts(tok, batch, task.system)
         memory = memory_for(batch) if memory_for else None
         res = mm.generate(enc["input_ids"], enc["attention_mask"], cfg, memory=memory)
@@ -56,7 +56,7 @@ def complete_with_hf(
 ) -> Completions:
     """Greedy completions with a plain (or PEFT) Hugging Face model's own `generate`."""
     texts, n_new, start = [], 0, time.perf_counter()
-    for batch in tqdm(_batches(prompts, batch_size), desc=f"generate ({len(prompts)})", leave=False):
+    for batch in tqdm(batches(prompts, batch_size), desc=f"generate ({len(prompts)})", leave=False):
         enc = _encode_prompts(tok, batch, task.system).to(model.device)
         out = model.generate(
             **enc, max_new_tokens=task.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id

@@ -161,15 +161,24 @@ def _invent(rng, kind: str) -> str:
 
 
 class Facts(Task):
-    """`n_facts` invented facts (see the module docstring); answers are scored by alias match."""
+    """`n_facts` invented facts (see the module docstring); answers are scored by alias match.
+
+    `path=`: the user's own facts instead, a data file (`latentmem.eval.tasks.files`) whose records hold
+    `fact` (or `statement`: the memory), `question`, `answer` (a string or a list of aliases) and
+    optionally `paraphrase`. The train split asks `question` and trains on the fact; the test split asks
+    `paraphrase` (`question` where a record has none). `n_facts` then takes the file's first n (all by
+    default)."""
 
     name = "facts"
     max_new_tokens = 32
+    expects = "fact (or statement), question and answer (a string or a list of aliases); paraphrase optional"
 
-    def __init__(self, n_facts: int = 100, seed: int = 0):
-        if not 1 <= n_facts <= 1000:
-            raise TaskError(f"facts: n_facts must be in [1, 1000], got {n_facts}")
-        self.n_facts, self.seed = n_facts, seed
+    def __init__(self, n_facts: int | None = None, seed: int = 0, path: str | None = None):
+        limit = 1000 if path is None else 10**9
+        if n_facts is not None and not 1 <= n_facts <= limit:
+            raise TaskError(f"facts: n_facts must be in [1, {limit}], got {n_facts}")
+        self.n_facts = n_facts if n_facts is not None or path is not None else 100
+        self.seed, self.path = seed, path
         self._facts: list[tuple[Relation, str, str]] | None = None
 
     def facts(self) -> list[tuple[Relation, str, str]]:
@@ -190,7 +199,30 @@ class Facts(Task):
                 self._facts.append((relation, fresh(relation.subject), fresh(relation.value)))
         return self._facts
 
+    def _from_file(self, split: Split) -> list[Example]:
+        from latentmem.eval.tasks.files import RecordError, pick_text, read_records
+        from latentmem.eval.tasks.qa import as_aliases
+
+        examples = []
+        for i, record in enumerate(read_records(self.path)[: self.n_facts]):
+            try:
+                statement = pick_text(record, "fact", "statement")
+                question = pick_text(record, "question")
+                if split == "test" and record.get("paraphrase") is not None:
+                    question = pick_text(record, "paraphrase")
+                aliases = as_aliases(record.get("answer"))
+            except RecordError as exc:
+                raise TaskError(
+                    f"facts: {self.path} record {i}: {exc}. Each record needs {self.expects}"
+                ) from None
+            examples.append(Example(question, aliases, {"statement": statement}))
+        if not examples:
+            raise TaskError(f"facts: {self.path} has no records. Each record needs {self.expects}")
+        return examples
+
     def load(self, split: Split) -> list[Example]:
+        if self.path is not None:
+            return self._from_file(split)
         examples = []
         for relation, subject, value in self.facts():
             if split == "train":
@@ -205,4 +237,5 @@ class Facts(Task):
         return example.columns["statement"]
 
     def score(self, example: Example, completion: str) -> float:
-        return float(alias_match(completion, [example.answer]))
+        answers = example.answer if isinstance(example.answer, list) else [example.answer]
+        return float(alias_match(completion, answers))

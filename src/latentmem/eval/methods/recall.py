@@ -1,0 +1,206 @@
+"""The memory methods that store the training examples as memories and read one back as a vector: recall
+memory (`recall`: the model emits `<recall>`, its memory head picks the memory, the projected vector is
+injected as `<|memory_pad|>`; `latentmem.recall`) and xRAG-style injection (`xrag`: the retriever's top-1
+memory projected into one embedding in the prompt; `latentmem.recall.xrag`).
+
+The memories are the training examples: an example's `statement` column when the task has one (the
+`facts` task, and fact files read by it), else its prompt followed by its target. Both methods answer the
+test prompts from the bank of these memories, so on a fact task they score by finding the fact a
+paraphrased question asks about and saying its answer.
+
+Budget. `budget.steps` optimiser steps of `budget.batch_size` rows at `budget.lr`, as every trained method:
+for xrag, steps of its projector; for recall, step 2 (decoding from the injected memory, the step that
+runs the reasoner forward and backward), after a step 1 of as many steps that fits the memory head alone on
+frozen hidden states (no backward through the reasoner; `training()` reports both). `method_args` of the
+comparison (`method_args.recall.step2.retention_kl=0`) override the recall or xRAG config.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+
+from latentmem.eval.method import Completions, Context, Method
+from latentmem.eval.methods.generate import batches
+from latentmem.eval.task import Example
+
+# recall memory's recipe in `latentmem compare` (configs/recall/eval_smollm2.yaml's settings, at the budget)
+RECALL_DEFAULTS: dict[str, Any] = {
+    "encoder": "hidden",
+    "num_general": 16,
+    "num_val_general": 0,
+    "step1": {"objective": "contrastive", "train_model": False, "lr": 3e-3},
+    "step2": {"epochs": 1, "mix": [1.0, 2.0, 1.0], "retention_kl": 1.0},
+    "lora": {"r": 8, "alpha": 16, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+}
+
+
+def memory_text(ctx: Context, example: Example) -> str:
+    """What an example stores: its `statement` when it has one, else its prompt and target."""
+    statement = example.columns.get("statement")
+    return (
+        statement
+        if isinstance(statement, str) and statement
+        else f"{example.prompt} {ctx.task.target(example)}"
+    )
+
+
+def answer_text(example: Example) -> str:
+    """The answer string a recall reply states: the gold answer, or its first alias."""
+    answer = example.answer
+    return str(answer[0] if isinstance(answer, list | tuple) and answer else answer)
+
+
+def _merged(*layers: dict[str, Any]) -> dict[str, Any]:
+    """The layers deep-merged, later ones winning (defaults, then the run's settings, then `method_args`)."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            out[key] = (
+                _merged(out[key], value)
+                if isinstance(value, dict) and isinstance(out.get(key), dict)
+                else value
+            )
+    return out
+
+
+class RecallMemoryMethod(Method):
+    """Recall memory trained on the training examples as facts (`recall.train.train_recall`)."""
+
+    name = "recall"
+
+    def fit(self) -> None:
+        from latentmem.recall.data import Fact
+        from latentmem.recall.train import RecallTrainConfig, train_recall
+
+        ctx, b = self.ctx, self.ctx.budget
+        facts = [Fact(memory_text(ctx, ex), ex.prompt, ex.prompt, answer_text(ex)) for ex in ctx.train]
+        out = ctx.workdir / self.name
+        shutil.rmtree(out, ignore_errors=True)  # every arm starts fresh (see `recipes.recipe_dict`)
+        base = {
+            "model": ctx.model,
+            "seed": ctx.seed,
+            "output_dir": str(out),
+            "num_facts": len(facts),
+            "eval_max_new_tokens": ctx.task.max_new_tokens,
+            "step1": {"steps": b.steps, "batch_size": b.batch_size},
+            "step2": {"samples_per_epoch": b.steps * b.batch_size, "batch_size": b.batch_size, "lr": b.lr},
+        }
+        self.config = RecallTrainConfig.from_dict(_merged(RECALL_DEFAULTS, base, ctx.extra))
+        start = time.perf_counter()
+        self.trained = train_recall(self.config, facts)
+        self.train_seconds = time.perf_counter() - start
+
+    def complete(self, prompts: list[str]) -> Completions:
+        from latentmem.chat import render_chat
+        from latentmem.recall.generate import RecallGenerator
+
+        t = self.trained
+        gen = RecallGenerator(t.model, t.tokenizer, t.memory, t.bank)
+        texts, seconds, new_tokens = [], 0.0, 0
+        for batch in batches(prompts, self.ctx.eval_batch_size):
+            rendered = [render_chat(t.tokenizer, p, system=self.ctx.task.system) for p in batch]
+            out = gen.generate(rendered, max_new_tokens=self.ctx.task.max_new_tokens)
+            texts += out.texts
+            seconds += out.seconds
+            new_tokens += sum(len(ids) for ids in out.token_ids)
+        return Completions(texts, seconds, new_tokens)
+
+    @property
+    def trainable_params(self) -> int:
+        memory = self.trained.memory
+        rows = len(memory.tokens.ids) * memory.hidden_size * (1 if self._tied() else 2)
+        lora = sum(p.numel() for p in self._lora_state().values())  # merged by now: read the saved adapter
+        return sum(p.numel() for p in memory.parameters()) + rows + lora
+
+    def _tied(self) -> bool:
+        model = self.trained.model
+        out = model.get_output_embeddings()
+        return out is None or out.weight is model.get_input_embeddings().weight
+
+    def _lora_state(self) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        adapter = self.trained.run / "adapter" / "adapter_model.safetensors"
+        return load_file(str(adapter)) if adapter.exists() else {}
+
+    def training(self) -> dict[str, Any]:
+        c, m = self.config, self.trained.metrics
+        return {
+            "algorithm": "recall memory: step 1 (memory head, InfoNCE) then step 2 (decoding from the memory)",
+            "loss_type": "step 2: token-mean NLL + head InfoNCE + retention KL (weight "
+            f"{c.step2.retention_kl})",
+            "schedule": "constant",
+            "lr": c.step2.lr,
+            "steps": c.step2.steps,
+            "step1_steps": c.step1.steps,
+            "rows_per_step": c.step2.batch_size,
+            "rows_seen": c.step2.steps * c.step2.batch_size,
+            "start": "base model + fresh recall memory (recall rows, head, projector, LoRA r="
+            f"{c.lora.r}), base weights frozen",
+            "recall_at_1_train_questions": m.get("recall_at_1"),
+            "fact_recall_rate": m.get("fact_recall_rate"),
+            "general_recall_rate": m.get("general_recall_rate"),
+            "step2_loss_first_last": [m.get("step2_loss_first"), m.get("step2_loss_last")],
+            "run": str(self.trained.run),
+        }
+
+
+class XRAGMethod(Method):
+    """xRAG-style injection: the top-1 memory by MiniLM, projected into one prompt embedding
+    (`recall.xrag.train_xrag`)."""
+
+    name = "xrag"
+
+    def fit(self) -> None:
+        from latentmem.recall.xrag import XRAGConfig, XRAGRow, train_xrag
+
+        ctx, b = self.ctx, self.ctx.budget
+        texts = [memory_text(ctx, ex) for ex in ctx.train]
+        rows = [XRAGRow(i, texts[i], ex.prompt, ctx.task.target(ex)) for i, ex in enumerate(ctx.train)]
+        out = ctx.workdir / self.name
+        shutil.rmtree(out, ignore_errors=True)
+        base = {
+            "model": ctx.model,
+            "seed": ctx.seed,
+            "output_dir": str(out),
+            "steps": b.steps,
+            "batch_size": b.batch_size,
+            "lr": b.lr,
+        }
+        self.config = XRAGConfig.from_dict(_merged(base, ctx.extra))
+        start = time.perf_counter()
+        self.trained = train_xrag(self.config, texts, rows)
+        self.train_seconds = time.perf_counter() - start
+
+    def complete(self, prompts: list[str]) -> Completions:
+        texts, seconds, new_tokens = [], 0.0, 0
+        for batch in batches(prompts, self.ctx.eval_batch_size):
+            out, _ = self.trained.answer(
+                batch, max_new_tokens=self.ctx.task.max_new_tokens, system=self.ctx.task.system
+            )
+            texts += out.texts
+            seconds += out.seconds
+            new_tokens += sum(len(ids) for ids in out.token_ids)
+        return Completions(texts, seconds, new_tokens)
+
+    @property
+    def trainable_params(self) -> int:
+        return self.trained.trainable_params
+
+    def training(self) -> dict[str, Any]:
+        c, losses = self.config, self.trained.losses
+        return {
+            "algorithm": "xRAG-style projector training (restate + answer rows), reasoner frozen",
+            "loss_type": "token-mean NLL of the target",
+            "schedule": "constant",
+            "lr": c.lr,
+            "steps": len(losses),
+            "rows_per_step": c.batch_size,
+            "rows_seen": len(losses) * c.batch_size,
+            "start": f"base model + fresh projector (LoRA r={c.lora.r}), base weights frozen",
+            "restate_share": c.restate_share,
+            "loss_first_last": [losses[0], losses[-1]] if losses else None,
+            "run": str(self.trained.run),
+        }
