@@ -169,6 +169,10 @@ def test_compare_runs_every_method_and_writes_results(tmp_path):
         == saved["methods"]["retrieval"]["trainable_params"]
         == 0
     )
+    # the context a method reads: retrieval's prompts hold its solved examples, the others the question alone
+    context = {name: saved["methods"][name]["context_tokens_per_sample"] for name in methods}
+    assert context["retrieval"] > 2 * context["vanilla"] > 0 and context["lora-sft"] == context["vanilla"]
+    assert "| context tokens / sample |" in (out / "results.md").read_text()
     # memgen-rag's weaver reads retrieved examples: its rows carry their neighbours' vectors, never their own
     rag_rows = [
         json.loads(x) for x in (out / "memgen-rag" / "seed-0" / "train.jsonl").read_text().splitlines()

@@ -143,6 +143,11 @@ def test_recall_and_xrag_run_through_compare_with_their_method_args(tmp_path):
     assert recall["steps"] == recall["step1_steps"] == 2 and "weight 0.0" in recall["loss_type"]
     assert xrag["steps"] == 2 and xrag["restate_share"] == 0.25 and xrag["rows_seen"] == 8
     assert saved["recall"]["trainable_params"] > 0 and saved["xrag"]["trainable_params"] > 0
+    # xrag reads the question, its background's one pad and a few words of framing; recall the question
+    assert saved["recall"]["context_tokens_per_sample"] == saved["vanilla"]["context_tokens_per_sample"]
+    assert (
+        0 < saved["xrag"]["context_tokens_per_sample"] - saved["vanilla"]["context_tokens_per_sample"] < 20
+    )  # tiny: ~char-level
     lines = [
         json.loads(x) for x in (tmp_path / "out" / "xrag" / "completions.jsonl").read_text().splitlines()
     ]

@@ -260,6 +260,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
                         "train_seconds": round(method.train_seconds, 2),
                         "seconds_per_sample": round(done.seconds / len(item_scores), 4),
                         "tokens_per_second": round(done.new_tokens / max(done.seconds, 1e-9), 2),
+                        "context_tokens_per_sample": round(done.prompt_tokens / len(item_scores), 1),
                         "training": method.training(),
                     }
                 )
@@ -289,6 +290,9 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
             "train_seconds": round(float(np.mean([s["train_seconds"] for s in per_seed])), 2),
             "seconds_per_sample": round(float(np.mean([s["seconds_per_sample"] for s in per_seed])), 4),
             "tokens_per_second": round(float(np.mean([s["tokens_per_second"] for s in per_seed])), 2),
+            "context_tokens_per_sample": round(
+                float(np.mean([s["context_tokens_per_sample"] for s in per_seed])), 1
+            ),
             "training": first["training"],
             "seeds": per_seed,
         }
@@ -431,14 +435,15 @@ def results_table(results: dict[str, Any]) -> str:
     baselines = [b for b in BASELINES if b in methods]
     head = "| method | accuracy [95% CI] | " + "".join(f"p vs {b} | " for b in baselines)
     lines += [
-        head + "n | trainable params | train s | s / sample | tokens / s |",
-        "|" + "---|" * (2 + len(baselines) + 5),
+        head + "n | trainable params | train s | s / sample | tokens / s | context tokens / sample |",
+        "|" + "---|" * (2 + len(baselines) + 6),
     ]
     for name, r in methods.items():
         lines.append(
             f"| {name} | {acc_cell(r)} | " + "".join(f"{p_cell(r, b)} | " for b in baselines)
             + f"{r['n']} | {r['trainable_params']:,} | {r['train_seconds']:.1f} "
-            f"| {r['seconds_per_sample']:.3f} | {r['tokens_per_second']:.1f} |"
+            f"| {r['seconds_per_sample']:.3f} | {r['tokens_per_second']:.1f} "
+            f"| {r['context_tokens_per_sample']:.1f} |"
         )  # fmt: skip
     lines += ["", STATS_NOTE]
     if len(seeds) > 1:

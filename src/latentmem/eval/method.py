@@ -71,6 +71,7 @@ class Completions:
     texts: list[str]
     seconds: float  # wall time of generation
     new_tokens: int  # tokens generated (up to EOS)
+    prompt_tokens: int  # tokens of context read before generating (prompts with what they retrieved)
 
 
 class Method(ABC):

@@ -36,18 +36,19 @@ def complete_with_memgen(
 ) -> Completions:
     """Greedy completions with a LatentMemoryModel; `memory_for(prompts)` gives the retrieved memories its
     weaver reads, when it reads any."""
-    tok, texts, n_new, start = mm.tokenizer, [], 0, time.perf_counter()
+    tok, texts, n_new, n_prompt, start = mm.tokenizer, [], 0, 0, time.perf_counter()
     cfg = GenerationConfig(max_new_tokens=task.max_new_tokens)
     for batch in tqdm(batches(prompts, batch_size), desc=f"generate ({len(prompts)})", leave=False):
         enc = _encode_prompts(tok, batch, task.system)
         memory = memory_for(batch) if memory_for else None
         res = mm.generate(enc["input_ids"], enc["attention_mask"], cfg, memory=memory)
+        n_prompt += int(enc["attention_mask"].sum())
         keep = res.completion_mask()
         texts += tok.batch_decode(
             res.sequences.masked_fill(~keep, tok.pad_token_id), skip_special_tokens=True
         )
         n_new += int(keep.sum())
-    return Completions(texts, time.perf_counter() - start, n_new)
+    return Completions(texts, time.perf_counter() - start, n_new, n_prompt)
 
 
 @torch.no_grad()
@@ -55,9 +56,10 @@ def complete_with_hf(
     model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], task: Task, batch_size: int
 ) -> Completions:
     """Greedy completions with a plain (or PEFT) Hugging Face model's own `generate`."""
-    texts, n_new, start = [], 0, time.perf_counter()
+    texts, n_new, n_prompt, start = [], 0, 0, time.perf_counter()
     for batch in tqdm(batches(prompts, batch_size), desc=f"generate ({len(prompts)})", leave=False):
         enc = _encode_prompts(tok, batch, task.system).to(model.device)
+        n_prompt += int(enc["attention_mask"].sum())
         out = model.generate(
             **enc, max_new_tokens=task.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
         )
@@ -66,4 +68,4 @@ def complete_with_hf(
         keep = torch.cumsum(torch.isin(new, stop), 1) == 0
         texts += tok.batch_decode(new.masked_fill(~keep, tok.pad_token_id), skip_special_tokens=True)
         n_new += int(keep.sum()) + int((~keep).any(1).sum())  # count the EOS that ended a row
-    return Completions(texts, time.perf_counter() - start, n_new)
+    return Completions(texts, time.perf_counter() - start, n_new, n_prompt)

@@ -98,14 +98,15 @@ class RecallMemoryMethod(Method):
 
         t = self.trained
         gen = RecallGenerator(t.model, t.tokenizer, t.memory, t.bank)
-        texts, seconds, new_tokens = [], 0.0, 0
+        texts, seconds, new_tokens, prompt_tokens = [], 0.0, 0, 0
         for batch in batches(prompts, self.ctx.eval_batch_size):
             rendered = [render_chat(t.tokenizer, p, system=self.ctx.task.system) for p in batch]
             out = gen.generate(rendered, max_new_tokens=self.ctx.task.max_new_tokens)
             texts += out.texts
             seconds += out.seconds
             new_tokens += sum(len(ids) for ids in out.token_ids)
-        return Completions(texts, seconds, new_tokens)
+            prompt_tokens += sum(out.prompt_tokens)
+        return Completions(texts, seconds, new_tokens, prompt_tokens)
 
     @property
     def trainable_params(self) -> int:
@@ -175,7 +176,7 @@ class XRAGMethod(Method):
         self.train_seconds = time.perf_counter() - start
 
     def complete(self, prompts: list[str]) -> Completions:
-        texts, seconds, new_tokens = [], 0.0, 0
+        texts, seconds, new_tokens, prompt_tokens = [], 0.0, 0, 0
         for batch in batches(prompts, self.ctx.eval_batch_size):
             out, _ = self.trained.answer(
                 batch, max_new_tokens=self.ctx.task.max_new_tokens, system=self.ctx.task.system
@@ -183,7 +184,8 @@ class XRAGMethod(Method):
             texts += out.texts
             seconds += out.seconds
             new_tokens += sum(len(ids) for ids in out.token_ids)
-        return Completions(texts, seconds, new_tokens)
+            prompt_tokens += sum(out.prompt_tokens)
+        return Completions(texts, seconds, new_tokens, prompt_tokens)
 
     @property
     def trainable_params(self) -> int:
