@@ -191,3 +191,34 @@ def test_facts_task_reads_the_users_file(tmp_path):
     with pytest.raises(TaskError, match="record 0: missing field 'fact' or 'statement'"):
         get_task("facts", path=str(path)).load("train")
     assert len(get_task("facts").load("train")) == 100  # the generated task keeps its default
+
+
+def test_unseen_facts_are_written_after_training_and_scored_apart(tmp_path):
+    task = get_task("facts", n_facts=6, unseen=3)
+    train, test, new = task.load("train"), task.load("test"), task.memories()
+    assert [e.prompt for e in train] == [e.prompt for e in get_task("facts", n_facts=6).load("train")]
+    assert len(test) == 9 and [e.columns["group"] for e in test] == ["seen"] * 6 + ["unseen"] * 3
+    assert {e.columns["statement"] for e in new} == {e.columns["statement"] for e in test[6:]}
+    assert not {e.prompt for e in new} & {e.prompt for e in train}
+    torch.set_num_threads(1)
+    cfg = _cfg(
+        tmp_path, ["vanilla", "retrieval", "recall", "xrag"], task_args={"n_facts": 6, "unseen": 3}, n_test=0
+    )
+    saved = run_compare(cfg)["methods"]
+    for name in saved:
+        groups = saved[name]["by_group"]
+        assert {g: e["n"] for g, e in groups.items()} == {"seen": 6, "unseen": 3}
+        lines = [
+            json.loads(x) for x in (tmp_path / "out" / name / "completions.jsonl").read_text().splitlines()
+        ]
+        unseen = [x["score"] for x in lines if x["prompt"] in {e.prompt for e in test[6:]}]
+        assert groups["unseen"]["accuracy"] == sum(unseen) / 3
+    # the retrieval store holds the training examples and, written after training, the unseen facts
+    from latentmem.memory import VectorMemory
+
+    store = VectorMemory.open(tmp_path / "out" / "retrieval" / "seed-0" / "retrieval_store")
+    texts = [r.text for r in store.list(agent="solved-examples", limit=100)]
+    assert len(texts) == 9 and all(any(e.columns["statement"] in t for t in texts) for e in new)
+    assert "| unseen (n = 3) [95% CI] |" in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(TaskError, match="unseen"):
+        get_task("facts", path=str(tmp_path / "x.jsonl"), unseen=2)

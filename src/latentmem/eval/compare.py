@@ -296,6 +296,11 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
             "training": first["training"],
             "seeds": per_seed,
         }
+        groups = _groups(scored)
+        if len(groups) > 1:
+            results["methods"][name]["by_group"] = {
+                g: _group_entry(scores[name][:, idx]) for g, idx in groups.items()
+            }
         if cfg.steps and first["training"]["steps"] > 0:
             results["methods"][name]["steps"] = _steps_curve(name, cfg, data, scores[name])
         _add_stats(results["methods"], scores, retained)
@@ -303,6 +308,21 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _write(out, results)
     return results
+
+
+def _groups(examples: list[Example]) -> dict[str, list[int]]:
+    """The test items of each `columns["group"]` (e.g. the facts task's seen / unseen), in item order."""
+    out: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        if "group" in ex.columns:
+            out.setdefault(str(ex.columns["group"]), []).append(i)
+    return out
+
+
+def _group_entry(m: np.ndarray) -> dict[str, Any]:
+    """Accuracy and 95% interval of a (seeds, items) score matrix of one group."""
+    ci = stats.accuracy_ci(m)
+    return {"accuracy": float(m.mean()), "ci95": [ci.low, ci.high], "n": int(m.shape[1])}
 
 
 def fit_method(
@@ -325,6 +345,9 @@ def fit_method(
     )  # fmt: skip
     method = METHODS[name](ctx)
     method.fit()
+    memories = data.task.memories()
+    if memories:  # new memories, never trained on, written after training (`Task.memories`)
+        method.add_memories(memories)
     return method
 
 
@@ -456,6 +479,19 @@ def results_table(results: dict[str, Any]) -> str:
         ]
         for name, r in methods.items():
             lines.append(f"| {name} | " + " | ".join(f"{s['accuracy']:.3f}" for s in r["seeds"]) + " |")
+    grouped = [r["by_group"] for r in methods.values() if "by_group" in r]
+    if grouped:
+        names = list(grouped[0])
+        lines += [
+            "",
+            "Accuracy by group of test items (`unseen`: facts written into the memory methods' stores after "
+            "training, never trained on; methods without a store answer them unaided).",
+            "",
+            "| method | " + " | ".join(f"{g} (n = {grouped[0][g]['n']}) [95% CI]" for g in names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for name, r in methods.items():
+            lines.append(f"| {name} | " + " | ".join(acc_cell(r["by_group"][g]) for g in names) + " |")
     if results["steps"]:
         lines += [
             "",

@@ -89,6 +89,10 @@ class Method(ABC):
     def fit(self) -> None:  # noqa: B027  (untrained methods need nothing)
         """Train on `ctx.train` within `ctx.budget` (no-op for untrained methods)."""
 
+    def add_memories(self, examples: list[Example]) -> None:  # noqa: B027  (most methods keep no store)
+        """Write `examples` (`Task.memories`: never trained on) into this method's memory, after `fit`;
+        a method without a memory store ignores them, and answers their questions as it can."""
+
     @abstractmethod
     def complete(self, prompts: list[str]) -> Completions:
         """Greedy completions of the user prompts (the chat template is applied here)."""

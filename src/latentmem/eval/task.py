@@ -60,6 +60,12 @@ class Task(ABC):
     def score(self, example: Example, completion: str) -> float:
         """1.0 for a correct completion, 0.0 for a wrong one (partial credit where the format has it)."""
 
+    def memories(self) -> list[Example]:
+        """Examples whose memories are written into the memory methods' stores after training, never
+        trained on (`Method.add_memories`; e.g. the facts task's `unseen=`): new memories, usable without
+        retraining. The test split asks about them, its examples marked `columns["group"] = "unseen"`."""
+        return []
+
     def reward(self, prompts: list[str], completions: list[str], **columns: list[Any]) -> list[float]:
         """TRL-signature reward: rebuild each example from its columns and score the completion."""
         answers = columns.get("answer")

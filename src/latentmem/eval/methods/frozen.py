@@ -8,6 +8,7 @@ from typing import Any
 
 from latentmem.eval.method import Completions, Context, Method
 from latentmem.eval.methods.generate import complete_with_hf
+from latentmem.eval.task import Example
 from latentmem.models import load_model
 
 
@@ -40,9 +41,14 @@ def solved_examples_store(ctx: Context):
         ctx.workdir / "retrieval_store", config=VectorMemoryConfig(near_duplicate_threshold=None)
     )
     if store.count(agent=SOLVED) == 0:
-        texts = [f"Question: {ex.prompt}\nAnswer: {ctx.task.target(ex)}" for ex in ctx.train]
+        texts = [solved_text(ctx, ex) for ex in ctx.train]
         store.add_many(texts, agent=SOLVED, metadatas=[{"index": i} for i in range(len(ctx.train))])
     return store
+
+
+def solved_text(ctx: Context, example: Example) -> str:
+    """A solved example as the retrieval store keeps it: the question and its target."""
+    return f"Question: {example.prompt}\nAnswer: {ctx.task.target(example)}"
 
 
 class RetrievalFewShot(Vanilla):
@@ -55,6 +61,13 @@ class RetrievalFewShot(Vanilla):
         start = time.perf_counter()
         self.store = solved_examples_store(self.ctx)
         self.train_seconds = time.perf_counter() - start
+
+    def add_memories(self, examples: list[Example]) -> None:
+        self.store.add_many(
+            [solved_text(self.ctx, ex) for ex in examples],
+            agent=SOLVED,
+            metadatas=[{"added": True}] * len(examples),
+        )
 
     def with_examples(self, prompt: str) -> str:
         hits = self.store.search(prompt, agent=SOLVED, k=self.ctx.retrieval_k)

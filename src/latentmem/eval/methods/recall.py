@@ -92,6 +92,17 @@ class RecallMemoryMethod(Method):
         self.trained = train_recall(self.config, facts)
         self.train_seconds = time.perf_counter() - start
 
+    def add_memories(self, examples: list[Example]) -> None:
+        """Encoded as the trained bank was (`recall.evaluate.writer`: the base model's hidden state, or
+        MiniLM), without training."""
+        from latentmem.recall.evaluate import writer
+        from latentmem.recall.writer import write_memories
+
+        texts = [memory_text(self.ctx, ex) for ex in examples]
+        write_memories(
+            self.trained.bank, writer(self.config), texts, [{"answer": answer_text(ex)} for ex in examples]
+        )
+
     def complete(self, prompts: list[str]) -> Completions:
         from latentmem.chat import render_chat
         from latentmem.recall.generate import RecallGenerator
@@ -174,6 +185,12 @@ class XRAGMethod(Method):
         start = time.perf_counter()
         self.trained = train_xrag(self.config, texts, rows)
         self.train_seconds = time.perf_counter() - start
+
+    def add_memories(self, examples: list[Example]) -> None:
+        from latentmem.recall.writer import write_memories
+
+        t = self.trained
+        write_memories(t.bank, t.encoder, [memory_text(self.ctx, ex) for ex in examples])
 
     def complete(self, prompts: list[str]) -> Completions:
         texts, seconds, new_tokens, prompt_tokens = [], 0.0, 0, 0

@@ -163,26 +163,40 @@ def _invent(rng, kind: str) -> str:
 class Facts(Task):
     """`n_facts` invented facts (see the module docstring); answers are scored by alias match.
 
+    `unseen=k`: k more facts that no method trains on: they are `memories()`, written into the memory
+    methods' stores after training, and the test split asks them too (`columns["group"]` "unseen", the
+    others "seen"), so that a memory is measured on facts it was never trained on.
+
     `path=`: the user's own facts instead, a data file (`latentmem.eval.tasks.files`) whose records hold
-    `fact` (or `statement`: the memory), `question`, `answer` (a string or a list of aliases) and
-    optionally `paraphrase`. The train split asks `question` and trains on the fact; the test split asks
-    `paraphrase` (`question` where a record has none). `n_facts` then takes the file's first n (all by
-    default)."""
+    `fact` (or `statement`: the memory), `question`, `answer` (a string or a list of aliases), optionally
+    `paraphrase` and `unseen` (true: a fact of the `memories()`, never trained on). The train split asks
+    `question` and trains on the fact; the test split asks `paraphrase` (`question` where a record has
+    none). `n_facts` then takes the file's first n (all by default)."""
 
     name = "facts"
     max_new_tokens = 32
-    expects = "fact (or statement), question and answer (a string or a list of aliases); paraphrase optional"
+    expects = (
+        "fact (or statement), question and answer (a string or a list of aliases); paraphrase and unseen "
+        "(true/false) optional"
+    )
 
-    def __init__(self, n_facts: int | None = None, seed: int = 0, path: str | None = None):
+    def __init__(self, n_facts: int | None = None, seed: int = 0, path: str | None = None, unseen: int = 0):
         limit = 1000 if path is None else 10**9
         if n_facts is not None and not 1 <= n_facts <= limit:
             raise TaskError(f"facts: n_facts must be in [1, {limit}], got {n_facts}")
+        if not 0 <= unseen <= 1000:
+            raise TaskError(f"facts: unseen must be in [0, 1000], got {unseen}")
+        if unseen and path is not None:
+            raise TaskError(
+                "facts: unseen= counts generated facts; in a file, mark records with unseen: true"
+            )
         self.n_facts = n_facts if n_facts is not None or path is not None else 100
-        self.seed, self.path = seed, path
+        self.seed, self.path, self.unseen = seed, path, unseen
         self._facts: list[tuple[Relation, str, str]] | None = None
 
     def facts(self) -> list[tuple[Relation, str, str]]:
-        """(relation, subject, value) for every fact; every subject is unique and appears in one fact."""
+        """(relation, subject, value) for every fact, the `unseen` ones last; every subject is unique and
+        appears in one fact (the first `n_facts` do not depend on `unseen`)."""
         if self._facts is None:
             rng = stable_rng("facts", self.seed)
             used: set[str] = set()
@@ -194,44 +208,67 @@ class Facts(Task):
                 return name
 
             self._facts = []
-            for i in range(self.n_facts):
+            for i in range(self.n_facts + self.unseen):
                 relation = RELATIONS[i % len(RELATIONS)]
                 self._facts.append((relation, fresh(relation.subject), fresh(relation.value)))
         return self._facts
 
-    def _from_file(self, split: Split) -> list[Example]:
+    def _records(self) -> list[tuple[Example, Example, bool]]:
+        """Per fact: its canonical example, its test example (the paraphrase) and whether it is unseen."""
+        out = []
+        if self.path is None:
+            for i, (relation, subject, value) in enumerate(self.facts()):
+                paraphrase = stable_rng("facts-paraphrase", self.seed, subject).choice(relation.paraphrases)
+                statement = {"statement": relation.statement.format(s=subject, v=value)}
+                out.append(
+                    (
+                        Example(relation.question.format(s=subject), value, statement),
+                        Example(paraphrase.format(s=subject), value, statement),
+                        i >= self.n_facts,
+                    )
+                )
+            return out
         from latentmem.eval.tasks.files import RecordError, pick_text, read_records
         from latentmem.eval.tasks.qa import as_aliases
 
-        examples = []
         for i, record in enumerate(read_records(self.path)[: self.n_facts]):
             try:
-                statement = pick_text(record, "fact", "statement")
+                statement = {"statement": pick_text(record, "fact", "statement")}
                 question = pick_text(record, "question")
-                if split == "test" and record.get("paraphrase") is not None:
-                    question = pick_text(record, "paraphrase")
+                paraphrase = (
+                    pick_text(record, "paraphrase") if record.get("paraphrase") is not None else question
+                )
                 aliases = as_aliases(record.get("answer"))
             except RecordError as exc:
                 raise TaskError(
                     f"facts: {self.path} record {i}: {exc}. Each record needs {self.expects}"
                 ) from None
-            examples.append(Example(question, aliases, {"statement": statement}))
-        if not examples:
+            unseen = record.get("unseen", False)
+            if not isinstance(unseen, bool):
+                raise TaskError(
+                    f"facts: {self.path} record {i}: unseen must be true or false, got {unseen!r}"
+                )
+            out.append(
+                (Example(question, aliases, statement), Example(paraphrase, aliases, statement), unseen)
+            )
+        if not out:
             raise TaskError(f"facts: {self.path} has no records. Each record needs {self.expects}")
-        return examples
+        return out
 
     def load(self, split: Split) -> list[Example]:
-        if self.path is not None:
-            return self._from_file(split)
-        examples = []
-        for relation, subject, value in self.facts():
-            if split == "train":
-                question = relation.question
-            else:
-                question = stable_rng("facts-paraphrase", self.seed, subject).choice(relation.paraphrases)
-            statement = relation.statement.format(s=subject, v=value)
-            examples.append(Example(question.format(s=subject), value, {"statement": statement}))
-        return examples
+        records = self._records()
+        if split == "train":
+            return [canonical for canonical, _, unseen in records if not unseen]
+        groups = any(unseen for *_, unseen in records)
+        return [
+            Example(test.prompt, test.answer, {**test.columns, "group": "unseen" if unseen else "seen"})
+            if groups
+            else test
+            for _, test, unseen in records
+        ]
+
+    def memories(self) -> list[Example]:
+        return [canonical for canonical, _, unseen in self._records() if unseen]
 
     def target(self, example: Example) -> str:
         return example.columns["statement"]
