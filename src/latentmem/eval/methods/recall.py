@@ -19,11 +19,17 @@ from __future__ import annotations
 
 import shutil
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
 
 from latentmem.eval.method import Completions, Context, Method
 from latentmem.eval.methods.generate import batches
 from latentmem.eval.task import Example
+
+if TYPE_CHECKING:  # the recall package imports torch and transformers: imported when a method runs
+    from latentmem.recall.generate import RecallOutput
 
 # recall memory's recipe in `latentmem compare` (configs/recall/eval_smollm2.yaml's settings, at the budget)
 RECALL_DEFAULTS: dict[str, Any] = {
@@ -63,6 +69,20 @@ def _merged(*layers: dict[str, Any]) -> dict[str, Any]:
                 else value
             )
     return out
+
+
+def _completions(
+    prompts: list[str], batch_size: int, answer: Callable[[list[str]], RecallOutput]
+) -> Completions:
+    """`answer` over `prompts` in batches of `batch_size`, as `Completions`."""
+    texts, seconds, new_tokens, prompt_tokens = [], 0.0, 0, 0
+    for batch in tqdm(batches(prompts, batch_size), desc=f"generate ({len(prompts)})", leave=False):
+        out = answer(batch)
+        texts += out.texts
+        seconds += out.seconds
+        new_tokens += sum(len(ids) for ids in out.token_ids)
+        prompt_tokens += sum(out.prompt_tokens)
+    return Completions(texts, seconds, new_tokens, prompt_tokens)
 
 
 class RecallMemoryMethod(Method):
@@ -107,17 +127,14 @@ class RecallMemoryMethod(Method):
         from latentmem.chat import render_chat
         from latentmem.recall.generate import RecallGenerator
 
-        t = self.trained
+        t, task = self.trained, self.ctx.task
         gen = RecallGenerator(t.model, t.tokenizer, t.memory, t.bank)
-        texts, seconds, new_tokens, prompt_tokens = [], 0.0, 0, 0
-        for batch in batches(prompts, self.ctx.eval_batch_size):
-            rendered = [render_chat(t.tokenizer, p, system=self.ctx.task.system) for p in batch]
-            out = gen.generate(rendered, max_new_tokens=self.ctx.task.max_new_tokens)
-            texts += out.texts
-            seconds += out.seconds
-            new_tokens += sum(len(ids) for ids in out.token_ids)
-            prompt_tokens += sum(out.prompt_tokens)
-        return Completions(texts, seconds, new_tokens, prompt_tokens)
+
+        def answer(batch: list[str]) -> RecallOutput:
+            rendered = [render_chat(t.tokenizer, p, system=task.system) for p in batch]
+            return gen.generate(rendered, max_new_tokens=task.max_new_tokens)
+
+        return _completions(prompts, self.ctx.eval_batch_size, answer)
 
     @property
     def trainable_params(self) -> int:
@@ -193,16 +210,12 @@ class XRAGMethod(Method):
         write_memories(t.bank, t.encoder, [memory_text(self.ctx, ex) for ex in examples])
 
     def complete(self, prompts: list[str]) -> Completions:
-        texts, seconds, new_tokens, prompt_tokens = [], 0.0, 0, 0
-        for batch in batches(prompts, self.ctx.eval_batch_size):
-            out, _ = self.trained.answer(
-                batch, max_new_tokens=self.ctx.task.max_new_tokens, system=self.ctx.task.system
-            )
-            texts += out.texts
-            seconds += out.seconds
-            new_tokens += sum(len(ids) for ids in out.token_ids)
-            prompt_tokens += sum(out.prompt_tokens)
-        return Completions(texts, seconds, new_tokens, prompt_tokens)
+        task = self.ctx.task
+
+        def answer(batch: list[str]) -> RecallOutput:
+            return self.trained.answer(batch, max_new_tokens=task.max_new_tokens, system=task.system)[0]
+
+        return _completions(prompts, self.ctx.eval_batch_size, answer)
 
     @property
     def trainable_params(self) -> int:
