@@ -15,7 +15,7 @@ from latentmem.eval.task import TASKS, Example, Task, TaskError, get_task
 from latentmem.models import load_model
 from latentmem.recall import MEMORY_PAD, MemoryBank, RecallError, RecallGenerator, RecallMemory, inject
 from latentmem.recall.train import RecallTrainConfig, train_recall
-from latentmem.recall.xrag import XRAGConfig, XRAGRow, train_xrag, xrag_prompt
+from latentmem.recall.xrag import XRAGConfig, XRAGData, XRAGRow, train_xrag, xrag_prompt
 
 
 class HashEncoder:
@@ -81,7 +81,9 @@ def test_xrag_generation_reads_the_prompt_memory_as_a_full_forward_does(name):
 def test_xrag_training_moves_the_projector_only_and_lowers_the_loss(tmp_path):
     texts = ["the river is green", "paris has a tower", "apples are red"]
     rows = [XRAGRow(i, t, f"Tell me about memory {i}.", t) for i, t in enumerate(texts)]
-    cfg = XRAGConfig(output_dir=str(tmp_path / "x"), steps=12, batch_size=3, lr=1e-2, restate_share=0.5)
+    cfg = XRAGConfig(
+        output_dir=str(tmp_path / "x"), steps=12, batch_size=3, lr=1e-2, restate_share=0.5, extra_memories=3
+    )
     base, tok = load_model("tiny-qwen2", seed=0)
     fresh = RecallMemory.attach(base, tok, HashEncoder.dim, seed=0)  # what training started from
     trained = train_xrag(cfg, texts, rows, encoder=HashEncoder())
@@ -95,6 +97,24 @@ def test_xrag_training_moves_the_projector_only_and_lowers_the_loss(tmp_path):
     assert (trained.run / "model" / "recall.safetensors").is_file()
     assert (trained.run / "config.yaml").is_file()
     assert trained.retrieve(["paris has a tower"]) == [1]
+
+
+def test_xrag_rows_restate_the_extra_memories_after_the_task_rows():
+    model, tok = load_model("tiny-qwen2", seed=0)
+    memory = RecallMemory.attach(model, tok, HashEncoder.dim, seed=0)
+    rows = [XRAGRow(i, f"fact {i}", f"question {i}?", f"answer {i}") for i in range(2)]
+    extra = [XRAGRow(2 + j, f"other {j}", "", f"other {j}") for j in range(3)]
+    data = XRAGData(tok, memory, rows, restate_share=0.0, max_tokens=160, seed=0, extra=extra)
+    assert len(data) == 5
+    assert [data.sample(0, i).kind for i in range(5)] == ["answer"] * 2 + ["restate"] * 3
+    assert [data.sample(0, i).memory for i in range(5)] == [0, 1, 2, 3, 4]
+    reply = tok.decode(
+        [t for t, lab in zip(data.sample(0, 4).input_ids, data.sample(0, 4).labels, strict=True) if lab >= 0]
+    )
+    assert reply.startswith("other 2")
+    assert {data.sample(s, 0).kind for s in range(40)} == {"answer"}  # restate_share 0: never on task rows
+    half = XRAGData(tok, memory, rows, restate_share=0.5, max_tokens=160, seed=0)
+    assert {half.sample(s, 0).kind for s in range(40)} == {"answer", "restate"}
 
 
 def test_train_recall_takes_the_callers_facts_and_checks_their_count(tmp_path):

@@ -12,7 +12,8 @@ optional LoRA that recall memory has too), through the same injection (`recall.i
   memory's text, so that the projection carries the memory's content, not an index into the training set;
 - `answer` (its instruction tuning): `Background: <pad>` + the question -> the task's target.
 
-`restate_share` weighs the first kind. Training runs on the shared `training.loop.Trainer` in
+`restate_share` weighs the first kind; `extra_memories` adds restate rows over that many more invented
+memories (never in the bank), as xRAG pretrains its projector on a corpus far larger than the task. Training runs on the shared `training.loop.Trainer` in
 `output_dir` (config.yaml, metrics.jsonl, the projector under `model/`); generation is
 `RecallGenerator.generate(..., prompt_memories=ids)`, whose prefill injects the same projection at the
 prompt's pad, so training and generation read the memory alike (tested).
@@ -34,7 +35,7 @@ from latentmem.chat import control_tokens, neutralize, render_chat
 from latentmem.config import Config, require
 from latentmem.models import load_model
 from latentmem.recall.bank import MemoryBank
-from latentmem.recall.data import Sample, encode_sample
+from latentmem.recall.data import Sample, auxiliary_facts, encode_sample
 from latentmem.recall.generate import RecallGenerator, RecallOutput
 from latentmem.recall.memory import RecallMemory, RecallModel
 from latentmem.recall.tokens import MEMORY_PAD, NewRowTraining
@@ -66,6 +67,10 @@ class XRAGConfig(Config):
     restate_share: float = 0.5  # share of rows that restate the memory (xRAG's paraphrase pretraining)
     projector_width: int = 0  # the projector's hidden width; 0 = the model's hidden size
     max_tokens: int = 160  # rows longer than this are an error (`XRAGData`)
+    # restate rows over this many more memories (`recall.data.auxiliary_facts`: invented facts of other
+    # templates, encoded alike, never in the bank): xRAG pretrains its projector on far more texts than a
+    # task has, so that a projection carries any memory's content and not which training memory it is
+    extra_memories: int = 0
     lora: LoraSettings = field(default_factory=LoraSettings)  # r = 0 (xRAG's choice): the projector alone
 
     def validate(self) -> None:
@@ -75,6 +80,7 @@ class XRAGConfig(Config):
         require(0 <= self.restate_share < 1, "restate_share", f"must be in [0, 1), got {self.restate_share}")
         require(self.projector_width >= 0, "projector_width", f"must be >= 0, got {self.projector_width}")
         require(self.max_tokens > 8, "max_tokens", f"must be > 8, got {self.max_tokens}")
+        require(self.extra_memories >= 0, "extra_memories", f"must be >= 0, got {self.extra_memories}")
 
     @property
     def train(self) -> TrainConfig:
@@ -104,9 +110,9 @@ class XRAGRow:
 
 
 class XRAGData:
-    """The rows of every optimiser step: row i of the loop is `answer` row i, or a `restate` row of the
-    same memory drawn with probability `restate_share` under (seed, step, i), a pure function of them so
-    that any process layout sees the same rows."""
+    """The rows of every optimiser step: row i < len(rows) of the loop is `answer` row i, or a `restate`
+    row of the same memory drawn with probability `restate_share` under (seed, step, i), a pure function of
+    them so that any process layout sees the same rows; the rows after them restate the `extra` memories."""
 
     def __init__(
         self,
@@ -117,14 +123,19 @@ class XRAGData:
         restate_share: float,
         max_tokens: int,
         seed: int,
+        extra: Sequence[XRAGRow] = (),
     ) -> None:
-        self.tokenizer, self.memory, self.rows = tokenizer, memory, list(rows)
+        self.tokenizer, self.memory, self.rows, self.extra = tokenizer, memory, list(rows), list(extra)
         self.restate_share, self.max_tokens, self.seed = restate_share, max_tokens, seed
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.extra)
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019  (one instance per training run)
     def sample(self, step: int, i: int) -> Sample:
-        row = self.rows[i]
-        restate = random.Random((self.seed * 1_000_003 + step) * 65_537 + i).random() < self.restate_share
+        row = self.rows[i] if i < len(self.rows) else self.extra[i - len(self.rows)]
+        draw = random.Random((self.seed * 1_000_003 + step) * 65_537 + i).random()
+        restate = i >= len(self.rows) or draw < self.restate_share
         question, reply, kind = (
             (RESTATE, row.text, "restate") if restate else (row.question, row.target, "answer")
         )
@@ -208,6 +219,10 @@ def train_xrag(
     bank = MemoryBank(encoder.dim)
     write_memories(bank, encoder, list(texts))
     vectors = bank.matrix()[1].to(model.device)
+    extra_texts = [f.text for f in auxiliary_facts(cfg.extra_memories, 0, seed=cfg.seed)]
+    if extra_texts:  # their vectors follow the bank's, indexed by the extra rows' `memory`
+        vectors = torch.cat([vectors, encoder.encode(extra_texts).to(vectors)])
+    extra = [XRAGRow(len(texts) + j, t, RESTATE, t) for j, t in enumerate(extra_texts)]
     data = XRAGData(
         model.tokenizer,
         model.memory,
@@ -215,6 +230,7 @@ def train_xrag(
         restate_share=cfg.restate_share,
         max_tokens=cfg.max_tokens,
         seed=cfg.seed,
+        extra=extra,
     )
     pad_id = model.tokenizer.pad_token_id
 
@@ -225,7 +241,7 @@ def train_xrag(
         loss.backward()
         return {"loss": loss.item()}
 
-    logs = Trainer(job, n_rows=len(rows)).fit(micro_step)
+    logs = Trainer(job, n_rows=len(data)).fit(micro_step)
     model.eval()
     trainable = sum(p.numel() for p in model.trainable_parameters())
     if job.dist.is_main:

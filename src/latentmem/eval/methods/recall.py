@@ -233,6 +233,7 @@ class XRAGMethod(Method):
             "rows_seen": len(losses) * c.batch_size,
             "start": f"base model + fresh projector (LoRA r={c.lora.r}), base weights frozen",
             "restate_share": c.restate_share,
+            "extra_memories": c.extra_memories,
             "loss_first_last": [losses[0], losses[-1]] if losses else None,
             "run": str(self.trained.run),
         }
