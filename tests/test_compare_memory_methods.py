@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 
 from latentmem.chat import render_chat
 from latentmem.errors import ConfigError
@@ -162,7 +163,13 @@ def test_recall_and_xrag_run_through_compare_with_their_method_args(tmp_path):
     recall, xrag = saved["recall"]["training"], saved["xrag"]["training"]
     assert recall["steps"] == recall["step1_steps"] == 2 and "weight 0.0" in recall["loss_type"]
     assert xrag["steps"] == 2 and xrag["restate_share"] == 0.25 and xrag["rows_seen"] == 8
-    assert saved["recall"]["trainable_params"] > 0 and saved["xrag"]["trainable_params"] > 0
+    model, tok = load_model("tiny-qwen2", seed=0)
+    memory = RecallMemory.attach(model, tok, model.config.hidden_size, seed=0)
+    lora = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    rows = 3 * model.config.hidden_size * (1 if model.config.tie_word_embeddings else 2)
+    expected = sum(p.numel() for p in memory.parameters()) + rows + lora.get_nb_trainable_parameters()[0]
+    assert saved["recall"]["trainable_params"] == expected  # the head, projector, recall rows and LoRA
+    assert saved["xrag"]["trainable_params"] > 0
     # xrag reads the question, its background's one pad and a few words of framing; recall the question
     assert saved["recall"]["context_tokens_per_sample"] == saved["vanilla"]["context_tokens_per_sample"]
     assert (

@@ -140,7 +140,8 @@ class RecallMemoryMethod(Method):
     def trainable_params(self) -> int:
         memory = self.trained.memory
         rows = len(memory.tokens.ids) * memory.hidden_size * (1 if self._tied() else 2)
-        lora = sum(p.numel() for p in self._lora_state().values())  # merged by now: read the saved adapter
+        # merged by now: read the saved adapter, whose file also holds the resized embedding matrices
+        lora = sum(p.numel() for name, p in self._lora_state().items() if "lora_" in name)
         return sum(p.numel() for p in memory.parameters()) + rows + lora
 
     def _tied(self) -> bool:
