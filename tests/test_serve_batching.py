@@ -150,7 +150,10 @@ def test_full_server_answers_429_and_a_disconnect_frees_the_row(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert after.status_code == 200, after.text
-        assert len(forwards) < 10  # the prefill and a step or two of the left request, then the new one
+        # the left request freed its row long before its 900 tokens (at the cancel, or at the EOS the tiny
+        # model emits within a few tokens): the prefill and a few steps of it, then the new one; how many
+        # steps run between the gate opening and the cancel landing depends on the machine's load (10 seen)
+        assert len(forwards) < 50
 
 
 CLIENTS, REQUESTS = 16, 20
