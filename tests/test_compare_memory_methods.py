@@ -249,3 +249,20 @@ def test_unseen_facts_are_written_after_training_and_scored_apart(tmp_path):
     assert "| unseen (n = 3) [95% CI] |" in (tmp_path / "out" / "results.md").read_text()
     with pytest.raises(TaskError, match="unseen"):
         get_task("facts", path=str(tmp_path / "x.jsonl"), unseen=2)
+
+
+def test_facts_validate_on_a_third_wording_and_keep_every_fact_in_training(tmp_path):
+    task = get_task("facts", n_facts=6, unseen=2)
+    train, test, val = task.load("train"), task.load("test"), task.validation()
+    assert len(val) == 8 and [e.columns["group"] for e in val] == ["seen"] * 6 + ["unseen"] * 2
+    for i, v in enumerate(val):
+        assert v.answer == test[i].answer and v.prompt != test[i].prompt
+        assert i >= 6 or v.prompt != train[i].prompt
+    assert get_task("facts", path=str(tmp_path / "any.jsonl")).validation() is None  # a file: carved
+    torch.set_num_threads(1)
+    saved = run_compare(_cfg(tmp_path, ["vanilla", "retrieval"], val_fraction=0.5, n_test=0, n_train=0))
+    assert saved["n_train"] == 6 and saved["n_val"] == 3  # no fact left the training rows
+    rows = [json.loads(x) for x in (tmp_path / "out" / "val.jsonl").read_text().splitlines()]
+    val_prompts = {e.prompt for e in get_task("facts", n_facts=6).validation()}
+    assert len(rows) == 3 and {r["prompt"] for r in rows} <= val_prompts
+    assert not {r["prompt"] for r in rows} & {e.prompt for e in get_task("facts", n_facts=6).load("test")}

@@ -7,7 +7,9 @@ so that a reader can check that the arms got the same budget and algorithm.
 Splits and seeds. The test split (`task.split("test")` under `split_seed`) is the same items for every
 seed, so that methods and seeds pair item by item. The validation split (`val_fraction`) is carved from
 the train split under `split_seed` too, so it is the same items for every seed, and it is disjoint from
-the training rows and from the test split; methods get it as `Context.val`. For each seed in `seeds`,
+the training rows and from the test split; methods get it as `Context.val`. A task with a validation split
+of its own (`Task.validation`: the facts task asks its facts in a third wording) gives its `val_fraction`
+share of it instead, and keeps every training example: a memory cannot be validated on facts it lacks. For each seed in `seeds`,
 every method is built afresh and trained with that seed, on that seed's sample of the remaining train
 split (shuffled under the seed, cut to `n_train`); with no validation split this is exactly
 `task.split("train", n_train, seed)`.
@@ -158,6 +160,11 @@ class Splits:
         if not examples:
             raise TaskError(f"{task.name}: the train split is empty")
         n_val = math.ceil(cfg.val_fraction * (cfg.n_train or len(examples)))
+        own = task.validation() if n_val else None
+        if own is not None:  # the task's own validation split: every training example stays in the pool
+            val = sorted(random.Random(cfg.split_seed).sample(range(len(own)), min(n_val, len(own))))
+            pool = list(examples)
+            return cls(test, [own[i] for i in val], pool, min(cfg.n_train or len(pool), len(pool)))
         if n_val >= len(examples):
             raise TaskError(
                 f"{task.name}: val_fraction {cfg.val_fraction} holds out {n_val} of the train split's "

@@ -60,6 +60,12 @@ class Task(ABC):
     def score(self, example: Example, completion: str) -> float:
         """1.0 for a correct completion, 0.0 for a wrong one (partial credit where the format has it)."""
 
+    def validation(self) -> list[Example] | None:
+        """A validation split of the task's own, or None (the harness carves one out of the train split).
+        A memory task, whose test split asks about its training examples themselves (the facts task), has
+        one: the same facts asked in other words, so that no fact leaves the memory to validate on it."""
+        return None
+
     def memories(self) -> list[Example]:
         """Examples whose memories are written into the memory methods' stores after training, never
         trained on (`Method.add_memories`; e.g. the facts task's `unseen=`): new memories, usable without

@@ -270,6 +270,21 @@ class Facts(Task):
     def memories(self) -> list[Example]:
         return [canonical for canonical, _, unseen in self._records() if unseen]
 
+    def validation(self) -> list[Example] | None:
+        """Generated facts: every fact asked in a paraphrase that neither the train nor the test split uses
+        (grouped as the test split is). A fact file: None (its records carry one paraphrase)."""
+        if self.path is not None:
+            return None
+        out = []
+        for (relation, subject, _), (canonical, test, unseen) in zip(
+            self.facts(), self._records(), strict=True
+        ):
+            others = [p.format(s=subject) for p in relation.paraphrases if p.format(s=subject) != test.prompt]
+            prompt = stable_rng("facts-validation", self.seed, subject).choice(others)
+            group = {"group": "unseen" if unseen else "seen"} if self.unseen else {}
+            out.append(Example(prompt, canonical.answer, {**canonical.columns, **group}))
+        return out
+
     def target(self, example: Example) -> str:
         return example.columns["statement"]
 
