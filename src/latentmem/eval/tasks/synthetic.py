@@ -193,6 +193,7 @@ class Facts(Task):
         self.n_facts = n_facts if n_facts is not None or path is not None else 100
         self.seed, self.path, self.unseen = seed, path, unseen
         self._facts: list[tuple[Relation, str, str]] | None = None
+        self._cache: list[tuple[Example, Example, bool]] | None = None
 
     def facts(self) -> list[tuple[Relation, str, str]]:
         """(relation, subject, value) for every fact, the `unseen` ones last; every subject is unique and
@@ -214,7 +215,13 @@ class Facts(Task):
         return self._facts
 
     def _records(self) -> list[tuple[Example, Example, bool]]:
-        """Per fact: its canonical example, its test example (the paraphrase) and whether it is unseen."""
+        """Per fact: its canonical example, its test example (the paraphrase) and whether it is unseen;
+        built (a fact file read) once, then shared by the splits, `memories` and `validation`."""
+        if self._cache is None:
+            self._cache = self._build_records()
+        return self._cache
+
+    def _build_records(self) -> list[tuple[Example, Example, bool]]:
         out = []
         if self.path is None:
             for i, (relation, subject, value) in enumerate(self.facts()):
@@ -228,7 +235,7 @@ class Facts(Task):
                     )
                 )
             return out
-        from latentmem.eval.tasks.files import RecordError, pick_text, read_records
+        from latentmem.eval.tasks.files import RecordError, pick, pick_text, read_records
         from latentmem.eval.tasks.qa import as_aliases
 
         for i, record in enumerate(read_records(self.path)[: self.n_facts]):
@@ -238,7 +245,7 @@ class Facts(Task):
                 paraphrase = (
                     pick_text(record, "paraphrase") if record.get("paraphrase") is not None else question
                 )
-                aliases = as_aliases(record.get("answer"))
+                aliases = as_aliases(pick(record, "answer"))
             except RecordError as exc:
                 raise TaskError(
                     f"facts: {self.path} record {i}: {exc}. Each record needs {self.expects}"
@@ -255,17 +262,19 @@ class Facts(Task):
             raise TaskError(f"facts: {self.path} has no records. Each record needs {self.expects}")
         return out
 
+    def _asked(self, example: Example, unseen: bool) -> Example:
+        """`example` as the test and validation splits ask it: marked seen / unseen where any fact is."""
+        if not any(u for *_, u in self._records()):
+            return example
+        return Example(
+            example.prompt, example.answer, {**example.columns, "group": "unseen" if unseen else "seen"}
+        )
+
     def load(self, split: Split) -> list[Example]:
         records = self._records()
         if split == "train":
             return [canonical for canonical, _, unseen in records if not unseen]
-        groups = any(unseen for *_, unseen in records)
-        return [
-            Example(test.prompt, test.answer, {**test.columns, "group": "unseen" if unseen else "seen"})
-            if groups
-            else test
-            for _, test, unseen in records
-        ]
+        return [self._asked(test, unseen) for _, test, unseen in records]
 
     def memories(self) -> list[Example]:
         return [canonical for canonical, _, unseen in self._records() if unseen]
@@ -279,10 +288,9 @@ class Facts(Task):
         for (relation, subject, _), (canonical, test, unseen) in zip(
             self.facts(), self._records(), strict=True
         ):
-            others = [p.format(s=subject) for p in relation.paraphrases if p.format(s=subject) != test.prompt]
+            others = [q for q in (p.format(s=subject) for p in relation.paraphrases) if q != test.prompt]
             prompt = stable_rng("facts-validation", self.seed, subject).choice(others)
-            group = {"group": "unseen" if unseen else "seen"} if self.unseen else {}
-            out.append(Example(prompt, canonical.answer, {**canonical.columns, **group}))
+            out.append(self._asked(Example(prompt, canonical.answer, canonical.columns), unseen))
         return out
 
     def target(self, example: Example) -> str:
