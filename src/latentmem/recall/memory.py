@@ -188,6 +188,15 @@ class RecallModel(nn.Module):
         }
         return [p for part in PARTS if part in self.parts for p in by_part[part]]
 
+    def num_trainable(self) -> int:
+        """How many weights `parts` train: the recall rows counted as rows (3 × D per embedding matrix),
+        not as the whole matrices that their gradient mask lets train."""
+        matrices = self.rows.parameters()
+        count = sum(p.numel() for p in self.trainable_parameters() if all(p is not m for m in matrices))
+        if "rows" in self.parts:
+            count += len(self.memory.tokens.ids) * self.memory.hidden_size * len(matrices)
+        return count
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Head and projector (`RecallMemory.state_dict` keys), the recall rows (`rows.i`: (3, D) each) and
         the LoRA weights (PEFT's parameter names)."""

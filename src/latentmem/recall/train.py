@@ -692,6 +692,7 @@ class TrainedRecall:
     facts: list[Fact]
     metrics: dict[str, float]
     run: Path  # the run folder
+    trainable_params: int  # `RecallModel.num_trainable`: rows, head, projector and LoRA
 
 
 def train_recall(cfg: RecallTrainConfig, facts: Sequence[Fact] | None = None) -> TrainedRecall:
@@ -813,8 +814,9 @@ def train_recall(cfg: RecallTrainConfig, facts: Sequence[Fact] | None = None) ->
         summary.append({"phase": "final", **metrics})
         run.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in summary))
     dist.barrier()
+    trainable = model.num_trainable()  # before the merge, which takes the LoRA's own weights away
     merged = model.lm.merge_and_unload() if isinstance(model.lm, PeftModel) else model.lm
-    return TrainedRecall(merged.eval(), tok, memory, bank, facts, metrics, run.path)
+    return TrainedRecall(merged.eval(), tok, memory, bank, facts, metrics, run.path, trainable)
 
 
 def run(config_path: str, overrides: list[str]) -> Path:

@@ -243,9 +243,9 @@ def train_xrag(
 
     logs = Trainer(job, n_rows=len(data)).fit(micro_step)
     model.eval()
-    trainable = sum(p.numel() for p in model.trainable_parameters())
     if job.dist.is_main:
         model.save_pretrained(job.run.path / "model")
+    trainable = model.num_trainable()  # before the merge, which takes the LoRA's own weights away
     merged = model.lm.merge_and_unload() if isinstance(model.lm, PeftModel) else model.lm
     return TrainedXRAG(
         merged.eval(),

@@ -138,22 +138,7 @@ class RecallMemoryMethod(Method):
 
     @property
     def trainable_params(self) -> int:
-        memory = self.trained.memory
-        rows = len(memory.tokens.ids) * memory.hidden_size * (1 if self._tied() else 2)
-        # merged by now: read the saved adapter, whose file also holds the resized embedding matrices
-        lora = sum(p.numel() for name, p in self._lora_state().items() if "lora_" in name)
-        return sum(p.numel() for p in memory.parameters()) + rows + lora
-
-    def _tied(self) -> bool:
-        model = self.trained.model
-        out = model.get_output_embeddings()
-        return out is None or out.weight is model.get_input_embeddings().weight
-
-    def _lora_state(self) -> dict[str, Any]:
-        from safetensors.torch import load_file
-
-        adapter = self.trained.run / "adapter" / "adapter_model.safetensors"
-        return load_file(str(adapter)) if adapter.exists() else {}
+        return self.trained.trainable_params
 
     def training(self) -> dict[str, Any]:
         c, m = self.config, self.trained.metrics
