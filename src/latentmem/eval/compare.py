@@ -306,7 +306,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         groups = _groups(scored)
         if len(groups) > 1:
             results["methods"][name]["by_group"] = {
-                g: _group_entry(scores[name][:, idx]) for g, idx in groups.items()
+                g: {**accuracy_entry(scores[name][:, idx]), "n": len(idx)} for g, idx in groups.items()
             }
         if cfg.steps and first["training"]["steps"] > 0:
             results["methods"][name]["steps"] = _steps_curve(name, cfg, data, scores[name])
@@ -326,10 +326,10 @@ def _groups(examples: list[Example]) -> dict[str, list[int]]:
     return out
 
 
-def _group_entry(m: np.ndarray) -> dict[str, Any]:
-    """Accuracy and 95% interval of a (seeds, items) score matrix of one group."""
+def accuracy_entry(m: np.ndarray) -> dict[str, Any]:
+    """Accuracy and 95% interval of a (seeds, items) score matrix, as the results record them."""
     ci = stats.accuracy_ci(m)
-    return {"accuracy": float(m.mean()), "ci95": [ci.low, ci.high], "n": int(m.shape[1])}
+    return {"accuracy": float(m.mean()), "ci95": [ci.low, ci.high]}
 
 
 def fit_method(
@@ -400,15 +400,7 @@ def _steps_curve(name: str, cfg: CompareConfig, data: TaskData, main: np.ndarray
                 rows.append(item_scores)
                 del method
             m = np.array(rows)
-        ci = stats.accuracy_ci(m)
-        points.append(
-            {
-                "steps": n_steps,
-                "accuracy": float(m.mean()),
-                "ci95": [ci.low, ci.high],
-                "seeds": [float(row.mean()) for row in m],
-            }
-        )
+        points.append({"steps": n_steps, **accuracy_entry(m), "seeds": [float(row.mean()) for row in m]})
     return points
 
 
@@ -428,8 +420,7 @@ def _add_stats(
             continue
         r["retention"] = {}
         for task_name, rm in retained[name].items():
-            rci = stats.accuracy_ci(rm)
-            entry: dict[str, Any] = {"accuracy": float(rm.mean()), "ci95": [rci.low, rci.high]}
+            entry = accuracy_entry(rm)
             if "vanilla" in retained:
                 base = retained["vanilla"][task_name]
                 entry["drop_vs_vanilla"] = float(base.mean() - rm.mean())  # > 0: worse than before training
@@ -450,6 +441,18 @@ def p_cell(r: dict[str, Any], baseline: str) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _table(caption: str | None, columns: list[str], cells: dict[str, list[str]]) -> list[str]:
+    """Markdown lines of one table with a row per method (`cells`: method -> its cells under `columns`),
+    after a blank line, `caption` and a blank line when there is a caption."""
+    head = ["", caption, ""] if caption else []
+    return [
+        *head,
+        "| method | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+        *(f"| {name} | " + " | ".join(row) + " |" for name, row in cells.items()),
+    ]
+
+
 def results_table(results: dict[str, Any]) -> str:
     """Markdown tables of the results: accuracy with its interval and p-values, per seed, against training
     steps, on the retention tasks, and each method's training."""
@@ -463,89 +466,74 @@ def results_table(results: dict[str, Any]) -> str:
         "",
     ]
     baselines = [b for b in BASELINES if b in methods]
-    head = "| method | accuracy [95% CI] | " + "".join(f"p vs {b} | " for b in baselines)
-    lines += [
-        head + "n | trainable params | train s | s / sample | tokens / s | context tokens / sample |",
-        "|" + "---|" * (2 + len(baselines) + 6),
-    ]
-    for name, r in methods.items():
-        lines.append(
-            f"| {name} | {acc_cell(r)} | " + "".join(f"{p_cell(r, b)} | " for b in baselines)
-            + f"{r['n']} | {r['trainable_params']:,} | {r['train_seconds']:.1f} "
-            f"| {r['seconds_per_sample']:.3f} | {r['tokens_per_second']:.1f} "
-            f"| {r['context_tokens_per_sample']:.1f} |"
-        )  # fmt: skip
+    columns = ["accuracy [95% CI]", *(f"p vs {b}" for b in baselines), "n", "trainable params", "train s"]
+    columns += ["s / sample", "tokens / s", "context tokens / sample"]
+    lines += _table(
+        None,
+        columns,
+        {
+            name: [acc_cell(r), *(p_cell(r, b) for b in baselines), str(r["n"]), f"{r['trainable_params']:,}",
+                   f"{r['train_seconds']:.1f}", f"{r['seconds_per_sample']:.3f}",
+                   f"{r['tokens_per_second']:.1f}", f"{r['context_tokens_per_sample']:.1f}"]
+            for name, r in methods.items()
+        },
+    )  # fmt: skip
     lines += ["", STATS_NOTE]
     if len(seeds) > 1:
-        lines += [
-            "",
+        lines += _table(
             "Accuracy per seed (the same test items; each seed its own training sample and run).",
-            "",
-            "| method | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-            "|---|" + "---|" * len(seeds),
-        ]
-        for name, r in methods.items():
-            lines.append(f"| {name} | " + " | ".join(f"{s['accuracy']:.3f}" for s in r["seeds"]) + " |")
+            [f"seed {s}" for s in seeds],
+            {name: [f"{s['accuracy']:.3f}" for s in r["seeds"]] for name, r in methods.items()},
+        )
     grouped = [r["by_group"] for r in methods.values() if "by_group" in r]
     if grouped:
         names = list(grouped[0])
-        lines += [
-            "",
+        lines += _table(
             "Accuracy by group of test items (`unseen`: facts written into the memory methods' stores after "
             "training, never trained on; methods without a store answer them unaided).",
-            "",
-            "| method | " + " | ".join(f"{g} (n = {grouped[0][g]['n']}) [95% CI]" for g in names) + " |",
-            "|---|" + "---|" * len(names),
-        ]
-        for name, r in methods.items():
-            lines.append(f"| {name} | " + " | ".join(acc_cell(r["by_group"][g]) for g in names) + " |")
+            [f"{g} (n = {grouped[0][g]['n']}) [95% CI]" for g in names],
+            {name: [acc_cell(r["by_group"][g]) for g in names] for name, r in methods.items()},
+        )
     if results["steps"]:
-        lines += [
-            "",
+        n_counts = len(results["steps"])
+        lines += _table(
             "Accuracy against training steps (a full run of each budget per seed; untrained methods are "
             "the same at every count).",
-            "",
-            "| method | " + " | ".join(f"{s} steps" for s in results["steps"]) + " |",
-            "|---|" + "---|" * len(results["steps"]),
-        ]
-        for name, r in methods.items():
-            cells = (
-                [acc_cell(p) for p in r["steps"]]
+            [f"{s} steps" for s in results["steps"]],
+            {
+                name: [acc_cell(p) for p in r["steps"]]
                 if "steps" in r
-                else [f"{r['accuracy']:.3f}"] * len(results["steps"])
-            )
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                else [f"{r['accuracy']:.3f}"] * n_counts
+                for name, r in methods.items()
+            },
+        )
     if results["retention_tasks"]:
         tasks = list(results["retention_tasks"])
-        lines += [
-            "",
-            "Retention: each method as trained on the main task, on other tasks' test splits (drop: "
-            "vanilla's accuracy minus the method's; p against vanilla).",
-            "",
-            "| method | " + " | ".join(f"{t} accuracy [95% CI] | {t} drop | {t} p" for t in tasks) + " |",
-            "|---|" + "---|---|---|" * len(tasks),
-        ]
-        for name, r in methods.items():
+
+        def retention_cells(r: dict[str, Any]) -> list[str]:
             cells = []
             for t in tasks:
                 e = r["retention"][t]
                 drop = e.get("drop_vs_vanilla")
                 cells += [acc_cell(e), "–" if drop is None else f"{drop:+.3f}", p_cell(e, "vanilla")]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
+            return cells
+
+        lines += _table(
+            "Retention: each method as trained on the main task, on other tasks' test splits (drop: "
+            "vanilla's accuracy minus the method's; p against vanilla).",
+            [c for t in tasks for c in (f"{t} accuracy [95% CI]", f"{t} drop", f"{t} p")],
+            {name: retention_cells(r) for name, r in methods.items()},
+        )
+    lines += _table(
         "Training. Every trained method starts from scratch; `rows seen` counts training rows (prompts, for "
         "GRPO) over all steps.",
-        "",
-        "| method | algorithm | loss type | schedule | lr | steps | rows seen | start |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in methods.items():
-        t = r["training"]
-        lines.append(
-            f"| {name} | {t['algorithm']} | {t.get('loss_type', '-')} | {t.get('schedule', '-')} "
-            f"| {t.get('lr', '-')} | {t['steps']} | {t['rows_seen']} | {t['start']} |"
-        )
+        ["algorithm", "loss type", "schedule", "lr", "steps", "rows seen", "start"],
+        {
+            name: [t["algorithm"], t.get("loss_type", "-"), t.get("schedule", "-"), str(t.get("lr", "-")),
+                   str(t["steps"]), str(t["rows_seen"]), t["start"]]
+            for name, t in ((n, r["training"]) for n, r in methods.items())
+        },
+    )  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
