@@ -9,10 +9,10 @@ seed, so that methods and seeds pair item by item. The validation split (`val_fr
 the train split under `split_seed` too, so it is the same items for every seed, and it is disjoint from
 the training rows and from the test split; methods get it as `Context.val`. A task with a validation split
 of its own (`Task.validation`: the facts task asks its facts in a third wording) gives its `val_fraction`
-share of it instead, and keeps every training example: a memory cannot be validated on facts it lacks. For each seed in `seeds`,
-every method is built afresh and trained with that seed, on that seed's sample of the remaining train
-split (shuffled under the seed, cut to `n_train`); with no validation split this is exactly
-`task.split("train", n_train, seed)`.
+share of it instead, and keeps every training example: a memory cannot be validated on facts it lacks.
+For each seed in `seeds`, every method is built afresh and trained with that seed, on that seed's sample
+of the remaining train split (shuffled under the seed, cut to `n_train`); with no validation split this is
+exactly `task.split("train", n_train, seed)`.
 
 Statistics (`latentmem.eval.stats`). Each method's accuracy is the mean over seeds and items, with a 95%
 interval (Wilson for one seed of 0/1 scores, else a bootstrap over seeds and items) and a paired test
