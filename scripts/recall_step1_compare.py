@@ -14,7 +14,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from latentmem.recall.train import RecallTrainConfig, train_recall
+from latentmem.recall.config import RecallTrainConfig
+from latentmem.recall.train import train_recall
 
 
 def main() -> None:

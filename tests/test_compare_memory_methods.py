@@ -15,7 +15,8 @@ from latentmem.eval.compare import CompareConfig, run_compare
 from latentmem.eval.task import TASKS, Example, Task, TaskError, get_task
 from latentmem.models import load_model
 from latentmem.recall import MEMORY_PAD, MemoryBank, RecallError, RecallGenerator, RecallMemory, inject
-from latentmem.recall.train import RecallTrainConfig, train_recall
+from latentmem.recall.config import RecallTrainConfig
+from latentmem.recall.train import train_recall
 from latentmem.recall.xrag import XRAGConfig, XRAGData, XRAGRow, train_xrag, xrag_prompt
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from latentmem.recall.config import RecallTrainConfig
 from latentmem.recall.data import make_facts
 from latentmem.recall.scale import distractor_facts, measure, synthetic_like
-from latentmem.recall.train import RecallTrainConfig, train_recall
+from latentmem.recall.train import train_recall
 
 
 def test_distractors_are_new_subjects_of_the_same_kinds():

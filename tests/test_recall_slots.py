@@ -12,18 +12,11 @@ from latentmem.chat import render_chat
 from latentmem.decoding import IGNORE
 from latentmem.models import load_model
 from latentmem.recall import MemoryBank, RecallGenerator, RecallMemory
+from latentmem.recall.config import RecallTrainConfig
 from latentmem.recall.data import MixedRecallData, general_task, make_facts, split_general
 from latentmem.recall.evaluate import recall_decision, writer
 from latentmem.recall.inject import inject
-from latentmem.recall.train import (
-    Batch,
-    RecallTrainConfig,
-    collate,
-    recall_at_1,
-    recall_hidden,
-    step2_losses,
-    train_recall,
-)
+from latentmem.recall.train import Batch, collate, recall_at_1, recall_hidden, step2_losses, train_recall
 
 SLOTS = 3
 

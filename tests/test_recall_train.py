@@ -17,6 +17,7 @@ from latentmem.config import ConfigError
 from latentmem.decoding import IGNORE
 from latentmem.models import load_model
 from latentmem.recall import MemoryBank, RecallGenerator, RecallMemory
+from latentmem.recall.config import RecallTrainConfig
 from latentmem.recall.data import (
     NEW_FACT_RESERVE,
     MixedRecallData,
@@ -27,7 +28,6 @@ from latentmem.recall.data import (
 )
 from latentmem.recall.errors import RecallError
 from latentmem.recall.train import (
-    RecallTrainConfig,
     base_kl,
     base_positions,
     base_tokens,

@@ -29,6 +29,7 @@ from latentmem.chat import render_chat
 from latentmem.config import Config, require
 from latentmem.models import load_model
 from latentmem.recall.bank import MemoryBank
+from latentmem.recall.config import LoraSettings, RecallTrainConfig
 from latentmem.recall.data import (
     NEW_FACT_RESERVE,
     QA,
@@ -39,12 +40,7 @@ from latentmem.recall.data import (
 )
 from latentmem.recall.generate import RecallGenerator
 from latentmem.recall.memory import RecallMemory
-from latentmem.recall.train import (
-    LoraSettings,
-    RecallTrainConfig,
-    recall_at_1,
-    train_recall,
-)
+from latentmem.recall.train import recall_at_1, train_recall
 from latentmem.recall.writer import HiddenStateEncoder, MemoryEncoder, SentenceEncoder, write_memories
 from latentmem.runs import RunDir
 from latentmem.seeding import seed_everything

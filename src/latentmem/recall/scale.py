@@ -32,10 +32,11 @@ import torch
 from tqdm.auto import tqdm
 
 from latentmem.recall.bank import MemoryBank
+from latentmem.recall.config import RecallTrainConfig
 from latentmem.recall.data import Fact, make_facts
 from latentmem.recall.errors import RecallError
 from latentmem.recall.head import MemoryHead
-from latentmem.recall.train import RecallTrainConfig, TrainedRecall, recall_hidden, train_recall
+from latentmem.recall.train import TrainedRecall, recall_hidden, train_recall
 from latentmem.recall.writer import HiddenStateEncoder, MemoryEncoder, SentenceEncoder
 
 # the four query sets, each (facts, which question)

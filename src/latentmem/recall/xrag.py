@@ -35,11 +35,12 @@ from latentmem.chat import control_tokens, neutralize, render_chat
 from latentmem.config import Config, require
 from latentmem.models import load_model
 from latentmem.recall.bank import MemoryBank
+from latentmem.recall.config import LoraSettings
 from latentmem.recall.data import Sample, auxiliary_facts, encode_sample
 from latentmem.recall.generate import RecallGenerator, RecallOutput
 from latentmem.recall.memory import RecallMemory, RecallModel
 from latentmem.recall.tokens import MEMORY_PAD, NewRowTraining
-from latentmem.recall.train import LoraSettings, collate, step2_losses, supervised_tokens
+from latentmem.recall.train import collate, step2_losses, supervised_tokens
 from latentmem.recall.writer import MemoryEncoder, SentenceEncoder, write_memories
 from latentmem.seeding import seed_everything
 from latentmem.training.config import TrainConfig

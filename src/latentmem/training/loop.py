@@ -110,7 +110,7 @@ M = TypeVar("M", bound=Trainable)
 class LoopConfig(Protocol):
     """What the loop reads of a recipe's config: the run folder, the seed, the loop settings (`train`) and
     the whole config (`to_dict`, for config.yaml and the resume check). `RecipeConfig` is one; each step of
-    recall training is another (`recall.train.RecallStep`)."""
+    recall training is another (`recall.config.RecallStep`)."""
 
     @property
     def output_dir(self) -> str: ...

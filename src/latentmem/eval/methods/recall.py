@@ -91,8 +91,9 @@ class RecallMemoryMethod(Method):
     name = "recall"
 
     def fit(self) -> None:
+        from latentmem.recall.config import RecallTrainConfig
         from latentmem.recall.data import Fact
-        from latentmem.recall.train import RecallTrainConfig, train_recall
+        from latentmem.recall.train import train_recall
 
         ctx, b = self.ctx, self.ctx.budget
         facts = [Fact(memory_text(ctx, ex), ex.prompt, ex.prompt, answer_text(ex)) for ex in ctx.train]
