@@ -279,7 +279,7 @@ def test_load_into_mismatched_base_is_a_clear_error(tmp_path):
 def test_a_base_with_the_same_shapes_but_other_weights_is_refused(tmp_path):
     import json
 
-    from latentmem.memgen.model import _fingerprint, _same_weights
+    from latentmem.memgen.base_identity import fingerprint, same_weights
 
     mm, _ = _memgen("tiny-qwen2", seed=0)
     mm.save_pretrained(tmp_path)
@@ -289,8 +289,8 @@ def test_a_base_with_the_same_shapes_but_other_weights_is_refused(tmp_path):
         LatentMemoryModel.from_pretrained(tmp_path, other, tok)
     same, tok = load_model("tiny-qwen2", seed=0, dtype="bfloat16")  # the same weights, rounded, still match
     steer(same, tok)
-    assert _same_weights(_fingerprint(mm.reasoner), _fingerprint(same))
-    assert not _same_weights(_fingerprint(mm.reasoner), _fingerprint(other))
+    assert same_weights(fingerprint(mm.reasoner), fingerprint(same))
+    assert not same_weights(fingerprint(mm.reasoner), fingerprint(other))
     meta = json.loads((tmp_path / "memgen_config.json").read_text())
     del meta["base_weights"]  # as an older latentmem saved it: loads, with a warning
     (tmp_path / "memgen_config.json").write_text(json.dumps(meta))
@@ -514,7 +514,7 @@ def test_fingerprint_samples_large_matrices_in_range():
     embeddings have 28 M): the fingerprint must sample inside every tensor, the last entry included."""
     from torch import nn
 
-    from latentmem.memgen.model import FINGERPRINT_VALUES, _fingerprint
+    from latentmem.memgen.base_identity import FINGERPRINT_VALUES, fingerprint
 
     class Big(nn.Module):
         def __init__(self) -> None:
@@ -526,6 +526,6 @@ def test_fingerprint_samples_large_matrices_in_range():
             return self.embed
 
     model = Big()
-    found = _fingerprint(model)
+    found = fingerprint(model)
     assert len(found["embeddings"]) == FINGERPRINT_VALUES
     assert found["embeddings"][-1] == round(float(model.embed.weight.reshape(-1)[-1]), 6)

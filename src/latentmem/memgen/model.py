@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from transformers.cache_utils import get_layer_types_and_kwargs
 from latentmem.chat import generation_header
 from latentmem.decoding import IGNORE, positions_from_valid
 from latentmem.errors import LatentMemError, ModelLoadError
+from latentmem.memgen.base_identity import base_identity, check_base, fingerprint
 from latentmem.memgen.config import DEFAULT_LORA_TARGETS, MemGenConfig
 from latentmem.memgen.insertion import (
     Blocks,
@@ -39,6 +39,7 @@ from latentmem.memgen.insertion import (
     reasoner_layout,
     weaver_layout,
 )
+from latentmem.memgen.latent_parts import EmbeddingRMSNorm, initial_queries, output_projection, start_token
 from latentmem.memgen.trigger import Trigger
 from latentmem.models import load_model, max_positions
 
@@ -100,167 +101,6 @@ class MemGenOutput:
     target_logprobs: torch.Tensor | None = None
 
 
-def _identity(model: PreTrainedModel) -> dict:
-    cfg = model.config
-    return {
-        "model_type": cfg.model_type,
-        "hidden_size": cfg.get_text_config().hidden_size,
-        "num_hidden_layers": cfg.get_text_config().num_hidden_layers,
-        "vocab_rows": model.get_input_embeddings().num_embeddings,
-    }
-
-
-# Weights sampled per tensor by `_fingerprint`, and the tolerance (a share of the largest sampled magnitude)
-# within which two samples count as the same weights: loose enough for a base loaded in bfloat16 or float16
-# (relative rounding <= 2^-8), tight enough for a differently initialised or fine-tuned model.
-FINGERPRINT_VALUES = 16
-FINGERPRINT_TOLERANCE = 1e-2
-
-
-def _fingerprint(model: PreTrainedModel) -> dict[str, Any]:
-    """Fixed samples of `model`'s token embeddings and of its first other matrix (by name): with the shapes
-    of `_identity`, they tell apart two models of one architecture, a weaver trained on one being wrong on
-    the other. Values rather than a hash, so that a base loaded in another dtype still matches."""
-    emb = model.get_input_embeddings().weight
-    matrices = {  # LoRA's own weights excluded and its wrapping undone: the same names with or without it
-        name.removeprefix("base_model.model.").replace(".base_layer", ""): p
-        for name, p in model.named_parameters()
-        if "lora_" not in name and p.dim() == 2 and p is not emb
-    }
-    layer = min(matrices)
-
-    def sample(w: torch.Tensor) -> list[float]:
-        flat = w.detach().reshape(-1)
-        # integer spacing: a float linspace rounds past the last index of a large matrix (float32 has 24 bits)
-        at = torch.arange(FINGERPRINT_VALUES) * (flat.numel() - 1) // (FINGERPRINT_VALUES - 1)
-        return [round(v, 6) for v in flat[at.to(flat.device)].float().tolist()]
-
-    return {"embeddings": sample(emb), "layer": layer, "layer_values": sample(matrices[layer])}
-
-
-def _same_weights(saved: dict[str, Any], found: dict[str, Any]) -> bool:
-    """Whether two `_fingerprint`s are of the same weights (up to dtype rounding)."""
-    if saved["layer"] != found["layer"]:
-        return False
-    for key in ("embeddings", "layer_values"):
-        a, b = torch.tensor(saved[key]), torch.tensor(found[key])
-        if a.shape != b.shape or (a - b).abs().max() > FINGERPRINT_TOLERANCE * a.abs().max().clamp_min(1e-6):
-            return False
-    return True
-
-
-def _check_base(
-    model: PreTrainedModel,
-    identity: dict[str, Any],
-    weights: dict[str, Any] | None,
-    what: str,
-    directory: Path,
-) -> None:
-    """ModelLoadError unless `model` has the saved shapes `identity` and weight fingerprint `weights` (a
-    warning when the checkpoint predates fingerprints): `what` ("base model", "weaver model") is the model a
-    checkpoint's trained state belongs to."""
-    found = _identity(model)
-    if found != identity:
-        diffs = {k: (identity[k], found.get(k)) for k in identity if identity[k] != found.get(k)}
-        raise ModelLoadError(
-            f"this MemGen checkpoint was trained on a different {what}: (saved, given) = {diffs}. "
-            f"Load it onto the {what} it was trained with."
-        )
-    if weights is None:  # saved before fingerprints: only the shapes could be checked
-        warnings.warn(
-            f"{directory / CONFIG_FILE} has no {what} weight fingerprint (saved by an older latentmem): "
-            f"only the {what}'s shapes were checked, not that it is the model it was trained on. "
-            "Save it again to add one.",
-            stacklevel=3,
-        )
-    elif not _same_weights(weights, _fingerprint(model)):
-        raise ModelLoadError(
-            f"this MemGen checkpoint was trained on a {what} of the same architecture and shapes but "
-            f"different weights ({identity['model_type']}: its embeddings or {weights['layer']} differ). "
-            f"Load it onto the {what} it was trained with."
-        )
-
-
-class EmbeddingRMSNorm(nn.Module):
-    """Latents on the scale of token embeddings: x / rms(x) * gain, with the gain (D_r,) initialised to the
-    per-dimension RMS of `embeddings` (V, D_r), so a latent's norm starts at the embeddings' RMS norm.
-
-    Why: a dense random `proj_out` writes latents of norm ~34 into SmolLM2, whose token embeddings have
-    norm ~3, and the answer NLL nearly triples at initialisation (issue 13: 0.73 -> 2.02).
-
-    With `start_token` (config `latent_start: token`) the gain starts at zero and a learned offset at that
-    token's embedding: x / rms(x) * gain + offset, so a fresh weaver writes copies of one real token (which
-    the reasoner reads as text, a newline harming least of those measured) and its own contribution grows
-    from zero as a LoRA's does from B = 0; the gain's gradient is non-zero from the first step."""
-
-    def __init__(self, embeddings: torch.Tensor, eps: float = 1e-6, start_token: int | None = None) -> None:
-        super().__init__()
-        self.eps = eps
-        emb = embeddings.detach().float()
-        rms = emb.pow(2).mean(0).sqrt()
-        self.gain = nn.Parameter(rms if start_token is None else torch.zeros_like(rms))
-        self.offset = None if start_token is None else nn.Parameter(emb[start_token].clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., D_r) -> (..., D_r)."""
-        out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.gain
-        return out if self.offset is None else out + self.offset
-
-
-class DiagonalProjection(nn.Module):
-    """y = x * weight + bias, elementwise on (..., D); starts as the identity, so the latents start as the
-    weaver's own last-layer states (which, for a model with tied embeddings, point at likely next tokens)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight + self.bias
-
-
-def start_token(tokenizer: PreTrainedTokenizerBase, cfg: MemGenConfig) -> int | None:
-    """The id of `cfg.latent_start_token` when latents start as that token (`latent_start: token`)."""
-    if cfg.latent_start != "token":
-        return None
-    ids = tokenizer.encode(cfg.latent_start_token, add_special_tokens=False)
-    if len(ids) != 1:
-        raise LatentMemError(
-            f"latent_start_token: {cfg.latent_start_token!r} is {len(ids)} tokens for this tokenizer; "
-            "choose a string that is one token (e.g. '\\n')"
-        )
-    return ids[0]
-
-
-def output_projection(cfg: MemGenConfig, d_w: int, d_r: int) -> nn.Module:
-    """The map from weaver states (D_w) to reasoner embeddings (D_r) that `cfg.proj_out` names."""
-    if cfg.proj_out == "low_rank":
-        return nn.Sequential(nn.Linear(d_w, cfg.proj_out_rank, bias=False), nn.Linear(cfg.proj_out_rank, d_r))
-    if cfg.proj_out == "diagonal":
-        if d_w != d_r:
-            raise LatentMemError(
-                f"proj_out: diagonal needs the weaver's width ({d_w}) to equal the reasoner's ({d_r}); "
-                "use dense or low_rank"
-            )
-        return DiagonalProjection(d_r)
-    return nn.Linear(d_w, d_r)
-
-
-def initial_queries(
-    k: int, weaver: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: MemGenConfig
-) -> torch.Tensor:
-    """(k, D_w) starting query vectors (float32), drawn from torch's global RNG (seed it for reproducible
-    weights). `cfg.query_init` tokens: the weaver's input embeddings of k random ordinary (non-special)
-    vocabulary tokens; random: Gaussian with the embeddings' std."""
-    table = weaver.get_input_embeddings().weight.detach().float()
-    if cfg.query_init == "tokens":
-        special = set(tokenizer.all_special_ids)
-        ordinary = torch.tensor([i for i in range(min(len(tokenizer), table.shape[0])) if i not in special])
-        return table[ordinary[torch.randint(len(ordinary), (k,))]].cpu().clone()
-    return torch.randn(k, table.shape[1]) * float(table.std())
-
-
 class LatentMemoryModel(nn.Module):
     """Generative latent memory over any Hugging Face causal LM (see the module docstring)."""
 
@@ -299,9 +139,9 @@ class LatentMemoryModel(nn.Module):
         self.reasoner = reasoner
         # taken now, while every weight is whole: the frozen weights never change, and under FSDP they are
         # sharded later, when only the main process saves
-        self.base_fingerprint = _fingerprint(reasoner)
+        self.base_fingerprint = fingerprint(reasoner)
         # taken before any training, as the reasoner's: the separate weaver's base weights are frozen too
-        self.weaver_fingerprint = None if self.shared else _fingerprint(self.weaver_lm.get_base_model())
+        self.weaver_fingerprint = None if self.shared else fingerprint(self.weaver_lm.get_base_model())
         self.reasoner_window = attention_window(reasoner.config)
         self.weaver_window = attention_window(base.config)
         self.reasoner_positions = max_positions(reasoner)
@@ -712,11 +552,11 @@ class LatentMemoryModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         meta = {
             "memgen": self.config.to_dict(),
-            "base": _identity(self.reasoner),
+            "base": base_identity(self.reasoner),
             "base_weights": self.base_fingerprint,
         }
         if not self.shared:
-            meta["weaver_base"] = _identity(self.weaver_lm.get_base_model())
+            meta["weaver_base"] = base_identity(self.weaver_lm.get_base_model())
             meta["weaver_base_weights"] = self.weaver_fingerprint
         save_file(self.trainable_state_dict(), str(directory / WEIGHTS_FILE))
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -741,12 +581,12 @@ class LatentMemoryModel(nn.Module):
             base, tokenizer = load_model(base)
         if tokenizer is None:
             raise ModelLoadError("pass the tokenizer that belongs to `base`")
-        _check_base(base, meta["base"], meta.get("base_weights"), "base model", directory)
+        check_base(base, meta["base"], meta.get("base_weights"), "base model", directory / CONFIG_FILE)
         model = cls(base, tokenizer, MemGenConfig.from_dict(meta["memgen"]), weaver_base=weaver_base)
         if "weaver_base" in meta:  # a separate weaver LM: its LoRA and projections belong to its weights
-            _check_base(
+            check_base(
                 model.weaver_lm.get_base_model(), meta["weaver_base"], meta.get("weaver_base_weights"),
-                "weaver model", directory,
+                "weaver model", directory / CONFIG_FILE,
             )  # fmt: skip
         model.load_trainable_state_dict(load_file(str(directory / WEIGHTS_FILE)))
         return model
