@@ -241,13 +241,25 @@ def test_unseen_facts_are_written_after_training_and_scored_apart(tmp_path):
         ]
         unseen = [x["score"] for x in lines if x["prompt"] in {e.prompt for e in test[6:]}]
         assert groups["unseen"]["accuracy"] == sum(unseen) / 3
+        if name in ("vanilla", "retrieval"):  # no reads reported: no memory@1
+            assert "memory_at_1" not in saved[name] and "read" not in lines[0]
+            continue
+        # memory@1: the first memory read is the asked fact's, per item as completions.jsonl records it
+        asks = {e.prompt: e.columns["statement"] for e in test}  # (scored in the split's order)
+        hits = {x["prompt"]: float(bool(x["read"]) and x["read"][0] == asks[x["prompt"]]) for x in lines}
+        found = saved[name]["memory_at_1"]
+        assert found["n"] == 9 and found["accuracy"] == sum(hits.values()) / 9
+        assert found["by_group"]["unseen"]["accuracy"] == sum(hits[e.prompt] for e in test[6:]) / 3
+    # xrag's MiniLM top-1 finds most facts from their paraphrases; every item reads exactly one memory
+    assert saved["xrag"]["memory_at_1"]["accuracy"] >= 0.5
     # the retrieval store holds the training examples and, written after training, the unseen facts
     from latentmem.memory import VectorMemory
 
     store = VectorMemory.open(tmp_path / "out" / "retrieval" / "seed-0" / "retrieval_store")
     texts = [r.text for r in store.list(agent="solved-examples", limit=100)]
     assert len(texts) == 9 and all(any(e.columns["statement"] in t for t in texts) for e in new)
-    assert "| unseen (n = 3) [95% CI] |" in (tmp_path / "out" / "results.md").read_text()
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "| unseen (n = 3) [95% CI] |" in report and "| memory@1 (n = 9) [95% CI] |" in report
     with pytest.raises(TaskError, match="unseen"):
         get_task("facts", path=str(tmp_path / "x.jsonl"), unseen=2)
 
@@ -267,3 +279,14 @@ def test_facts_validate_on_a_third_wording_and_keep_every_fact_in_training(tmp_p
     val_prompts = {e.prompt for e in get_task("facts", n_facts=6).validation()}
     assert len(rows) == 3 and {r["prompt"] for r in rows} <= val_prompts
     assert not {r["prompt"] for r in rows} & {e.prompt for e in get_task("facts", n_facts=6).load("test")}
+
+
+def test_memory_hits_score_the_first_memory_read_against_the_asked_fact():
+    from latentmem.eval.compare import memory_hits
+    from latentmem.eval.method import Completions
+
+    asked = [Example(f"q{i}", "a", {"statement": f"fact {i}"}) for i in range(3)]
+    read = [["fact 0", "fact 2"], ["fact 2", "fact 1"], []]  # right first; right but second; nothing read
+    assert memory_hits(asked, Completions(["", "", ""], 0.0, 0, 0, read)) == [1.0, 0.0, 0.0]
+    assert memory_hits(asked, Completions(["", "", ""], 0.0, 0, 0)) is None  # reads not reported
+    assert memory_hits([*asked[:2], Example("q", "a")], Completions(["", "", ""], 0.0, 0, 0, read)) is None

@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: v["final_mean"] for k, v in results["methods"].items()}))
         print(cfg.out)
         return 0
-    from latentmem.eval.compare import results_table, run_compare
+    from latentmem.eval.compare import run_compare
+    from latentmem.eval.report import results_table
 
     results = run_compare(cfg)
     print(results_table(results))

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latentmem.eval.compare import CompareConfig, results_table, run_compare
+    from latentmem.eval.compare import CompareConfig, run_compare
+    from latentmem.eval.report import results_table
 
     cfg = CompareConfig.from_dict(apply_overrides(DEMO, args.overrides))
     results = run_compare(cfg)

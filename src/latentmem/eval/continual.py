@@ -32,20 +32,16 @@ from tqdm.auto import tqdm
 from latentmem.errors import ConfigError
 from latentmem.eval import stats
 from latentmem.eval.compare import (
-    BASELINES,
-    STATS_NOTE,
     CompareConfig,
     Splits,
     TaskData,
-    acc_cell,
     evaluate_on,
     fit_method,
     labelled_task,
-    p_cell,
-    pyplot,
     write_completions,
 )
 from latentmem.eval.method import METHODS, Method
+from latentmem.eval.report import BASELINES, STATS_NOTE, acc_cell, p_cell, pyplot
 from latentmem.runs import RunDir
 
 Cells = list[list[np.ndarray]]  # [stage][task] -> (seeds, items) scores

@@ -72,6 +72,9 @@ class Completions:
     seconds: float  # wall time of generation
     new_tokens: int  # tokens generated (up to EOS)
     prompt_tokens: int  # tokens of context read before generating (prompts with what they retrieved)
+    # per prompt, the texts of the stored memories the method read for it, in reading order (recall: its
+    # recalls; xrag: its top-1), for `compare`'s memory@1; None: the method reports no reads
+    read: list[list[str]] | None = None
 
 
 class Method(ABC):

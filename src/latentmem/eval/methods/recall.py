@@ -72,17 +72,21 @@ def _merged(*layers: dict[str, Any]) -> dict[str, Any]:
 
 
 def _completions(
-    prompts: list[str], batch_size: int, answer: Callable[[list[str]], RecallOutput]
+    prompts: list[str],
+    batch_size: int,
+    answer: Callable[[list[str]], tuple[RecallOutput, list[list[str]]]],
 ) -> Completions:
-    """`answer` over `prompts` in batches of `batch_size`, as `Completions`."""
-    texts, seconds, new_tokens, prompt_tokens = [], 0.0, 0, 0
+    """`answer` over `prompts` in batches of `batch_size`, as `Completions`; `answer` returns the batch's
+    output and, per prompt, the texts of the memories read for it."""
+    texts, seconds, new_tokens, prompt_tokens, read = [], 0.0, 0, 0, []
     for batch in tqdm(batches(prompts, batch_size), desc=f"generate ({len(prompts)})", leave=False):
-        out = answer(batch)
+        out, batch_read = answer(batch)
         texts += out.texts
         seconds += out.seconds
         new_tokens += sum(len(ids) for ids in out.token_ids)
         prompt_tokens += sum(out.prompt_tokens)
-    return Completions(texts, seconds, new_tokens, prompt_tokens)
+        read += batch_read
+    return Completions(texts, seconds, new_tokens, prompt_tokens, read)
 
 
 class RecallMemoryMethod(Method):
@@ -131,9 +135,10 @@ class RecallMemoryMethod(Method):
         t, task = self.trained, self.ctx.task
         gen = RecallGenerator(t.model, t.tokenizer, t.memory, t.bank)
 
-        def answer(batch: list[str]) -> RecallOutput:
+        def answer(batch: list[str]) -> tuple[RecallOutput, list[list[str]]]:
             rendered = [render_chat(t.tokenizer, p, system=task.system) for p in batch]
-            return gen.generate(rendered, max_new_tokens=task.max_new_tokens)
+            out = gen.generate(rendered, max_new_tokens=task.max_new_tokens)
+            return out, [[event.text for event in events] for events in out.recalls]
 
         return _completions(prompts, self.ctx.eval_batch_size, answer)
 
@@ -199,8 +204,10 @@ class XRAGMethod(Method):
     def complete(self, prompts: list[str]) -> Completions:
         task = self.ctx.task
 
-        def answer(batch: list[str]) -> RecallOutput:
-            return self.trained.answer(batch, max_new_tokens=task.max_new_tokens, system=task.system)[0]
+        def answer(batch: list[str]) -> tuple[RecallOutput, list[list[str]]]:
+            t = self.trained
+            out, ids = t.answer(batch, max_new_tokens=task.max_new_tokens, system=task.system)
+            return out, [[t.bank.text(i)] for i in ids]
 
         return _completions(prompts, self.ctx.eval_batch_size, answer)
 
