@@ -19,6 +19,7 @@ TASK_ARGS = {
     "bigbench-choice": {"path": FIXTURES / "bigbench_mc" / "task.json"},
     "arithmetic": {"n_train": 20, "n_test": 10},
     "facts": {"n_facts": 12},
+    "general": {"n_train": 20, "n_test": 20},
 }
 
 

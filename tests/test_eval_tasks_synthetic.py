@@ -1,4 +1,4 @@
-"""The generated tasks (`latentmem.eval.tasks.synthetic`): arithmetic and invented facts."""
+"""The generated tasks (`latentmem.eval.tasks.synthetic`): arithmetic, invented facts, general questions."""
 
 import pytest
 
@@ -43,3 +43,19 @@ def test_bad_arguments_of_arithmetic():
         get_task("arithmetic", ops="/")
     with pytest.raises(TaskError, match="at most half"):
         get_task("arithmetic", low=1, high=3, n_test=50)
+
+
+def test_the_general_task_asks_what_the_base_model_knows():
+    task = get_task("general")
+    test, train = task.load("test"), task.load("train")
+    assert len(test) == 100 and len(train) == 200
+    assert {ex.prompt for ex in test}.isdisjoint(ex.prompt for ex in train)
+    capitals = [ex for ex in test if "capital" in ex.prompt]
+    assert len(capitals) == 16 and all("plus" in ex.prompt for ex in train)
+    paris = find(task, "capital of France")  # the task's own: its full test split
+    assert task.score(paris, "The capital of France is Paris.") == 1.0
+    assert task.score(paris, "Lyon") == 0.0
+    total = find(task, "plus")
+    assert task.score(total, f"It is {total.answer}.") == 1.0 and task.target(total) == f"{total.answer}."
+    with pytest.raises(TaskError, match="general: need"):
+        get_task("general", n_test=0)

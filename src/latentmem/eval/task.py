@@ -105,6 +105,7 @@ BUILTIN_TASKS: dict[str, str] = {
     "humaneval": "latentmem.eval.tasks.code:HumanEval",
     "arithmetic": "latentmem.eval.tasks.synthetic:Arithmetic",
     "facts": "latentmem.eval.tasks.synthetic:Facts",
+    "general": "latentmem.eval.tasks.synthetic:General",
 }
 
 TASKS: LazyRegistry[Callable[..., Task]] = LazyRegistry(BUILTIN_TASKS)

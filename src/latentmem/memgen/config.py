@@ -8,6 +8,7 @@ from typing import Literal
 from latentmem.config import Config, require
 
 TriggerPolicy = Literal["always", "never", "every_n", "learned"]
+PromptPolicy = Literal["always", "knn"]
 LatentNorm = Literal["none", "rms"]
 QueryInit = Literal["random", "tokens"]
 ProjOut = Literal["dense", "low_rank", "diagonal"]
@@ -25,6 +26,11 @@ class TriggerConfig(Config):
     always: at every delimiter (up to the insertion budget); never: only the prompt latents;
     every_n: at the n-th, 2n-th, ... delimiter; learned: p_j = sigmoid(head(h_j)) on the reasoner's hidden
     state at the delimiter, decided d_j ~ Bernoulli(p_j) when sampling, p_j > threshold when greedy.
+
+    At the prompt (`prompt`): always = the weaver serves every prompt (the paper); knn = only prompts near
+    the ones it was trained on, the others answered by the plain reasoner (`memgen.prompt_gate`: a
+    k-th-nearest-neighbour test on the reasoner's mean prompt state, fitted at the end of training so that
+    a share `prompt_accept` of the training prompts passes; at most `prompt_bank` prompts are kept).
     """
 
     policy: TriggerPolicy = "always"
@@ -34,9 +40,24 @@ class TriggerConfig(Config):
     init_bias: float = (
         2.0  # the learned head starts near "always" (sigmoid(2) = 0.88), as trained weavers expect
     )
+    prompt: PromptPolicy = "always"
+    prompt_k: int = 5
+    prompt_accept: float = 0.99
+    prompt_bank: int = 4096
 
     def validate(self) -> None:
         require(self.every_n >= 1, "trigger.every_n", f"must be >= 1, got {self.every_n}")
+        require(self.prompt_k >= 1, "trigger.prompt_k", f"must be >= 1, got {self.prompt_k}")
+        require(
+            0 < self.prompt_accept <= 1,
+            "trigger.prompt_accept",
+            f"must be in (0, 1], got {self.prompt_accept}",
+        )
+        require(
+            self.prompt_bank > self.prompt_k,
+            "trigger.prompt_bank",
+            f"must exceed trigger.prompt_k ({self.prompt_k}), got {self.prompt_bank}",
+        )
         require(self.hidden_size >= 1, "trigger.hidden_size", f"must be >= 1, got {self.hidden_size}")
         require(0 < self.threshold < 1, "trigger.threshold", f"must be in (0, 1), got {self.threshold}")
 

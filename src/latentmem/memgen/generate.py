@@ -22,6 +22,7 @@ from latentmem.config import Config, require
 from latentmem.decoding import COMPACT_THRESHOLD, DecodeOut, KVDecoder, pad_rows
 from latentmem.errors import LatentMemError
 from latentmem.memgen.insertion import InsertionPlan
+from latentmem.memgen.prompt_gate import prompt_features
 from latentmem.sampling import SamplingConfig, draw, process_logits
 
 
@@ -55,7 +56,9 @@ class GenerationResult:
     insertions: per row, the generated-token indices after which inference latents were inserted.
     plan: the same insertion points as indices into cat([input_ids, sequences], 1), with the trigger's
     candidates and decisions, ready for `LatentMemoryModel.forward(..., plan=...)`.
-    trigger_probs (B, C): the trigger's probability at each candidate of `plan`."""
+    trigger_probs (B, C): the trigger's probability at each candidate of `plan`.
+    served (B,) bool: the rows the prompt gate let the weaver serve (every row without a fitted gate); the
+    others got no latents at all: the plain reasoner answered them."""
 
     sequences: torch.Tensor
     logprobs: torch.Tensor
@@ -63,6 +66,7 @@ class GenerationResult:
     insertions: list[list[int]]
     plan: InsertionPlan
     trigger_probs: torch.Tensor
+    served: torch.Tensor
 
     def completion_mask(self) -> torch.Tensor:
         """(B, N) bool: the generated tokens that count (up to and including EOS)."""
@@ -141,10 +145,11 @@ class _Reasoner:
         self.decoder = KVDecoder(model.reasoner)
         self.compact_threshold, self.hook = compact_threshold, hook
 
-    def prefill(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The prompt (B, T, D) with its mask (B, T) -> next-token logits (B, V)."""
+    def prefill(self, embeds: torch.Tensor, attention_mask: torch.Tensor, hidden: bool = False) -> DecodeOut:
+        """The prompt (B, T, D) with its mask (B, T): next-token logits (B, 1, V), and with `hidden` the
+        last-layer states (B, T, D)."""
         with self.model.reasoner_mode():
-            return self.decoder.prefill(embeds, attention_mask).logits[:, -1]
+            return self.decoder.prefill(embeds, attention_mask, hidden=hidden)
 
     def step(self, tok_embeds: torch.Tensor, alive: torch.Tensor, hidden: bool) -> DecodeOut:
         """One token per row (B, 1, D); finished rows (`alive` (B,) False) feed an invalid slot."""
@@ -211,7 +216,9 @@ class _Tokens:
             self.finished |= done_now
         return tok
 
-    def result(self, plan: InsertionPlan, trigger_probs: torch.Tensor) -> GenerationResult:
+    def result(
+        self, plan: InsertionPlan, trigger_probs: torch.Tensor, served: torch.Tensor
+    ) -> GenerationResult:
         sequences = torch.stack(self.tokens, 1)
         return GenerationResult(
             sequences=sequences,
@@ -223,6 +230,7 @@ class _Tokens:
             ],
             plan=plan,
             trigger_probs=trigger_probs,
+            served=served,
         )
 
 
@@ -230,8 +238,10 @@ class _TriggerLog:
     """The trigger at candidate delimiters: decisions, the insertion budget, and per step (B,) records of
     candidates, delimiter counts, decisions and probabilities, kept as tensors so a step never leaves torch."""
 
-    def __init__(self, model, B: int, sample: bool, generator: torch.Generator | None) -> None:
-        self.model, self.sample, self.generator = model, sample, generator
+    def __init__(self, model, served: torch.Tensor, sample: bool, generator: torch.Generator | None) -> None:
+        """`served` (B,) bool: the rows the prompt gate let in; the others are never candidates."""
+        self.model, self.served, self.sample, self.generator = model, served, sample, generator
+        B = len(served)
         device = model.device
         self.n_inserted = torch.zeros(B, dtype=torch.long, device=device)
         self.n_delims = torch.zeros(B, dtype=torch.long, device=device)
@@ -242,7 +252,7 @@ class _TriggerLog:
         """Count delimiters among the tokens `tok` (B,) about to be fed; (B,) bool: rows that may insert."""
         is_delim = self.model.is_delimiter[tok] & alive
         self.n_delims += is_delim
-        return is_delim & (self.n_inserted < self.model.config.max_inference_insertions)
+        return is_delim & self.served & (self.n_inserted < self.model.config.max_inference_insertions)
 
     def decide(self, step: int, candidate: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
         """(B,) bool: the candidate rows that insert, from the reasoner's last states `hidden` (B, D)
@@ -258,7 +268,8 @@ class _TriggerLog:
 
     def plan(self, T: int, prompt_block: bool, header: int) -> tuple[InsertionPlan, torch.Tensor]:
         """The records as an InsertionPlan over cat([prompt, generated], 1), and the trigger's probability
-        at each candidate (B, C); the prompt block sits before the last `header` prompt tokens."""
+        at each candidate (B, C); the prompt block (served rows only) sits before the last `header` prompt
+        tokens."""
         B = len(self.n_delims)
         rows: list[list[tuple[int, int, int, float]]] = [[] for _ in range(B)]
         if self.at:
@@ -270,7 +281,7 @@ class _TriggerLog:
                     if cand[r][k]
                 ]
         plan = InsertionPlan(
-            prompt_end=torch.full((B,), T - 1 - header if prompt_block else -1, dtype=torch.long),
+            prompt_end=torch.where(self.served.cpu() & prompt_block, T - 1 - header, -1),
             candidates=pad_rows([[c[0] for c in row] for row in rows], -1),
             delimiter_count=pad_rows([[c[1] for c in row] for row in rows], 0),
             decisions=pad_rows([[c[2] for c in row] for row in rows], 0).bool(),
@@ -286,7 +297,7 @@ def _eos_ids(model) -> torch.Tensor:
     return torch.tensor(sorted(i for i in ids if i is not None), device=model.device)
 
 
-def _header_length(model, input_ids: torch.Tensor) -> int:
+def header_length(model, input_ids: torch.Tensor) -> int:
     """How many trailing prompt tokens follow the prompt latents: the assistant header's length when they
     go before it (`prompt_latents_at: before_header`), which every (left-padded) prompt must end with."""
     header = model.header_ids
@@ -348,21 +359,33 @@ def generate(
     weaver = _Weaver(model, cfg.compact_threshold)
     tokens = _Tokens(model, input_ids, attention_mask, cfg)
     sample = cfg.sampling.do_sample if cfg.trigger_sample is None else cfg.trigger_sample
-    trigger = _TriggerLog(model, B, sample, generator)
-    inserts = mc.inference_latents > 0 and mc.inserts_during_decoding
     # the trigger's head reads the reasoner's last state, which is asked for only at steps with a candidate
     reads_hidden = model.trigger.head is not None
 
     embeds = reasoner.decoder.embed(input_ids)
     # the prompt up to the prompt latents: all of it, or all but the assistant header that follows them
-    cut = T - _header_length(model, input_ids)
-    weaver.push(*model.weaver_inputs(embeds[:, :cut], attention_mask[:, :cut], memory))
-    logits = reasoner.prefill(embeds[:, :cut], attention_mask[:, :cut])
-    if mc.prompt_latents > 0:
+    cut = T - header_length(model, input_ids)
+    gate = model.prompt_gate
+    pre = reasoner.prefill(embeds[:, :cut], attention_mask[:, :cut], hidden=gate.active)
+    logits = pre.logits[:, -1]
+    served = (
+        gate.admits(prompt_features(pre.hidden, attention_mask[:, :cut]))
+        if gate.active
+        else torch.ones(B, dtype=torch.bool, device=model.device)
+    )
+    # a row the gate turned away is the plain reasoner's: the weaver reads none of its tokens
+    weaving = bool(served.any())
+    trigger = _TriggerLog(model, served, sample, generator)
+    inserts = weaving and mc.inference_latents > 0 and mc.inserts_during_decoding
+    if weaving:
+        w_in, w_valid = model.weaver_inputs(embeds[:, :cut], attention_mask[:, :cut], memory)
+        weaver.push(w_in, w_valid.bool() & served[:, None])
+    if weaving and mc.prompt_latents > 0:
         every_row = torch.ones(B, dtype=torch.bool, device=model.device)
-        logits = reasoner.insert(weaver.weave(model.prompt_queries, every_row), every_row, -1, logits)
+        logits = reasoner.insert(weaver.weave(model.prompt_queries, every_row), served, -1, logits)
     if cut < T:
-        weaver.push(model.proj_in(embeds[:, cut:]), attention_mask[:, cut:])
+        if weaving:
+            weaver.push(model.proj_in(embeds[:, cut:]), attention_mask[:, cut:].bool() & served[:, None])
         logits = reasoner.feed(embeds[:, cut:], attention_mask[:, cut:].bool()).logits[:, -1]
     for step in range(cfg.max_new_tokens):
         tok = tokens.pick(logits, generator)
@@ -370,7 +393,8 @@ def generate(
             break
         alive = ~tokens.finished
         tok_embeds = reasoner.decoder.embed(tok[:, None])
-        weaver.push(model.proj_in(tok_embeds), alive[:, None])
+        if inserts:
+            weaver.push(model.proj_in(tok_embeds), (alive & served)[:, None])
         candidate = trigger.candidates(tok, alive) if inserts else None
         any_candidate = candidate is not None and bool(candidate.any())
         out = reasoner.step(tok_embeds, alive, hidden=any_candidate and reads_hidden)
@@ -381,4 +405,16 @@ def generate(
                 latents = weaver.weave(model.inference_queries, insert)
                 logits = reasoner.insert(latents, insert, step, logits)
         reasoner.compact()
-    return tokens.result(*trigger.plan(T, mc.prompt_latents > 0, T - cut))
+    return tokens.result(*trigger.plan(T, mc.prompt_latents > 0, T - cut), served)
+
+
+@torch.no_grad()
+def prompt_gate_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, D) the prompt gate's features of a left-padded batch (B, T), from the prefill `generate` runs:
+    the reasoner's last-layer states over the prompt up to where the prompt latents go."""
+    _check_inputs(model, input_ids, attention_mask)
+    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
+    cut = input_ids.shape[1] - header_length(model, input_ids)
+    reasoner = _Reasoner(model, None, None)
+    out = reasoner.prefill(reasoner.decoder.embed(input_ids[:, :cut]), attention_mask[:, :cut], hidden=True)
+    return prompt_features(out.hidden, attention_mask[:, :cut])

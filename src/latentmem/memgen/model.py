@@ -40,6 +40,7 @@ from latentmem.memgen.insertion import (
     weaver_layout,
 )
 from latentmem.memgen.latent_parts import EmbeddingRMSNorm, initial_queries, output_projection, start_token
+from latentmem.memgen.prompt_gate import PromptGate
 from latentmem.memgen.trigger import Trigger
 from latentmem.models import load_model, max_positions
 
@@ -165,6 +166,7 @@ class LatentMemoryModel(nn.Module):
             else ()
         )
         self.trigger = Trigger(cfg.trigger, d_r)
+        self.prompt_gate = PromptGate(cfg.trigger, d_r)  # unfitted: serves every prompt
         vocab_rows = reasoner.get_input_embeddings().num_embeddings
         self.register_buffer(
             "is_delimiter", delimiter_table(tokenizer, cfg.delimiters, vocab_rows), persistent=False
@@ -559,6 +561,7 @@ class LatentMemoryModel(nn.Module):
             meta["weaver_base"] = base_identity(self.weaver_lm.get_base_model())
             meta["weaver_base_weights"] = self.weaver_fingerprint
         save_file(self.trainable_state_dict(), str(directory / WEIGHTS_FILE))
+        self.prompt_gate.save(directory)
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -589,4 +592,5 @@ class LatentMemoryModel(nn.Module):
                 "weaver model", directory / CONFIG_FILE,
             )  # fmt: skip
         model.load_trainable_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        model.prompt_gate.load(directory)
         return model

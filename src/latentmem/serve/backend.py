@@ -308,7 +308,8 @@ class _MemGenRunner(_BatchRunner):
         for b, request in enumerate(requests):
             n = min(int(result.lengths[b]), request.max_new_tokens)
             tokens = result.sequences[b, :n].tolist()
-            insertions = [LatentInsertion(-1, prompt_latents)] if prompt_latents else []
+            served = bool(result.served[b])  # a row the prompt gate turned away got no latents
+            insertions = [LatentInsertion(-1, prompt_latents)] if prompt_latents and served else []
             insertions += [
                 LatentInsertion(i, self.inference_latents)
                 for i in result.insertions[b]

@@ -31,6 +31,7 @@ from latentmem.memgen import LatentMemoryModel
 from latentmem.training.config import GRPOConfig, GRPOSettings
 from latentmem.training.data import encode_rows, load_rows
 from latentmem.training.loop import Metrics, StepContext, Trainer, launch
+from latentmem.training.prompt_gate import fit_prompt_gate
 from latentmem.training.rewards import resolve_reward
 from latentmem.training.rollout import Rollouts, Sampler, group_advantages
 
@@ -125,6 +126,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
         return {"eval_reward": float(ro.rewards.sum()) / len(eval_rows)}
 
     trainer.fit(micro_step, evaluate if eval_rows else None, len(eval_rows), postfix="reward")
+    fit_prompt_gate(job, train_items)
     return run.path
 
 

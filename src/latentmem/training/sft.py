@@ -18,6 +18,7 @@ from latentmem.memgen import LatentMemoryModel
 from latentmem.training.config import SFTConfig
 from latentmem.training.data import Encoded, Row, collate, collate_memory, encode_rows, load_rows
 from latentmem.training.loop import Job, Metrics, StepContext, Trainer, launch
+from latentmem.training.prompt_gate import fit_prompt_gate
 
 
 def answer_tokens(item: Encoded) -> int:
@@ -39,9 +40,9 @@ def summed_nll(
 SummedNLL = Callable[[Any, Sequence[Encoded], int, torch.device], torch.Tensor]
 
 
-def fit_sft(job: Job, train_rows: list[Row], eval_rows: list[Row], nll: SummedNLL) -> None:
+def fit_sft(job: Job, train_rows: list[Row], eval_rows: list[Row], nll: SummedNLL) -> list[Encoded]:
     """The SFT loop every SFT arm runs (the weaver here, the LoRA baseline in `training.lora`): the global
-    token-mean loss of `nll`, evaluated as the eval rows' token-mean NLL."""
+    token-mean loss of `nll`, evaluated as the eval rows' token-mean NLL. Returns the encoded train rows."""
     cfg, model, device = job.cfg, job.model, job.dist.device
     pad_id = model.tokenizer.pad_token_id
     _, train = encode_rows(train_rows, model, cfg, "train")
@@ -64,13 +65,14 @@ def fit_sft(job: Job, train_rows: list[Row], eval_rows: list[Row], nll: SummedNL
         return {"eval_loss": total / n_eval_tokens}
 
     trainer.fit(micro_step, evaluate if evals else None, len(evals))
+    return train
 
 
 def train_sft(cfg: SFTConfig) -> Path:
     """Run weaver SFT per `cfg`; return the run folder (metrics.jsonl, checkpoints/, model/)."""
     train_rows, eval_rows = load_rows(cfg.data, cfg.seed)  # column errors before the model loads
     job = launch(cfg, cfg.train.batch_size)
-    fit_sft(job, train_rows, eval_rows, summed_nll)
+    fit_prompt_gate(job, fit_sft(job, train_rows, eval_rows, summed_nll))
     return job.run.path
 
 

@@ -44,6 +44,7 @@ from latentmem.memgen.trigger import Trigger
 from latentmem.training.config import TriggerRLConfig, TriggerRLSettings
 from latentmem.training.data import encode_rows, load_rows
 from latentmem.training.loop import Metrics, StepContext, Trainer, launch
+from latentmem.training.prompt_gate import fit_prompt_gate
 from latentmem.training.rewards import resolve_reward
 from latentmem.training.rollout import Rollouts, Sampler, group_advantages
 
@@ -158,6 +159,7 @@ def train_trigger(cfg: TriggerRLConfig) -> Path:
         return {"invocation_rate": m["insertions"] / m["candidates"] if m["candidates"] else math.nan}
 
     trainer.fit(micro_step, postfix="invocation_rate", derive=derive)
+    fit_prompt_gate(job, train_items)
     return run.path
 
 

@@ -6,6 +6,9 @@ facts       a base of invented entities (countries, people, devices) with invent
             pretrained model can know. The train split asks each fact in its canonical wording and
             trains on the stated fact; the test split asks the same facts in paraphrased wording. So a
             method scores only by storing facts from training and recalling them under new wording.
+general     what the base model already knows: real capitals and small sums asked in plain words
+            ("What is the capital of Norway?", "What is 12 plus 7?"), the recall memory's retention
+            probe; a retention task for `compare` (how much of it a trained method keeps).
 """
 
 from __future__ import annotations
@@ -299,3 +302,35 @@ class Facts(Task):
     def score(self, example: Example, completion: str) -> float:
         answers = example.answer if isinstance(example.answer, list) else [example.answer]
         return float(alias_match(completion, answers))
+
+
+class General(Task):
+    """General questions with known answers (`latentmem.recall.data.general_task`): the 16 real capitals
+    and small sums alternating, then sums. The test split is the first `n_test` of them; the train split
+    draws sums under another seed, none of them a test question. Scored by whole-word match of the
+    answer in the completion."""
+
+    name = "general"
+    max_new_tokens = 32
+
+    def __init__(self, n_train: int = 200, n_test: int = 100, seed: int = 0):
+        from latentmem.recall.data import general_task
+
+        if n_train < 0 or not 1 <= n_test <= 500:
+            raise TaskError(f"general: need n_train >= 0 and 1 <= n_test <= 500, got {n_train}, {n_test}")
+        test = [Example(q.question, q.answer) for q in general_task(n_test, seed)]
+        asked = {ex.prompt for ex in test}
+        pool = [Example(q.question, q.answer) for q in general_task(500, seed + 1)]
+        self._splits: dict[Split, list[Example]] = {
+            "test": test,
+            "train": [ex for ex in pool if ex.prompt not in asked][:n_train],
+        }
+
+    def load(self, split: Split) -> list[Example]:
+        return list(self._splits[split])
+
+    def target(self, example: Example) -> str:
+        return f"{example.answer}."
+
+    def score(self, example: Example, completion: str) -> float:
+        return float(alias_match(completion, [example.answer]))
