@@ -465,3 +465,30 @@ def test_bad_input_fails_before_models_load(tmp_path):
         "memgen-grpo",
         "memgen-rag",
     }
+
+
+def test_a_gated_weaver_reports_what_it_served_and_leaves_the_rest_to_the_plain_model(tmp_path):
+    """memgen-sft with the prompt gate: `served` per item, `served_share` per task, the training prompts
+    served, and every prompt it turned away answered exactly as vanilla answers it."""
+    torch.set_num_threads(1)
+    cfg = _cfg(
+        tmp_path, ["vanilla", "memgen-sft"], n_test=0, retention_tasks=["coin-retention-test"],
+        memgen={"prompt_latents": 2, "inference_latents": 2, "max_inference_insertions": 1,
+                "trigger": {"prompt": "knn", "prompt_k": 2}},
+    )  # fmt: skip
+    saved = run_compare(cfg)["methods"]
+    out, turned_away = tmp_path / "out", 0
+    for file, entry in [
+        ("completions.jsonl", saved["memgen-sft"]),
+        ("completions-coin-retention-test.jsonl", saved["memgen-sft"]["retention"]["coin-retention-test"]),
+    ]:
+        gated = [json.loads(x) for x in (out / "memgen-sft" / file).read_text().splitlines()]
+        plain = {r["prompt"]: r["completion"] for r in map(json.loads, (out / "vanilla" / file).open())}
+        assert entry["served_share"] == pytest.approx(np.mean([r["served"] for r in gated]))
+        for r in gated:
+            if not r["served"]:
+                turned_away += 1
+                assert r["completion"] == plain[r["prompt"]]
+            if r["prompt"] in {f"Say the word {w}." for w in WORDS[:6]}:  # a training prompt
+                assert r["served"]
+    assert turned_away > 0 and "served_share" not in saved["vanilla"]

@@ -242,8 +242,11 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     }
     scores: dict[str, np.ndarray] = {}  # method -> (seeds, test items)
     retained: dict[str, dict[str, np.ndarray]] = {}  # method -> retention task -> (seeds, items)
+    # method -> task -> per seed, the share of prompts a prompt gate served (gated MemGen methods only)
+    served_of: dict[str, dict[str, list[float]]] = {}
     for name in tqdm(cfg.methods, desc="methods"):
         per_seed, main, kept, hits = [], [], {n: [] for n in retention}, []
+        served = served_of.setdefault(name, {})
         for i, seed in enumerate(cfg.seeds):
             if i == 0 or not METHODS[name].seed_free:
                 method = fit_method(name, cfg, data, seed, cfg.budget, out / name / f"seed-{seed}")
@@ -271,6 +274,9 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
                 # are every seed's, recorded per seed so that the paired tests see aligned rows
                 per_seed.append({**per_seed[0], "seed": seed})
             done, item_scores = done_by_task[cfg.task]
+            for task_name, (d, _) in done_by_task.items():
+                if d.served is not None:
+                    served.setdefault(task_name, []).append(sum(d.served) / len(d.served))
             write_completions(out / name / "completions.jsonl", scored, done, item_scores, seed, i > 0)
             main.append(item_scores)
             hits.append(memory_hits(scored, done))
@@ -312,6 +318,8 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
         if cfg.steps and first["training"]["steps"] > 0:
             results["methods"][name]["steps"] = _steps_curve(name, cfg, data, scores[name])
         _add_stats(results["methods"], scores, retained)
+        for gated, shares in served_of.items():  # after _add_stats, which rebuilds the retention rows
+            _add_served(results["methods"][gated], cfg.task, shares)
         write_results(out, results)
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_results(out, results)
@@ -388,13 +396,14 @@ def write_completions(
     path: Path, examples: list[Example], done: Completions, scores: list[float], seed: int, append: bool
 ) -> None:
     """One JSON line per test item of one seed: which item, the prompt, gold answer, completion, score,
-    and the memories read for it where the method reports them."""
+    the memories read for it where the method reports them, and whether a prompt gate served it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a" if append else "w") as f:
         for item, (ex, c, s) in enumerate(zip(examples, done.texts, scores, strict=True)):
             row = {"seed": seed, "item": item, "prompt": ex.prompt, "answer": ex.answer, "completion": c}
             read = {} if done.read is None else {"read": done.read[item]}
-            f.write(json.dumps({**row, "score": s, **read}) + "\n")
+            gate = {} if done.served is None else {"served": done.served[item]}
+            f.write(json.dumps({**row, "score": s, **read, **gate}) + "\n")
 
 
 def _steps_curve(name: str, cfg: CompareConfig, data: TaskData, main: np.ndarray) -> list[dict[str, Any]]:
@@ -417,6 +426,14 @@ def _steps_curve(name: str, cfg: CompareConfig, data: TaskData, main: np.ndarray
             m = np.array(rows)
         points.append({"steps": n_steps, **accuracy_entry(m), "seeds": [float(row.mean()) for row in m]})
     return points
+
+
+def _add_served(entry: dict[str, Any], main_task: str, served: dict[str, list[float]]) -> None:
+    """A gated method's `served_share` (mean over seeds of the share of prompts its weaver served) on the
+    main task and in each retention entry."""
+    for task_name, shares in served.items():
+        target = entry if task_name == main_task else entry["retention"][task_name]
+        target["served_share"] = float(np.mean(shares))
 
 
 def _add_stats(

@@ -75,6 +75,9 @@ class Completions:
     # per prompt, the texts of the stored memories the method read for it, in reading order (recall: its
     # recalls; xrag: its top-1), for `compare`'s memory@1; None: the method reports no reads
     read: list[list[str]] | None = None
+    # per prompt, whether the weaver served it (a MemGen model with a fitted prompt gate; the others were
+    # answered by the plain reasoner); None: the method has no prompt gate
+    served: list[bool] | None = None
 
 
 class Method(ABC):

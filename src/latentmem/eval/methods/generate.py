@@ -35,8 +35,9 @@ def complete_with_memgen(
     memory_for: Callable[[list[str]], RetrievedMemory] | None = None,
 ) -> Completions:
     """Greedy completions with a LatentMemoryModel; `memory_for(prompts)` gives the retrieved memories its
-    weaver reads, when it reads any."""
+    weaver reads, when it reads any. With a fitted prompt gate, `served` says which prompts it served."""
     tok, texts, n_new, n_prompt, start = mm.tokenizer, [], 0, 0, time.perf_counter()
+    served: list[bool] = []
     cfg = GenerationConfig(max_new_tokens=task.max_new_tokens)
     for batch in tqdm(batches(prompts, batch_size), desc=f"generate ({len(prompts)})", leave=False):
         enc = _encode_prompts(tok, batch, task.system)
@@ -48,7 +49,9 @@ def complete_with_memgen(
             res.sequences.masked_fill(~keep, tok.pad_token_id), skip_special_tokens=True
         )
         n_new += int(keep.sum())
-    return Completions(texts, time.perf_counter() - start, n_new, n_prompt)
+        served += res.served.tolist()
+    gated = mm.prompt_gate.active
+    return Completions(texts, time.perf_counter() - start, n_new, n_prompt, served=served if gated else None)
 
 
 @torch.no_grad()
