@@ -294,6 +294,35 @@ def _weaver_requests(backend, n_tokens, memories) -> list[GenerationRequest]:
     return out
 
 
+def test_a_gated_weaver_reports_no_latents_for_a_prompt_it_turned_away(tmp_path):
+    """The weaver's prompt gate serves PROMPTS[2] only: PROMPTS[3] is answered as the plain model answers
+    it, and its reply reports no insertion."""
+    import torch
+
+    from latentmem.memgen import LatentMemoryModel
+    from latentmem.memgen.generate import prompt_gate_features
+
+    directory = save_weaver(tmp_path / "weaver", delimiters=("e", "o", "s", "t"), trigger={"prompt": "knn"})
+    mm = LatentMemoryModel.from_pretrained(directory, MODEL)
+    ids = mm.tokenizer(PROMPTS[2])["input_ids"]
+    feats = prompt_gate_features(mm, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    mm.prompt_gate.bank, mm.prompt_gate.threshold = feats.repeat(5, 1), torch.tensor(1e-5)
+    mm.save_pretrained(directory)
+    backend = InProcessBackend.load(MODEL, memgen={"weaver": directory})
+    try:
+
+        async def run():
+            served, away = _weaver_requests(backend, [12] * 6, [0] * 6)[2:4]
+            plain = _request(backend, PROMPTS[3], 12)
+            return await _events(backend, served), await _events(backend, away), await _tokens(backend, plain)
+
+        (_, served), (tokens, away), plain = asyncio.run(run())
+    finally:
+        backend.close()
+    assert served.insertions[0].after_token == -1 and away.insertions == ()
+    assert tokens == plain
+
+
 def test_weaver_requests_waiting_together_are_one_generate_call_and_read_as_alone(weaver_backends):
     batching, alone = weaver_backends
     lengths, memories = [5 + 4 * i for i in range(len(PROMPTS))], [0, 1, 0, 3, 2, 0]
