@@ -49,7 +49,8 @@ def main() -> None:
     compared = {
         t: _scores(args.run / args.method / files[t]) for t in tasks
     }  # the gate on, as compare ran it
-    results: dict[str, dict] = {t: {"on": [], "off": [], "served": []} for t in tasks}
+    results: dict[str, dict] = {t: {"on": [], "off": [], "served": [], "flags": []} for t in tasks}
+    groups: dict[str, dict[str, list[int]]] = {}  # task -> group -> its test items (`columns["group"]`)
     for seed in cfg["seeds"]:
         base, tok = load_model(cfg["model"], seed=seed)
         model_dir = args.run / args.method / f"seed-{seed}" / args.method / "model"
@@ -60,6 +61,9 @@ def main() -> None:
             task = get_task(spec.pop("task", t), **spec)
             examples = task.split("test", cfg.get("n_test") or None, cfg.get("split_seed", 0))
             prompts = [ex.prompt for ex in examples]
+            for i, ex in enumerate(examples):
+                if "group" in ex.columns and seed == cfg["seeds"][0]:
+                    groups.setdefault(t, {}).setdefault(str(ex.columns["group"]), []).append(i)
             for arm in ("on", "off"):
                 mm.prompt_gate.bank, mm.prompt_gate.threshold = (
                     gate if arm == "on" else (gate[0][:0], gate[1])
@@ -75,6 +79,7 @@ def main() -> None:
                 feats = prompt_gate_features(mm, enc["input_ids"], enc["attention_mask"])
                 served += mm.prompt_gate.admits(feats).tolist()
             results[t]["served"].append(sum(served) / len(served))
+            results[t]["flags"].append(served)
     report: dict[str, dict] = {}
     lines = [
         "| task | vanilla | gate on (served share) | gate off | drop on / off (points) | p on vs off | p on vs vanilla | p off vs vanilla |",
@@ -95,13 +100,27 @@ def main() -> None:
         served = sum(results[t]["served"]) / len(results[t]["served"])
         report[t] = {"accuracy": acc, "ci95": {k: [c.low, c.high] for k, c in ci.items()}, "p_value": p,
                      "served": served, "served_per_seed": results[t]["served"]}  # fmt: skip
-        drop_on, drop_off = 100 * (acc["vanilla"] - acc["on"]), 100 * (acc["vanilla"] - acc["off"])
-        lines.append(
-            f"| {t} | {acc['vanilla']:.3f} | {acc['on']:.3f} [{ci['on'].low:.3f}, {ci['on'].high:.3f}] "
-            f"({served:.2f}) | {acc['off']:.3f} [{ci['off'].low:.3f}, {ci['off'].high:.3f}] | "
-            f"{drop_on:+.1f} / {drop_off:+.1f} | {p['on_vs_off']:.3g} | {p['on_vs_vanilla']:.3g} | "
-            f"{p['off_vs_vanilla']:.3g} |"
-        )
+        rows = [(t, v, on, off, served)]
+        for g, idx in groups.get(t, {}).items():
+            pick = [[row[i] for i in idx] for row in on], [[row[i] for i in idx] for row in off]
+            share = sum(sum(f[i] for i in idx) / len(idx) for f in results[t]["flags"]) / len(on)
+            rows.append((f"{t}: {g} (n = {len(idx)})", [[row[i] for i in idx] for row in v], *pick, share))
+            report[t].setdefault("by_group", {})[g] = {
+                k: float(torch.tensor(x).mean())
+                for k, x in zip(("vanilla", "on", "off"), rows[-1][1:4], strict=True)
+            }
+        for label, rv, ron, roff, share in rows:
+            a = {k: float(torch.tensor(x).mean()) for k, x in (("vanilla", rv), ("on", ron), ("off", roff))}
+            c = {k: accuracy_ci(x) for k, x in (("on", ron), ("off", roff))}
+            pp = [paired_test(ron, roff).p, paired_test(ron, rv).p, paired_test(roff, rv).p]
+            lines.append(
+                f"| {label} | {a['vanilla']:.3f} | {a['on']:.3f} [{c['on'].low:.3f}, {c['on'].high:.3f}]"
+                + f" ({share:.2f})"
+                + f" | {a['off']:.3f} [{c['off'].low:.3f}, {c['off'].high:.3f}] | "
+                f"{100 * (a['vanilla'] - a['on']):+.1f} / {100 * (a['vanilla'] - a['off']):+.1f} | "
+                + " | ".join(f"{x:.3g}" for x in pp)
+                + " |"
+            )
     (args.run / "prompt_gate_ablation.json").write_text(json.dumps(report, indent=2) + "\n")
     print("\n".join(lines))
 

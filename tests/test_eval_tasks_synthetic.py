@@ -52,6 +52,7 @@ def test_the_general_task_asks_what_the_base_model_knows():
     assert {ex.prompt for ex in test}.isdisjoint(ex.prompt for ex in train)
     capitals = [ex for ex in test if "capital" in ex.prompt]
     assert len(capitals) == 16 and all("plus" in ex.prompt for ex in train)
+    assert {ex.columns["group"] for ex in capitals} == {"capital"} and train[0].columns["group"] == "sum"
     paris = find(task, "capital of France")  # the task's own: its full test split
     assert task.score(paris, "The capital of France is Paris.") == 1.0
     assert task.score(paris, "Lyon") == 0.0

@@ -304,11 +304,16 @@ class Facts(Task):
         return float(alias_match(completion, answers))
 
 
+def _general(qa) -> Example:
+    kind = "capital" if qa.question.startswith("What is the capital") else "sum"
+    return Example(qa.question, qa.answer, {"group": kind})
+
+
 class General(Task):
     """General questions with known answers (`latentmem.recall.data.general_task`): the 16 real capitals
-    and small sums alternating, then sums. The test split is the first `n_test` of them; the train split
-    draws sums under another seed, none of them a test question. Scored by whole-word match of the
-    answer in the completion."""
+    and small sums alternating, then sums (`columns["group"]`: capital / sum). The test split is the
+    first `n_test` of them; the train split draws sums under another seed, none of them a test question.
+    Scored by whole-word match of the answer in the completion."""
 
     name = "general"
     max_new_tokens = 32
@@ -318,9 +323,9 @@ class General(Task):
 
         if n_train < 0 or not 1 <= n_test <= 500:
             raise TaskError(f"general: need n_train >= 0 and 1 <= n_test <= 500, got {n_train}, {n_test}")
-        test = [Example(q.question, q.answer) for q in general_task(n_test, seed)]
+        test = [_general(q) for q in general_task(n_test, seed)]
         asked = {ex.prompt for ex in test}
-        pool = [Example(q.question, q.answer) for q in general_task(500, seed + 1)]
+        pool = [_general(q) for q in general_task(500, seed + 1)]
         self._splits: dict[Split, list[Example]] = {
             "test": test,
             "train": [ex for ex in pool if ex.prompt not in asked][:n_train],
