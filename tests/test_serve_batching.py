@@ -258,41 +258,6 @@ def test_finished_event_reports_why(backends):
     assert events[-1] == Finished("length") and sum(len(e.ids) for e in events[:-1]) == 2
 
 
-def test_beside_a_running_batch_requests_join_as_a_wave():
-    """An idle worker admits at once; beside running rows, waiting requests are admitted once JOIN_WAVE
-    of them (or as many as there are free rows) wait, or once the oldest has waited JOIN_WAIT steps."""
-    from latentmem.serve.batching import JOIN_WAIT, JOIN_WAVE, _Row
-
-    backend = BatchingBackend.load(MODEL, max_batch=8, max_queue=8)
-    try:
-        worker = backend._workers[0][0]  # the continuous worker, idle: blocked until notified
-        while not worker._thread.is_alive():
-            time.sleep(0.01)
-        time.sleep(0.2)
-
-        def wait(n: int) -> None:
-            for i in range(n):
-                request = _request(backend, PROMPTS[i], 4)
-                worker._waiting.append(_Row(request, None, i, None, [], queued_at=worker._steps))
-
-        with worker._wake:  # no notify: the worker thread stays asleep while the test takes rows itself
-            wait(1)
-            assert len(worker._take_waiting(free=8)) == 1  # idle: at once
-            wait(1)
-            assert worker._take_waiting(free=5) == []  # beside 3 running rows, one waits...
-            worker._steps += JOIN_WAIT
-            assert len(worker._take_waiting(free=5)) == 1  # ...until it has waited JOIN_WAIT steps
-            wait(JOIN_WAVE - 1)
-            assert worker._take_waiting(free=5) == []
-            wait(1)
-            assert len(worker._take_waiting(free=5)) == JOIN_WAVE  # a full wave at once
-            wait(2)
-            assert len(worker._take_waiting(free=2)) == 2  # as many as there are free rows
-            assert not worker._waiting
-    finally:
-        backend.close()
-
-
 # ---- MemGen weavers: static batching ------------------------------------------------------------------
 
 

@@ -17,22 +17,16 @@ loop; the engine process's sink is its pipe to the server).
 
 The continuous loop: one `KVDecoder` holds every running row. Each loop turn it
 
-1. admits waiting requests up to `max_batch` rows: the ones admitted together are prefilled in one
+1. admits waiting requests up to `max_batch` rows: the ones that arrived together are prefilled in one
    forward, left-padded (masked slots, positions counted over valid slots only), then their cache rows
    join the running batch (`KVDecoder.join`: the shorter side is left-padded with invalid slots; cached
-   keys carry their rotary positions already, so nothing moves and nothing is recomputed). An idle worker
-   admits a request at once; beside a running batch, waiting requests are admitted as a wave, once
-   `JOIN_WAVE` of them wait (or as many as there are free rows) or the oldest has waited `JOIN_WAIT`
-   steps. Why: under load, clients that finish send their next requests a step or two apart, and a
-   prefill forward per arrival costs about what a whole batched decode step costs on a small model
-   (tiny-qwen2: 1.16 ms for one 30-token prompt, 1.02 ms for a 16-row step), while a wave of four costs
-   about one;
+   keys carry their rotary positions already, so nothing moves and nothing is recomputed);
 2. picks every row's next token with the row's own sampling settings and generator, and emits it;
 3. drops the rows that finished (EOS, their length, a cancel: the client left or a stop sequence was
    found) with `KVDecoder.select_rows`, which also drops left padding no remaining row needs;
 4. feeds the remaining rows' tokens in one cached step.
 
-So a new request joins within `JOIN_WAIT` steps and a finished one frees its row at once. A row's output does not
+So a new request joins at the next step and a finished one frees its row at once. A row's output does not
 depend on its neighbours: padding slots are masked out (attention weight exactly 0) in its prefill and in
 the batched steps; tests check that greedy and seeded sampled replies are identical alone and batched,
 and for a MemGen batch (prefilled the same way) greedy replies with their latent insertions.
@@ -80,8 +74,6 @@ from latentmem.serve.errors import ServerBusyError
 
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_QUEUE = 64
-JOIN_WAVE = 4  # beside a running batch, waiting requests are prefilled together once this many wait...
-JOIN_WAIT = 2  # ...or once the oldest has waited this many decode steps
 
 
 class Admission:
@@ -131,7 +123,6 @@ class _Row:
     generator: torch.Generator | None
     history: list[int]  # prompt, then the tokens generated so far (what a repetition penalty reads)
     generated: int = 0
-    queued_at: int = 0  # the worker's decode-step count when the request arrived
 
 
 class _Worker:
@@ -149,7 +140,6 @@ class _Worker:
         # batches run and the rows they carried, per model (written by the worker only)
         self._batches: collections.Counter[str] = collections.Counter()
         self._batch_rows: collections.Counter[str] = collections.Counter()
-        self._steps = 0  # decode steps run (the continuous worker's; when a request arrived, in `_Row`)
         # The worker's events not yet handed to their sinks (see `_flush`).
         self._outbox: dict[EventSink, list[tuple[Any, GenerationEvent | _Failed]]] = {}
         self._wake = threading.Condition()
@@ -159,7 +149,7 @@ class _Worker:
     def submit(self, request: GenerationRequest, sink: EventSink, key: Any) -> None:
         """Admit `request` now (or raise `ServerBusyError`); its events go to `sink` under `key`."""
         generator = _generator(request.seed, self.device)
-        row = _Row(request, sink, key, generator, list(request.prompt_ids), queued_at=self._steps)
+        row = _Row(request, sink, key, generator, list(request.prompt_ids))
         with self._wake:  # admitted and queued at once: `close` cannot stop the worker in between
             self._admission.enter()
             self._waiting.append(row)
@@ -273,17 +263,12 @@ class _ContinuousWorker(_Worker):
         return collections.Counter({self._reasoner.info.name: self._admission.count - len(self._waiting)})
 
     def _take_waiting(self, free: int) -> list[_Row] | None:
-        """Up to `free` waiting requests (blocking while there is nothing to do): all of them when idle,
-        beside a running batch only a wave (see the module docstring); None: closed and idle."""
+        """Up to `free` waiting requests (blocking while there is nothing to do); None: closed and idle."""
         with self._wake:
             while free == self.max_batch and not self._waiting and not self._closing:
                 self._wake.wait()
             if free == self.max_batch and not self._waiting:
                 return None
-            if free < self.max_batch and self._waiting:
-                wave = len(self._waiting) >= min(JOIN_WAVE, free)
-                if not wave and self._steps - self._waiting[0].queued_at < JOIN_WAIT and not self._closing:
-                    return []
             return [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
 
     @torch.no_grad()
@@ -347,7 +332,6 @@ class _ContinuousWorker(_Worker):
         """Pick and emit every row's next token, let finished rows go, feed the rest one step."""
         tokens = self._select(rows, logits)
         self._count_batch(self._reasoner.info.name, len(rows))
-        self._steps += 1
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
             row.history.append(token)
