@@ -160,6 +160,10 @@ def test_save_load_keeps_the_gate(tmp_path):
     gate = PromptGate(KNN, mm.prompt_gate.bank.shape[1] + 1)
     with pytest.raises(ModelLoadError, match="belongs to another base model"):
         gate.load(tmp_path / "m")
+    # an unfitted model saved over the folder leaves no gate behind
+    unfitted, _ = _memgen("tiny-qwen2")
+    unfitted.save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m" / GATE_FILE).exists()
 
 
 def test_sft_fits_the_gate_on_its_training_prompts_and_a_continued_run_keeps_them(tmp_path):

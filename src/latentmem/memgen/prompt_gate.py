@@ -99,10 +99,14 @@ class PromptGate(nn.Module):
         return {"prompt_gate_bank": float(len(bank)), "prompt_gate_threshold": float(self.threshold)}
 
     def save(self, directory: str | Path) -> None:
-        """Write the fitted gate into `directory` (nothing when unfitted)."""
+        """Write the fitted gate into `directory`; an unfitted one removes any gate saved there before, so
+        that the folder loads as what was saved."""
+        path = Path(directory) / GATE_FILE
         if self.bank.shape[0]:
             state = {"bank": self.bank.detach().cpu().contiguous(), "threshold": self.threshold.cpu()}
-            save_file(state, str(Path(directory) / GATE_FILE))
+            save_file(state, str(path))
+        else:
+            path.unlink(missing_ok=True)
 
     def load(self, directory: str | Path) -> None:
         """Restore a gate `save` wrote into `directory`; a folder without one leaves the gate unfitted."""
