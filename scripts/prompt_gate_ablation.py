@@ -19,11 +19,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from latentmem.eval.methods.generate import _encode_prompts, complete_with_memgen
+from latentmem.eval.methods.generate import complete_with_memgen
 from latentmem.eval.stats import accuracy_ci, paired_test
 from latentmem.eval.task import get_task
 from latentmem.memgen import LatentMemoryModel
-from latentmem.memgen.generate import prompt_gate_features
 from latentmem.models import load_model
 
 
@@ -49,7 +48,7 @@ def main() -> None:
     compared = {
         t: _scores(args.run / args.method / files[t]) for t in tasks
     }  # the gate on, as compare ran it
-    results: dict[str, dict] = {t: {"on": [], "off": [], "served": [], "flags": []} for t in tasks}
+    results: dict[str, dict] = {t: {"on": [], "off": [], "flags": []} for t in tasks}
     groups: dict[str, dict[str, list[int]]] = {}  # task -> group -> its test items (`columns["group"]`)
     for seed in cfg["seeds"]:
         base, tok = load_model(cfg["model"], seed=seed)
@@ -72,14 +71,9 @@ def main() -> None:
                 results[t][arm].append(
                     [task.score(ex, c) for ex, c in zip(examples, done.texts, strict=True)]
                 )
+                if arm == "on":  # which prompts the gate served (None: nothing fitted, all of them)
+                    results[t]["flags"].append(done.served or [True] * len(prompts))
             mm.prompt_gate.bank, mm.prompt_gate.threshold = gate
-            served = []
-            for start in range(0, len(prompts), 25):
-                enc = _encode_prompts(tok, prompts[start : start + 25], task.system)
-                feats = prompt_gate_features(mm, enc["input_ids"], enc["attention_mask"])
-                served += mm.prompt_gate.admits(feats).tolist()
-            results[t]["served"].append(sum(served) / len(served))
-            results[t]["flags"].append(served)
     report: dict[str, dict] = {}
     lines = [
         "| task | vanilla | gate on (served share) | gate off | drop on / off (points) | p on vs off | p on vs vanilla | p off vs vanilla |",
@@ -90,29 +84,25 @@ def main() -> None:
         on, off = results[t]["on"], results[t]["off"]
         if on != [compared[t][s] for s in cfg["seeds"]]:
             print(f"note: {t}: the gate-on scores differ from {args.method}'s completions of the run")
-        acc = {k: float(torch.tensor(x).mean()) for k, x in (("vanilla", v), ("on", on), ("off", off))}
-        ci = {k: accuracy_ci(x) for k, x in (("on", on), ("off", off))}
-        p = {
-            "on_vs_off": paired_test(on, off).p,
-            "on_vs_vanilla": paired_test(on, v).p,
-            "off_vs_vanilla": paired_test(off, v).p,
-        }
-        served = sum(results[t]["served"]) / len(results[t]["served"])
-        report[t] = {"accuracy": acc, "ci95": {k: [c.low, c.high] for k, c in ci.items()}, "p_value": p,
-                     "served": served, "served_per_seed": results[t]["served"]}  # fmt: skip
-        rows = [(t, v, on, off, served)]
-        for g, idx in groups.get(t, {}).items():
-            pick = [[row[i] for i in idx] for row in on], [[row[i] for i in idx] for row in off]
-            share = sum(sum(f[i] for i in idx) / len(idx) for f in results[t]["flags"]) / len(on)
-            rows.append((f"{t}: {g} (n = {len(idx)})", [[row[i] for i in idx] for row in v], *pick, share))
-            report[t].setdefault("by_group", {})[g] = {
-                k: float(torch.tensor(x).mean())
-                for k, x in zip(("vanilla", "on", "off"), rows[-1][1:4], strict=True)
-            }
-        for label, rv, ron, roff, share in rows:
+        flags = results[t]["flags"]
+        every = list(range(len(on[0])))
+        for g, idx in [(None, every), *groups.get(t, {}).items()]:
+            rv, ron, roff = ([[row[i] for i in idx] for row in arm] for arm in (v, on, off))
+            share = sum(sum(f[i] for i in idx) / len(idx) for f in flags) / len(flags)
             a = {k: float(torch.tensor(x).mean()) for k, x in (("vanilla", rv), ("on", ron), ("off", roff))}
             c = {k: accuracy_ci(x) for k, x in (("on", ron), ("off", roff))}
             pp = [paired_test(ron, roff).p, paired_test(ron, rv).p, paired_test(roff, rv).p]
+            if g is None:
+                report[t] = {
+                    "accuracy": a,
+                    "ci95": {k: [x.low, x.high] for k, x in c.items()},
+                    "p_value": dict(zip(("on_vs_off", "on_vs_vanilla", "off_vs_vanilla"), pp, strict=True)),
+                    "served": share,
+                    "served_per_seed": [sum(f) / len(f) for f in flags],
+                }
+            else:
+                report[t].setdefault("by_group", {})[g] = a
+            label = t if g is None else f"{t}: {g} (n = {len(idx)})"
             lines.append(
                 f"| {label} | {a['vanilla']:.3f} | {a['on']:.3f} [{c['on'].low:.3f}, {c['on'].high:.3f}]"
                 + f" ({share:.2f})"
